@@ -1,0 +1,111 @@
+"""UNetConfig: the denoiser's hyper-parameters as one typed, frozen value, and named presets.
+
+A level is one resolution of the U: level 0 works at the input size, level i at 1/2**i of it.
+Attention is chosen by level, not by resolution, so a config means the same net at any size.
+"""
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 4
+    out_channels: int = 4
+    base_channels: int = 320                    # conv_in width; level i has base * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2                     # ResBlocks per level on the way down (+1 on the way up)
+    attn_levels: tuple[int, ...] = (0, 1, 2)    # levels, not resolutions
+    mid_attention: bool = True                  # a SpatialTransformer between the middle ResBlocks
+    num_heads: int | None = 8                   # fixed head count (SD v1) ...
+    head_dim: int | None = None                 # ... or fixed head width (SD v2); exactly one is set
+    transformer_depth: int = 1                  # TransformerBlocks per SpatialTransformer
+    context_dim: int | None = 768               # None: no cross-attention
+    use_linear_projection: bool = False         # proj_in/proj_out as Linear (SD v2) or 1x1 conv (SD v1)
+    num_classes: int | None = None              # None: no class embedding
+    norm_groups: int = 32
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        # JSON gives lists; keep the value hashable and comparable.
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attn_levels", tuple(self.attn_levels))
+        _validate(self)
+
+    @property
+    def time_dim(self) -> int:
+        """Width of the time (and class) embedding, 4x the base width as in DDPM."""
+        return 4 * self.base_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        """H and W must be multiples of this: the deepest level is 1/2**(levels-1) of the input."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def level_channels(self, level: int) -> int:
+        return self.base_channels * self.channel_mult[level]
+
+    def heads(self, channels: int) -> int:
+        """Attention heads of a SpatialTransformer of this width."""
+        return self.num_heads if self.num_heads is not None else channels // self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _validate(c: UNetConfig) -> None:
+    def positive(name, value):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+    for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks",
+                 "transformer_depth", "norm_groups"):
+        positive(name, getattr(c, name))
+    for name in ("num_heads", "head_dim", "context_dim", "num_classes"):
+        if getattr(c, name) is not None:
+            positive(name, getattr(c, name))
+    if not c.channel_mult:
+        raise ValueError("channel_mult must name at least one level, got ()")
+    for m in c.channel_mult:
+        positive("each channel_mult entry", m)
+    if not 0.0 <= c.dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {c.dropout}")
+
+    widths = [c.base_channels] + [c.level_channels(i) for i in range(len(c.channel_mult))]
+    for w in widths:
+        if w % c.norm_groups:
+            raise ValueError(f"channel count {w} is not divisible by norm_groups {c.norm_groups}; "
+                             f"widths in this UNet: {sorted(set(widths))}")
+
+    levels = range(len(c.channel_mult))
+    bad = [lv for lv in c.attn_levels if lv not in levels]
+    if bad or len(set(c.attn_levels)) != len(c.attn_levels):
+        raise ValueError(f"attn_levels {c.attn_levels} must be distinct levels in "
+                         f"0..{len(c.channel_mult) - 1} (one per channel_mult entry)")
+
+    if (c.num_heads is None) == (c.head_dim is None):
+        raise ValueError(f"set exactly one of num_heads and head_dim, got num_heads={c.num_heads}, "
+                         f"head_dim={c.head_dim}")
+    attn_widths = [c.level_channels(lv) for lv in c.attn_levels]
+    if c.mid_attention:
+        attn_widths.append(c.level_channels(len(c.channel_mult) - 1))
+    split = c.num_heads if c.num_heads is not None else c.head_dim
+    for w in attn_widths:
+        if w % split:
+            what = "num_heads" if c.num_heads is not None else "head_dim"
+            raise ValueError(f"attention width {w} is not divisible by {what} {split}")
+
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    # CPU test sizes: ~1M parameters, attention only at the 1/2 level.
+    "tiny": UNetConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
+                       num_heads=4, context_dim=32, norm_groups=8),
+    "tiny-uncond": UNetConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                              attn_levels=(1,), num_heads=4, context_dim=None, norm_groups=8),
+    # CPU-trainable: 32x32 (or 8x8) latents, MiniLM's 384-d token states as context.
+    "small": UNetConfig(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+                        attn_levels=(1, 2), num_heads=None, head_dim=32, context_dim=384),
+    # Stable Diffusion v1.x (CompVis / runwayml): 859,520,964 parameters.
+    "sd1": UNetConfig(),
+    # Stable Diffusion v2.x: 64-wide heads, OpenCLIP-H context, linear projections; 865,910,724.
+    "sd2": UNetConfig(num_heads=None, head_dim=64, context_dim=1024, use_linear_projection=True),
+}

@@ -1,0 +1,240 @@
+"""The LDM denoiser eps_theta(z_t, t, tau(y)): a UNet of ResBlocks with SpatialTransformers.
+
+Down the U each level runs num_res_blocks ResBlocks (each followed by a SpatialTransformer at
+attention levels) and halves the size; the middle runs ResBlock, SpatialTransformer, ResBlock; up
+the U each level runs num_res_blocks + 1 ResBlocks, each reading the concatenation with one saved
+skip, and doubles the size. Parameter names equal diffusers' UNet2DConditionModel's, so its state
+dicts load with strict=True and no key mapping.
+Names: B batch, C channels, H W size, L context length, D_ctx context width, E time-embedding width.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ldmkit.nets.attention import SpatialTransformer
+from ldmkit.nets.config import UNetConfig
+from ldmkit.nets.embeddings import TimestepEmbedding, timestep_embedding
+
+
+class ResBlock(nn.Module):
+    """DDPM/ADM residual block; the time embedding enters as a per-channel bias after conv1."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in, eps=1e-5)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.time_emb_proj = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out, eps=1e-5)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)   # the block starts as its shortcut (ADM/LDM zero_module)
+        nn.init.zeros_(self.conv2.bias)
+        self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                                  # (B, C_out, H, W)
+        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]              # + (B, C_out, 1, 1)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)      # (B, C_out, H, W)
+        return skip + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)                                                    # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")                 # (B, C, 2H, 2W)
+        return self.conv(x)
+
+
+class Level(nn.Module):
+    """One resolution of the U: resnets, optional attentions (one per resnet), optional resampler.
+
+    A container; UNet.forward runs it, so the whole U reads as one loop. The attribute names
+    (resnets, attentions, downsamplers / upsamplers) are diffusers' block names.
+    """
+
+    def __init__(self, resnets: list[ResBlock], attentions: list[SpatialTransformer] | None,
+                 downsample: Downsample | None = None, upsample: Upsample | None = None):
+        super().__init__()
+        self.resnets = nn.ModuleList(resnets)
+        self.attentions = nn.ModuleList(attentions) if attentions else None
+        self.downsamplers = nn.ModuleList([downsample]) if downsample is not None else None
+        self.upsamplers = nn.ModuleList([upsample]) if upsample is not None else None
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig, gradient_checkpointing: bool = False):
+        super().__init__()
+        self.config = c = config
+        # Recompute each ResBlock / SpatialTransformer in backward instead of storing activations.
+        self.gradient_checkpointing = gradient_checkpointing
+        n_levels = len(c.channel_mult)
+
+        def resnet(c_in, c_out):
+            return ResBlock(c_in, c_out, c.time_dim, c.norm_groups, c.dropout)
+
+        def attention(ch):
+            return SpatialTransformer(ch, c.heads(ch), c.transformer_depth, c.context_dim,
+                                      c.norm_groups, c.use_linear_projection, c.dropout)
+
+        self.time_embedding = TimestepEmbedding(c.base_channels, c.time_dim)
+        self.class_embedding = (nn.Embedding(c.num_classes, c.time_dim)
+                                if c.num_classes is not None else None)
+        self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+
+        # Down: record the width of every tensor pushed on the skip stack, to size the up path.
+        skip_widths = [c.base_channels]
+        ch = c.base_channels
+        self.down_blocks = nn.ModuleList()
+        for level in range(n_levels):
+            out = c.level_channels(level)
+            resnets, attns = [], []
+            for _ in range(c.num_res_blocks):
+                resnets.append(resnet(ch, out))
+                ch = out
+                if level in c.attn_levels:
+                    attns.append(attention(ch))
+                skip_widths.append(ch)
+            last = level == n_levels - 1
+            self.down_blocks.append(Level(resnets, attns, downsample=None if last else Downsample(ch)))
+            if not last:
+                skip_widths.append(ch)
+
+        self.mid_block = Level([resnet(ch, ch), resnet(ch, ch)],
+                               [attention(ch)] if c.mid_attention else None)
+
+        # Up: deepest level first; each resnet eats one skip, the last one the level's input.
+        self.up_blocks = nn.ModuleList()
+        for level in reversed(range(n_levels)):
+            out = c.level_channels(level)
+            resnets, attns = [], []
+            for _ in range(c.num_res_blocks + 1):
+                resnets.append(resnet(ch + skip_widths.pop(), out))
+                ch = out
+                if level in c.attn_levels:
+                    attns.append(attention(ch))
+            self.up_blocks.append(Level(resnets, attns, upsample=Upsample(ch) if level else None))
+
+        self.conv_norm_out = nn.GroupNorm(c.norm_groups, ch, eps=1e-5)
+        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)   # predict eps = 0 at first (ADM/LDM zero_module)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _run(self, module: nn.Module, *args) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, in_channels, H, W) noisy latents; t a number, 0-d, (1,) or (B,) timesteps (float
+        allowed); context (B, L, context_dim) tokens tau(y); context_mask (B, L) bool, True = keep;
+        class_labels (B,) ints. Returns (B, out_channels, H, W), e.g. the predicted eps."""
+        t = check_inputs(self.config, x, t, context, context_mask, class_labels)   # (B,)
+
+        emb = timestep_embedding(t, self.config.base_channels).to(x.dtype)    # (B, C_base)
+        emb = self.time_embedding(emb)                                         # (B, E)
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(class_labels).to(emb.dtype)       # (B, E)
+
+        h = self.conv_in(x)                                                    # (B, C_base, H, W)
+        skips = [h]
+        for level in self.down_blocks:
+            for j, resnet in enumerate(level.resnets):
+                h = self._run(resnet, h, emb)                                  # (B, C_level, H', W')
+                if level.attentions is not None:
+                    h = self._run(level.attentions[j], h, context, context_mask)
+                skips.append(h)
+            if level.downsamplers is not None:
+                h = level.downsamplers[0](h)                                   # (B, C_level, H'/2, W'/2)
+                skips.append(h)
+
+        h = self._run(self.mid_block.resnets[0], h, emb)
+        if self.mid_block.attentions is not None:
+            h = self._run(self.mid_block.attentions[0], h, context, context_mask)
+        h = self._run(self.mid_block.resnets[1], h, emb)
+
+        for level in self.up_blocks:
+            for j, resnet in enumerate(level.resnets):
+                h = torch.cat([h, skips.pop()], dim=1)                         # (B, C + C_skip, H', W')
+                h = self._run(resnet, h, emb)                                  # (B, C_level, H', W')
+                if level.attentions is not None:
+                    h = self._run(level.attentions[j], h, context, context_mask)
+            if level.upsamplers is not None:
+                h = level.upsamplers[0](h)                                     # (B, C_level, 2H', 2W')
+
+        h = F.silu(self.conv_norm_out(h))
+        return self.conv_out(h)                                                # (B, out_channels, H, W)
+
+
+def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> torch.Tensor:
+    """Raise a ValueError naming the bad value and what is allowed; return t broadcast to (B,)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    if C != c.in_channels:
+        raise ValueError(f"x has {C} channels but the UNet's in_channels is {c.in_channels}")
+    f = c.downsample_factor
+    if H % f or W % f:
+        raise ValueError(f"x size {H}x{W} does not work: H and W must be multiples of {f} "
+                         f"(2**{len(c.channel_mult) - 1} for {len(c.channel_mult)} levels), "
+                         f"e.g. {max(f, H // f * f)}x{max(f, W // f * f)}")
+    concrete = x.device.type != "meta"      # on the meta device only shapes can be checked
+
+    t = torch.as_tensor(t, device=x.device)
+    if t.ndim > 1 or t.numel() not in (1, B):
+        raise ValueError(f"t has shape {tuple(t.shape)}; allowed: a number, 0-d, (1,) or (B,) = ({B},)")
+    t = t.reshape(-1).expand(B)                                                # (B,)
+
+    if context is None:
+        if c.context_dim is not None:
+            raise ValueError(f"this UNet has cross-attention (context_dim {c.context_dim}) and needs "
+                             f"a context of shape (B, L, {c.context_dim})")
+        if context_mask is not None:
+            raise ValueError("context_mask was given without a context")
+    else:
+        if c.context_dim is None:
+            raise ValueError("context was given but this UNet has no cross-attention (context_dim None)")
+        if context.ndim != 3 or context.shape[0] != B:
+            raise ValueError(f"context must be (B, L, D) with B = {B}, got shape {tuple(context.shape)}")
+        if context.shape[-1] != c.context_dim:
+            raise ValueError(f"context width {context.shape[-1]} does not match the UNet's "
+                             f"context_dim {c.context_dim}")
+        if context_mask is not None:
+            if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:
+                raise ValueError(f"context_mask must be a bool (B, L) = {tuple(context.shape[:2])} "
+                                 f"tensor, got {context_mask.dtype} {tuple(context_mask.shape)}")
+            # A row with every token masked has no softmax to take (SDPA gives 0 or NaN).
+            if concrete and not context_mask.any(dim=1).all():
+                raise ValueError("context_mask masks out every token of some sample; keep at least one")
+
+    if class_labels is None:
+        if c.num_classes is not None:
+            raise ValueError(f"this UNet is class-conditional (num_classes {c.num_classes}) and "
+                             f"needs class_labels of shape ({B},)")
+    else:
+        if c.num_classes is None:
+            raise ValueError("class_labels were given but this UNet has no class embedding "
+                             "(num_classes None)")
+        if class_labels.shape != (B,) or class_labels.is_floating_point():
+            raise ValueError(f"class_labels must be integer labels of shape ({B},), got "
+                             f"{class_labels.dtype} {tuple(class_labels.shape)}")
+        if concrete and ((class_labels < 0) | (class_labels >= c.num_classes)).any():
+            raise ValueError(f"class_labels must lie in [0, {c.num_classes}), got values from "
+                             f"{int(class_labels.min())} to {int(class_labels.max())}")
+    return t

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv and installs ldmkit into it. Safe to run again: it only reinstalls when
+# pyproject.toml or this script changed. torch comes first and pinned: an unpinned torch
+# would pull several GB of CUDA wheels, and torch==2.13.0 is the CPU wheel on this image.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_SPEC="${LDMKIT_TORCH_SPEC:-torch==2.13.0}"
+EXTRAS="${1:-test}"
+stamp=".venv/.ldmkit-setup-$EXTRAS"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip install "$TORCH_SPEC"
+.venv/bin/python -c "import torch" || { echo "setup: torch failed to install ($TORCH_SPEC)" >&2; exit 1; }
+pip install -e ".[$EXTRAS]"
+.venv/bin/python -c "import ldmkit" || { echo "setup: ldmkit failed to install" >&2; exit 1; }
+echo "$want" > "$stamp"
