@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_SPEC="${LDMKIT_TORCH_SPEC:-torch==2.13.0}"
 EXTRAS="${1:-test}"
+# Fashion-MNIST comes from Debian's package; nothing is downloaded at run time.
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${LDMKIT_FASHION_MNIST:-}" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "setup: could not install dataset-fashion-mnist; Fashion-MNIST tests and training will say so" >&2
+  else
+    echo "setup: install the Debian package dataset-fashion-mnist (as root) for Fashion-MNIST" >&2
+  fi
+fi
 stamp=".venv/.ldmkit-setup-$EXTRAS"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -1,0 +1,5 @@
+"""Datasets: Fashion-MNIST (Debian package), photo crops (scikit-image), a user's image folder."""
+
+from .fashion_mnist import CLASS_NAMES, caption, load_fashion_mnist
+from .image_folder import ImageFolder
+from .photos import PHOTO_NAMES, load_photo, photo_crops

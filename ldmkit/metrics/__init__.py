@@ -1,0 +1,3 @@
+"""Image quality measures."""
+
+from .image_quality import psnr, ssim
