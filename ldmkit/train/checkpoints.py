@@ -1,0 +1,40 @@
+"""A run's checkpoints: step-numbered folders, the last K kept, the newest complete one found."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..io.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders with all their files, oldest first. Folders are renamed into place
+    only once complete, so staging leftovers (dot-named) are never listed."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and all((p / f).is_file() for f in (WEIGHTS, CONFIG, TRAIN_STATE))
+    ]  # fmt: skip
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints; also clear staging folders a killed write left."""
+    found = complete_checkpoints(run_dir)
+    for old in found[: max(0, len(found) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    root = Path(run_dir) / "checkpoints"
+    for leftover in root.glob(".step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
