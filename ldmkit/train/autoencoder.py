@@ -1,0 +1,276 @@
+"""Training the first stage: reconstruction + regulariser (KL or codebook) + perceptual + GAN.
+
+One readable loop. Each step: the generator (autoencoder) step, then, once the GAN is on, the
+discriminator step on the detached reconstruction. All randomness of a step (the batch, the KL
+sample) comes from generators seeded by (seed, step), so a run resumed from a checkpoint takes
+exactly the steps an uninterrupted run would.
+
+A run folder holds log.jsonl, loss.png, samples/ (originals above reconstructions),
+checkpoints/ (the last few, for --resume) and, at the end, model/ (the trained autoencoder,
+its latent scale factor measured) and metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..autoencoders import (
+    GAN_LOSSES,
+    Autoencoder,
+    AutoencoderConfig,
+    PatchDiscriminator,
+    adaptive_gan_weight,
+    perceptual_loss,
+    reconstruction_loss,
+)
+from ..config import from_dict, to_dict
+from ..data import ImageFolder, load_fashion_mnist, photo_crops
+from ..io import CheckpointError, load_checkpoint, save_checkpoint
+from ..metrics import psnr, ssim
+from ..utils.images import image_grid, save_png, to_pil
+from .autoencoder_config import AutoencoderTrainConfig, DataConfig
+from .checkpoints import checkpoint_dir, latest_checkpoint, prune_checkpoints
+from .logging import JsonlLog, plot_losses
+
+
+def load_images(data: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) image tensors in [-1, 1], (N, C, size, size)."""
+    if data.dataset == "fashion-mnist":
+        if channels != 1:
+            raise ValueError(f"Fashion-MNIST is grayscale: set model.in_channels=1 (got {channels})")
+        train, _ = load_fashion_mnist("train", pad_to=data.size, limit=data.limit)
+        test, _ = load_fashion_mnist("test", pad_to=data.size, limit=data.eval_images)
+        return train, test
+    if data.dataset == "photos":
+        if channels != 3:
+            raise ValueError(f"the photos are RGB: set model.in_channels=3 (got {channels})")
+        n = data.limit or 4096
+        crops = photo_crops(size=data.size, count=n + data.eval_images, seed=0)
+        return crops[:n], crops[n:]
+    folder = ImageFolder(Path(data.path), size=data.size, channels=channels)
+    print(folder.summary())
+    images = torch.stack([folder[i][0] for i in range(len(folder))])
+    held = min(data.eval_images, max(1, len(images) // 10))
+    return images[held:][: data.limit], images[:held]
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _batch(images: torch.Tensor, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The step's batch: a fixed permutation per epoch, derived from (seed, epoch)."""
+    n = len(images)
+    start = step * batch_size
+    index = []
+    while len(index) < batch_size:
+        epoch, offset = divmod(start + len(index), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        index.extend(perm[offset : offset + batch_size - len(index)].tolist())
+    return images[index]
+
+
+def _lr(config: AutoencoderTrainConfig, base: float, step: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, config.warmup_steps))
+
+
+@torch.no_grad()
+def evaluate(model: Autoencoder, images: torch.Tensor, batch_size: int = 200) -> dict[str, float]:
+    """PSNR / SSIM of deterministic reconstructions (posterior mean; quantised codes), and for
+    vq the share of the codebook the held-out images use."""
+    model.eval()
+    psnrs, ssims, codes = [], [], []
+    for chunk in images.split(batch_size):
+        out = model(chunk, sample_posterior=False)
+        rec = out.reconstruction.clamp(-1, 1)
+        psnrs.append(psnr(rec, chunk))
+        ssims.append(ssim(rec, chunk) if min(chunk.shape[-2:]) >= 11 else torch.full((len(chunk),), float("nan")))
+        if out.vq is not None:
+            codes.append(out.vq.codes.flatten())
+    metrics = {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item()}
+    if codes:
+        used = torch.cat(codes).unique().numel()
+        metrics["codebook_usage"] = used / model.config.codebook_size
+    return metrics
+
+
+@torch.no_grad()
+def latent_scale_factor(model: Autoencoder, images: torch.Tensor, batch_size: int = 200) -> float:
+    """1 / std of the unscaled latents over a data sample (LDM sec. 4.3.2), so that stage 2
+    sees latents of unit variance."""
+    model.eval()
+    latents = torch.cat([model.to_latent(chunk) / model.config.scaling_factor for chunk in images.split(batch_size)])
+    return 1.0 / latents.float().std().item()
+
+
+def _save_reconstructions(model: Autoencoder, images: torch.Tensor, path: Path, step: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        rec = model(images, sample_posterior=False).reconstruction.clamp(-1, 1)
+    tiles = [to_pil(x) for x in images] + [to_pil(x) for x in rec]
+    grid = image_grid(tiles, columns=len(images), row_labels=["input", "recon"])
+    save_png(grid, path, {"ldmkit": "autoencoder-reconstructions", "step": step})
+
+
+def _train_state(step, model, disc, opt, disc_opt, config) -> tuple[dict, dict, dict]:
+    states = {"autoencoder": model.state_dict()}
+    if disc is not None:
+        states["discriminator"] = disc.state_dict()
+    meta = {"type": "autoencoder-run", "train": to_dict(config)}
+    # the global RNG too: VQ dead-code restarts draw from it
+    train_state = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
+    if disc_opt is not None:
+        train_state["disc_optimizer"] = disc_opt.state_dict()
+    return states, meta, train_state
+
+
+def train_autoencoder(
+    config: AutoencoderTrainConfig,
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Train, or resume, a first-stage model in `run_dir`; returns the held-out metrics.
+    max_steps stops early (for tests of resume); the run is then unfinished but resumable."""
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    train_images, eval_images = load_images(config.data, config.model.in_channels)
+    if len(train_images) < 1:
+        raise ValueError("no training images")
+    size = train_images.shape[-1]
+    f = config.model.downsampling_factor
+    if size % f:
+        raise ValueError(f"image size {size} is not divisible by the downsampling factor f = {f}")
+
+    torch.manual_seed(config.seed)  # the initial weights, and the global RNG's starting state
+    model = Autoencoder(config.model).to(device)
+    loss_cfg = config.loss
+    disc = None
+    if loss_cfg.gan_weight > 0:
+        disc = PatchDiscriminator(config.model.out_channels, loss_cfg.disc_channels, loss_cfg.disc_layers).to(device)
+        d_loss_fn, g_loss_fn = GAN_LOSSES[loss_cfg.gan_loss]
+    perceptual = perceptual_loss(loss_cfg.perceptual, disc, loss_cfg.lpips_vgg, loss_cfg.lpips_heads).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
+    disc_opt = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
+
+    log = JsonlLog(run_dir / "log.jsonl")
+    start = 0
+    found = latest_checkpoint(run_dir) if resume else None
+    if found is not None:
+        states, meta, train_state = load_checkpoint(found, with_train_state=True)
+        if meta.get("train") != to_dict(config):
+            raise CheckpointError(
+                f"{found} was written by a run with another config; use a new run folder or --no-resume"
+            )
+        model.load_state_dict(states["autoencoder"])
+        opt.load_state_dict(train_state["optimizer"])
+        if disc is not None:
+            disc.load_state_dict(states["discriminator"])
+            disc_opt.load_state_dict(train_state["disc_optimizer"])
+        start = train_state["step"]
+        torch.set_rng_state(train_state["torch_rng"])
+        log.truncate_after(start)
+        print(f"resuming from {found} (step {start})")
+    elif resume is False and (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()
+
+    preview = eval_images[:8].to(device)
+    end = config.steps if max_steps is None else min(config.steps, max_steps)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="autoencoder", disable=not progress)
+    t0 = time.perf_counter()
+    for step in bar:
+        model.train()
+        gen = _step_generator(config.seed, step)
+        x = _batch(train_images, config.batch_size, config.seed, step).to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr(config, config.lr, step)
+
+        # generator step: reconstruction + regulariser + perceptual (+ adversarial)
+        out = model(x, gen=gen)
+        rec_loss = reconstruction_loss(x, out.reconstruction, loss_cfg.l1, loss_cfg.l2)
+        nll = rec_loss + loss_cfg.perceptual_weight * perceptual(x, out.reconstruction).mean()
+        if out.kl is not None:  # KL / pixels: as LDM's weight on a summed-over-pixels loss
+            reg = loss_cfg.kl_weight * out.kl.mean() / x[0].numel()
+        elif out.vq is not None:
+            reg = loss_cfg.codebook_weight * out.vq.loss
+        else:
+            reg = nll.new_zeros(())
+        loss = nll + reg
+        gan_on = disc is not None and step >= loss_cfg.disc_start
+        record = {"step": step + 1, "rec": rec_loss.item(), "reg": reg.item()}
+        if gan_on:
+            g_loss = g_loss_fn(disc(out.reconstruction))
+            weight = adaptive_gan_weight(nll, g_loss, model.last_layer) if loss_cfg.adaptive_weight else 1.0
+            loss = loss + loss_cfg.gan_weight * weight * g_loss
+            record.update(g_loss=g_loss.item(), gan_weight=float(weight))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+
+        # discriminator step on the detached reconstruction
+        if gan_on:
+            for group in disc_opt.param_groups:
+                group["lr"] = _lr(config, config.disc_lr, step - loss_cfg.disc_start)
+            d_loss = d_loss_fn(disc(x), disc(out.reconstruction.detach()))
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            record["d_loss"] = d_loss.item()
+
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite loss at step {step + 1}: {record}")
+        record["loss"] = loss.item()
+        if out.vq is not None:
+            record.update(perplexity=out.vq.perplexity.item(), batch_usage=out.vq.usage.item())
+        done = step + 1
+        if done % config.log_every == 0 or done == end:
+            record["images_per_s"] = (done - start) * config.batch_size / (time.perf_counter() - t0)
+            log.write(record)
+            bar.set_postfix(rec=f"{record['rec']:.4f}", reg=f"{record['reg']:.2e}")
+        if done % config.image_every == 0:
+            _save_reconstructions(model, preview, run_dir / "samples" / f"step-{done:08d}.png", done)
+        if done % config.checkpoint_every == 0 or done == end:
+            save_checkpoint(checkpoint_dir(run_dir, done), *_train_state(done, model, disc, opt, disc_opt, config))
+            prune_checkpoints(run_dir, config.keep_checkpoints)
+    bar.close()
+    if end < config.steps:
+        return {}
+
+    # the finished model: measured scale factor, held-out metrics, plots
+    scale = latent_scale_factor(model, train_images[: config.scale_images].to(device))
+    model.config = replace(model.config, scaling_factor=scale)
+    metrics = evaluate(model, eval_images.to(device))
+    records = log.read()
+    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
+    metrics.update(scaling_factor=scale, steps=config.steps, images_per_s=speeds[-1] if speeds else None)
+    save_autoencoder(model, run_dir / "model", extra={"metrics": metrics, "train": to_dict(config)})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_losses(records, ["rec", "reg", "g_loss", "d_loss", "perplexity"], run_dir / "loss.png", title=str(run_dir.name))
+    _save_reconstructions(model, preview, run_dir / "reconstructions.png", config.steps)
+    return metrics
+
+
+def save_autoencoder(model: Autoencoder, directory: str | Path, extra: dict | None = None) -> Path:
+    """An ldmkit model folder holding one autoencoder."""
+    meta = {"type": "autoencoder", "autoencoder": to_dict(model.config), **(extra or {})}
+    return save_checkpoint(directory, {"autoencoder": model.state_dict()}, meta)
+
+
+def load_autoencoder(directory: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
+    states, meta, _ = load_checkpoint(directory)
+    if meta.get("type") != "autoencoder" or "autoencoder" not in states:
+        raise CheckpointError(f"{directory} does not hold an ldmkit autoencoder (type {meta.get('type')!r})")
+    model = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
+    model.load_state_dict(states["autoencoder"])
+    return model.to(device).eval()

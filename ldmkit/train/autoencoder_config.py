@@ -1,0 +1,92 @@
+"""Typed configs of a first-stage training run, and named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..autoencoders.config import AE_PRESETS, AutoencoderConfig
+
+DATASETS = ("fashion-mnist", "photos", "folder")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"  # fashion-mnist | photos (scikit-image crops) | folder
+    path: str | None = None  # the folder, for dataset="folder"
+    size: int = 32  # images are size x size (Fashion-MNIST: padded to it)
+    limit: int | None = None  # use only the first N training images
+    eval_images: int = 1000  # held-out images for PSNR / SSIM
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
+        if self.dataset == "folder" and not self.path:
+            raise ValueError("dataset 'folder' needs data.path: the folder of images")
+
+
+@dataclass(frozen=True)
+class AutoencoderLossConfig:
+    l1: float = 1.0  # pixel terms (LDM / VQGAN use L1)
+    l2: float = 0.0
+    kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) || N(0, I)), mean over latent elements
+    codebook_weight: float = 1.0  # vq: weight of codebook + beta * commitment
+    perceptual: str = "none"  # none | disc_features | lpips
+    perceptual_weight: float = 1.0
+    lpips_vgg: str | None = None  # local VGG16 weights, for perceptual="lpips"
+    lpips_heads: str | None = None  # local LPIPS linear-head weights
+    gan_weight: float = 0.0  # 0: no discriminator at all
+    gan_loss: str = "hinge"  # hinge | nonsaturating
+    disc_start: int = 0  # step from which the GAN term counts
+    adaptive_weight: bool = True  # VQGAN eq. 7
+    disc_channels: int = 64
+    disc_layers: int = 2
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    model: AutoencoderConfig = AE_PRESETS["fmnist-f4"]
+    data: DataConfig = DataConfig()
+    loss: AutoencoderLossConfig = AutoencoderLossConfig()
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 4e-4
+    disc_lr: float = 2e-4
+    adam_betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's: a short memory suits the GAN game
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    log_every: int = 25
+    image_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    scale_images: int = 2000  # images to estimate the latent scale factor on
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.model.out_channels != self.model.in_channels:
+            raise ValueError(
+                f"an autoencoder reconstructs its input: model.out_channels ({self.model.out_channels}) "
+                f"must equal model.in_channels ({self.model.in_channels})"
+            )
+        if self.loss.gan_weight == 0 and self.loss.perceptual == "disc_features":
+            raise ValueError("perceptual 'disc_features' needs a discriminator: set loss.gan_weight > 0")
+
+
+TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
+    "fmnist-kl-f4": AutoencoderTrainConfig(),
+    "fmnist-vq-f4": AutoencoderTrainConfig(
+        model=replace(AE_PRESETS["fmnist-vq-f4"], ema=True, restart_dead_codes=True),
+    ),
+    "photos-kl-f4": AutoencoderTrainConfig(
+        model=AutoencoderConfig(kind="kl", in_channels=3, base_channels=32, channel_mult=(1, 2, 2),
+                                num_res_blocks=1, norm_groups=8),
+        data=DataConfig(dataset="photos", size=32, limit=4096, eval_images=256),
+    ),
+    "tiny": AutoencoderTrainConfig(
+        model=replace(AE_PRESETS["tiny"], in_channels=1, out_channels=1),
+        data=DataConfig(limit=64, eval_images=16),
+        steps=4, batch_size=4, warmup_steps=1, log_every=1, image_every=2, checkpoint_every=2,
+        scale_images=16,
+    ),
+}

@@ -1,0 +1,70 @@
+"""The first-stage training loop: a tiny run end to end, exact resume, bad input."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image
+
+from ldmkit.cli import main
+from ldmkit.io import CheckpointError, load_checkpoint
+from ldmkit.train.autoencoder import load_autoencoder, train_autoencoder
+from ldmkit.train.autoencoder_config import TRAIN_PRESETS, DataConfig
+
+TINY = TRAIN_PRESETS["tiny"]
+
+
+def test_tiny_run_leaves_a_model_log_plot_and_grids(tmp_path):
+    metrics = train_autoencoder(TINY, tmp_path, progress=False)
+    assert set(metrics) >= {"psnr", "ssim", "scaling_factor"}
+    model = load_autoencoder(tmp_path / "model")
+    assert model.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == TINY.steps
+    for name in ("loss.png", "reconstructions.png", "metrics.json", "samples/step-00000002.png"):
+        assert (tmp_path / name).is_file(), name
+    # the scale factor makes the latents of training data unit-variance
+    from ldmkit.data import load_fashion_mnist
+
+    x, _ = load_fashion_mnist("train", limit=TINY.scale_images)
+    assert model.to_latent(x).std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
+    config = replace(TINY, loss=replace(TINY.loss, gan_weight=0.5, perceptual="disc_features"))
+    train_autoencoder(config, tmp_path / "whole", progress=False)
+    train_autoencoder(config, tmp_path / "split", progress=False, max_steps=2)
+    train_autoencoder(config, tmp_path / "split", progress=False)
+    whole, _, _ = load_checkpoint(tmp_path / "whole" / "checkpoints" / "step-00000004")
+    split, _, _ = load_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000004")
+    for part in ("autoencoder", "discriminator"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, split[part][key]), f"{part}.{key}"
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    train_autoencoder(TINY, tmp_path, progress=False, max_steps=2)
+    with pytest.raises(CheckpointError, match="another config"):
+        train_autoencoder(replace(TINY, lr=1e-3), tmp_path, progress=False)
+
+
+def test_bad_input_is_reported(tmp_path):
+    with pytest.raises(ValueError, match="Fashion-MNIST is grayscale"):
+        train_autoencoder(replace(TINY, model=replace(TINY.model, in_channels=3, out_channels=3)), tmp_path)
+    with pytest.raises(ValueError, match="must equal model.in_channels"):
+        replace(TINY, model=replace(TINY.model, out_channels=3))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_autoencoder(replace(TINY, data=DataConfig(dataset="folder", path=str(tmp_path / "none"))), tmp_path / "r")
+    for i in range(3):
+        Image.new("RGB", (30, 30), (i * 50, 0, 0)).save(tmp_path / f"odd{i}.png")
+    with pytest.raises(ValueError, match="not divisible by the downsampling factor f = 2"):
+        folder = DataConfig(dataset="folder", path=str(tmp_path), size=15)
+        train_autoencoder(replace(TINY, data=folder, model=replace(TINY.model, in_channels=3, out_channels=3)), tmp_path / "r2")
+    assert not (tmp_path / "r2" / "checkpoints").exists()  # nothing half-written
+
+
+def test_cli_trains_and_reports_bad_overrides(tmp_path, capsys):
+    assert main(["train-autoencoder", "--preset", "tiny", "--out", str(tmp_path), "--set", "steps=2"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 2
+    assert main(["train-autoencoder", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "model.depth=3"]) == 2
+    assert "unknown config key 'model.depth'" in capsys.readouterr().err
