@@ -64,7 +64,7 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: self-attention, cross-attention to the context, feed-forward; residual each."""
+    """Pre-norm block: self-attention, cross-attention to the context, feed-forward; residuals."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None,
                  dropout: float = 0.0):
@@ -87,7 +87,7 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """GroupNorm, project in, flatten pixels to tokens, transformer blocks, back to a map; residual."""
+    """GroupNorm, project in, pixels to tokens, transformer blocks, back to a map; residual."""
 
     def __init__(self, channels: int, heads: int, depth: int, context_dim: int | None,
                  norm_groups: int, use_linear_projection: bool = False, dropout: float = 0.0):
@@ -101,7 +101,7 @@ class SpatialTransformer(nn.Module):
             TransformerBlock(channels, heads, channels // heads, context_dim, dropout)
             for _ in range(depth))
         self.proj_out = proj(channels, channels)
-        # Start as the identity map, as in the LDM code (zero_module): training from scratch is stabler.
+        # Start as the identity map, as the LDM code does (zero_module): stabler from scratch.
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 

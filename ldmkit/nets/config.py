@@ -13,14 +13,14 @@ class UNetConfig:
     out_channels: int = 4
     base_channels: int = 320                    # conv_in width; level i has base * channel_mult[i]
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2                     # ResBlocks per level on the way down (+1 on the way up)
+    num_res_blocks: int = 2                     # ResBlocks per level going down (+1 going up)
     attn_levels: tuple[int, ...] = (0, 1, 2)    # levels, not resolutions
     mid_attention: bool = True                  # a SpatialTransformer between the middle ResBlocks
     num_heads: int | None = 8                   # fixed head count (SD v1) ...
-    head_dim: int | None = None                 # ... or fixed head width (SD v2); exactly one is set
+    head_dim: int | None = None                 # ... or fixed head width (SD v2); set exactly one
     transformer_depth: int = 1                  # TransformerBlocks per SpatialTransformer
     context_dim: int | None = 768               # None: no cross-attention
-    use_linear_projection: bool = False         # proj_in/proj_out as Linear (SD v2) or 1x1 conv (SD v1)
+    use_linear_projection: bool = False         # proj_in/out: Linear (SD v2) or 1x1 conv (SD v1)
     num_classes: int | None = None              # None: no class embedding
     norm_groups: int = 32
     dropout: float = 0.0

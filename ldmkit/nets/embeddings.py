@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def timestep_embedding(t: torch.Tensor | float, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor | float, dim: int,
+                       max_period: float = 10000.0) -> torch.Tensor:
     """[cos(t w_k) | sin(t w_k)] with w_k = max_period**(-k / (dim/2)), k = 0 .. dim/2 - 1.
 
     t: a number, 0-d or (B,) tensor. Returns (B, dim) float32 (B = 1 for a scalar t).

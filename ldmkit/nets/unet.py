@@ -4,7 +4,9 @@ Down the U each level runs num_res_blocks ResBlocks (each followed by a SpatialT
 attention levels) and halves the size; the middle runs ResBlock, SpatialTransformer, ResBlock; up
 the U each level runs num_res_blocks + 1 ResBlocks, each reading the concatenation with one saved
 skip, and doubles the size. Parameter names equal diffusers' UNet2DConditionModel's, so its state
-dicts load with strict=True and no key mapping.
+dicts load with strict=True and no key mapping (same network whenever channel_mult[0] == 1, as in
+every SD model; otherwise conv_in and the sinusoids are base_channels wide as in the LDM code,
+where diffusers uses block_out_channels[0]).
 Names: B batch, C channels, H W size, L context length, D_ctx context width, E time-embedding width.
 """
 
@@ -77,6 +79,8 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
+    """eps_theta(x_t, t, context, class): (B, in_channels, H, W) -> (B, out_channels, H, W)."""
+
     def __init__(self, config: UNetConfig, gradient_checkpointing: bool = False):
         super().__init__()
         self.config = c = config
@@ -110,7 +114,8 @@ class UNet(nn.Module):
                     attns.append(attention(ch))
                 skip_widths.append(ch)
             last = level == n_levels - 1
-            self.down_blocks.append(Level(resnets, attns, downsample=None if last else Downsample(ch)))
+            down = None if last else Downsample(ch)
+            self.down_blocks.append(Level(resnets, attns, downsample=down))
             if not last:
                 skip_widths.append(ch)
 
@@ -145,23 +150,23 @@ class UNet(nn.Module):
         """x (B, in_channels, H, W) noisy latents; t a number, 0-d, (1,) or (B,) timesteps (float
         allowed); context (B, L, context_dim) tokens tau(y); context_mask (B, L) bool, True = keep;
         class_labels (B,) ints. Returns (B, out_channels, H, W), e.g. the predicted eps."""
-        t = check_inputs(self.config, x, t, context, context_mask, class_labels)   # (B,)
+        t = check_inputs(self.config, x, t, context, context_mask, class_labels)  # (B,)
 
-        emb = timestep_embedding(t, self.config.base_channels).to(x.dtype)    # (B, C_base)
-        emb = self.time_embedding(emb)                                         # (B, E)
+        emb = timestep_embedding(t, self.config.base_channels).to(x.dtype)  # (B, C_base)
+        emb = self.time_embedding(emb)                                 # (B, E)
         if self.class_embedding is not None:
-            emb = emb + self.class_embedding(class_labels).to(emb.dtype)       # (B, E)
+            emb = emb + self.class_embedding(class_labels).to(emb.dtype)  # (B, E)
 
-        h = self.conv_in(x)                                                    # (B, C_base, H, W)
+        h = self.conv_in(x)                                            # (B, C_base, H, W)
         skips = [h]
         for level in self.down_blocks:
             for j, resnet in enumerate(level.resnets):
-                h = self._run(resnet, h, emb)                                  # (B, C_level, H', W')
+                h = self._run(resnet, h, emb)                          # (B, C_level, H', W')
                 if level.attentions is not None:
                     h = self._run(level.attentions[j], h, context, context_mask)
                 skips.append(h)
             if level.downsamplers is not None:
-                h = level.downsamplers[0](h)                                   # (B, C_level, H'/2, W'/2)
+                h = level.downsamplers[0](h)                           # (B, C_level, H'/2, W'/2)
                 skips.append(h)
 
         h = self._run(self.mid_block.resnets[0], h, emb)
@@ -171,15 +176,15 @@ class UNet(nn.Module):
 
         for level in self.up_blocks:
             for j, resnet in enumerate(level.resnets):
-                h = torch.cat([h, skips.pop()], dim=1)                         # (B, C + C_skip, H', W')
-                h = self._run(resnet, h, emb)                                  # (B, C_level, H', W')
+                h = torch.cat([h, skips.pop()], dim=1)                 # (B, C + C_skip, H', W')
+                h = self._run(resnet, h, emb)                          # (B, C_level, H', W')
                 if level.attentions is not None:
                     h = self._run(level.attentions[j], h, context, context_mask)
             if level.upsamplers is not None:
-                h = level.upsamplers[0](h)                                     # (B, C_level, 2H', 2W')
+                h = level.upsamplers[0](h)                             # (B, C_level, 2H', 2W')
 
         h = F.silu(self.conv_norm_out(h))
-        return self.conv_out(h)                                                # (B, out_channels, H, W)
+        return self.conv_out(h)                                        # (B, out_channels, H, W)
 
 
 def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> torch.Tensor:
@@ -198,20 +203,23 @@ def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> to
 
     t = torch.as_tensor(t, device=x.device)
     if t.ndim > 1 or t.numel() not in (1, B):
-        raise ValueError(f"t has shape {tuple(t.shape)}; allowed: a number, 0-d, (1,) or (B,) = ({B},)")
+        raise ValueError(f"t has shape {tuple(t.shape)}; allowed: a number, 0-d, (1,) or "
+                         f"(B,) = ({B},)")
     t = t.reshape(-1).expand(B)                                                # (B,)
 
     if context is None:
         if c.context_dim is not None:
-            raise ValueError(f"this UNet has cross-attention (context_dim {c.context_dim}) and needs "
-                             f"a context of shape (B, L, {c.context_dim})")
+            raise ValueError(f"this UNet has cross-attention (context_dim {c.context_dim}) and "
+                             f"needs a context of shape (B, L, {c.context_dim})")
         if context_mask is not None:
             raise ValueError("context_mask was given without a context")
     else:
         if c.context_dim is None:
-            raise ValueError("context was given but this UNet has no cross-attention (context_dim None)")
+            raise ValueError("context was given but this UNet has no cross-attention "
+                             "(context_dim None)")
         if context.ndim != 3 or context.shape[0] != B:
-            raise ValueError(f"context must be (B, L, D) with B = {B}, got shape {tuple(context.shape)}")
+            raise ValueError(f"context must be (B, L, D) with B = {B}, got shape "
+                             f"{tuple(context.shape)}")
         if context.shape[-1] != c.context_dim:
             raise ValueError(f"context width {context.shape[-1]} does not match the UNet's "
                              f"context_dim {c.context_dim}")
@@ -221,7 +229,8 @@ def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> to
                                  f"tensor, got {context_mask.dtype} {tuple(context_mask.shape)}")
             # A row with every token masked has no softmax to take (SDPA gives 0 or NaN).
             if concrete and not context_mask.any(dim=1).all():
-                raise ValueError("context_mask masks out every token of some sample; keep at least one")
+                raise ValueError("context_mask masks out every token of some sample; "
+                                 "keep at least one")
 
     if class_labels is None:
         if c.num_classes is not None:
