@@ -10,6 +10,8 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from ldmkit.nets.unet import Upsample  # nearest x2 then a 3x3 conv, the same in both stages
+
 
 class ResnetBlock(nn.Module):
     """x + conv(SiLU(norm(conv(SiLU(norm(x)))))); a 1x1 conv_shortcut when the width changes."""
@@ -41,18 +43,6 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, 1, 0, 1))                                             # (B, C, H+1, W+1)
         return self.conv(x)                                                    # (B, C, H/2, W/2)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")                 # (B, C, 2H, 2W)
-        return self.conv(x)
 
 
 class MidAttention(nn.Module):

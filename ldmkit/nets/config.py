@@ -37,7 +37,7 @@ class UNetConfig:
         return 4 * self.base_channels
 
     @property
-    def downsample_factor(self) -> int:
+    def downsampling_factor(self) -> int:
         """H and W must be multiples of this: the deepest level is 1/2**(levels-1) of the input."""
         return 2 ** (len(self.channel_mult) - 1)
 

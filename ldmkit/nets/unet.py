@@ -194,7 +194,7 @@ def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> to
     B, C, H, W = x.shape
     if C != c.in_channels:
         raise ValueError(f"x has {C} channels but the UNet's in_channels is {c.in_channels}")
-    f = c.downsample_factor
+    f = c.downsampling_factor
     if H % f or W % f:
         raise ValueError(f"x size {H}x{W} does not work: H and W must be multiples of {f} "
                          f"(2**{len(c.channel_mult) - 1} for {len(c.channel_mult)} levels), "
