@@ -88,3 +88,13 @@ def test_psnr_and_ssim_against_closed_forms_and_scikit_image():
         for i in range(3)
     ]
     assert ssim(x, y).tolist() == pytest.approx(reference, abs=1e-5)
+
+
+def test_gradient_energy_ratio_sees_blur():
+    from ldmkit.metrics import gradient_energy_ratio
+
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+    assert gradient_energy_ratio(x, x).tolist() == pytest.approx([1.0, 1.0])
+    assert (gradient_energy_ratio(blurred, x) < 0.3).all()
+    assert gradient_energy_ratio(2 * x, x).tolist() == pytest.approx([4.0, 4.0], rel=1e-5)

@@ -68,3 +68,30 @@ def test_cli_trains_and_reports_bad_overrides(tmp_path, capsys):
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 2
     assert main(["train-autoencoder", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "model.depth=3"]) == 2
     assert "unknown config key 'model.depth'" in capsys.readouterr().err
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
+    from ldmkit.train.autoencoder import _lr
+
+    config = replace(TINY, steps=110, warmup_steps=10, lr=1.0)
+    assert _lr(config, 1.0, 0) == pytest.approx(0.1)
+    assert _lr(config, 1.0, 9) == pytest.approx(1.0)
+    assert _lr(config, 1.0, 10) == pytest.approx(1.0)
+    assert _lr(config, 1.0, 60) == pytest.approx(0.5)
+    assert _lr(config, 1.0, 110) == pytest.approx(0.0, abs=1e-12)
+    assert _lr(replace(config, lr_schedule="constant"), 1.0, 100) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["ae", "kl", "vq"])
+def test_saved_autoencoder_round_trip_is_exact(tmp_path, kind):
+    from ldmkit.autoencoders import AE_PRESETS, Autoencoder
+    from ldmkit.train.autoencoder import save_autoencoder
+
+    model = Autoencoder(replace(AE_PRESETS["tiny"], kind=kind, codebook_size=16, scaling_factor=0.7)).eval()
+    save_autoencoder(model, tmp_path / "m")
+    loaded = load_autoencoder(tmp_path / "m")
+    assert loaded.config == model.config
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.to_latent(x), model.to_latent(x))
+        assert torch.equal(loaded.from_latent(model.to_latent(x)), model.from_latent(model.to_latent(x)))

@@ -1,3 +1,3 @@
 """Image quality measures."""
 
-from .image_quality import psnr, ssim
+from .image_quality import gradient_energy_ratio, psnr, ssim

@@ -41,3 +41,16 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))  # eq. 13
     return s.flatten(1).mean(1).float()
+
+
+def gradient_energy_ratio(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared finite-difference gradient of the reconstruction over that of the original,
+    per image: (B,). Blurry reconstructions score below 1; a measure of sharpness that needs no
+    pretrained network (PSNR and SSIM reward the blur that averages over uncertain detail)."""
+
+    def energy(t: torch.Tensor) -> torch.Tensor:
+        t = t.double()
+        dx, dy = t[..., :, 1:] - t[..., :, :-1], t[..., 1:, :] - t[..., :-1, :]
+        return dx.pow(2).flatten(1).mean(1) + dy.pow(2).flatten(1).mean(1)
+
+    return (energy(x_rec) / energy(x).clamp(min=1e-12)).float()

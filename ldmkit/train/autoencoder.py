@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..autoencoders import (
@@ -33,7 +34,7 @@ from ..autoencoders import (
 from ..config import from_dict, to_dict
 from ..data import ImageFolder, load_fashion_mnist, photo_crops
 from ..io import CheckpointError, load_checkpoint, save_checkpoint
-from ..metrics import psnr, ssim
+from ..metrics import gradient_energy_ratio, psnr, ssim
 from ..utils.images import image_grid, save_png, to_pil
 from .autoencoder_config import AutoencoderTrainConfig, DataConfig
 from .checkpoints import checkpoint_dir, latest_checkpoint, prune_checkpoints
@@ -78,23 +79,34 @@ def _batch(images: torch.Tensor, batch_size: int, seed: int, step: int) -> torch
 
 
 def _lr(config: AutoencoderTrainConfig, base: float, step: int) -> float:
-    return base * min(1.0, (step + 1) / max(1, config.warmup_steps))
+    """Linear warm-up, then constant or a cosine decay to 0 at the last step."""
+    if step < config.warmup_steps:
+        return base * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return base
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
 def evaluate(model: Autoencoder, images: torch.Tensor, batch_size: int = 200) -> dict[str, float]:
-    """PSNR / SSIM of deterministic reconstructions (posterior mean; quantised codes), and for
-    vq the share of the codebook the held-out images use."""
+    """PSNR / SSIM / gradient-energy ratio (blur) of deterministic reconstructions (posterior
+    mean; quantised codes), and for vq the share of the codebook the held-out images use."""
     model.eval()
-    psnrs, ssims, codes = [], [], []
+    psnrs, ssims, sharpness, codes = [], [], [], []
     for chunk in images.split(batch_size):
         out = model(chunk, sample_posterior=False)
         rec = out.reconstruction.clamp(-1, 1)
         psnrs.append(psnr(rec, chunk))
+        sharpness.append(gradient_energy_ratio(rec, chunk))
         ssims.append(ssim(rec, chunk) if min(chunk.shape[-2:]) >= 11 else torch.full((len(chunk),), float("nan")))
         if out.vq is not None:
             codes.append(out.vq.codes.flatten())
-    metrics = {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item()}
+    metrics = {
+        "psnr": torch.cat(psnrs).mean().item(),
+        "ssim": torch.cat(ssims).mean().item(),
+        "gradient_energy_ratio": torch.cat(sharpness).mean().item(),
+    }
     if codes:
         used = torch.cat(codes).unique().numel()
         metrics["codebook_usage"] = used / model.config.codebook_size
@@ -114,18 +126,19 @@ def _save_reconstructions(model: Autoencoder, images: torch.Tensor, path: Path, 
     model.eval()
     with torch.no_grad():
         rec = model(images, sample_posterior=False).reconstruction.clamp(-1, 1)
-    tiles = [to_pil(x) for x in images] + [to_pil(x) for x in rec]
+    zoom = max(1, 96 // images.shape[-1])  # small images are enlarged (nearest) to be seen
+    tiles = [to_pil(x).resize((zoom * x.shape[-1], zoom * x.shape[-2]), Image.NEAREST) for x in torch.cat([images, rec])]
     grid = image_grid(tiles, columns=len(images), row_labels=["input", "recon"])
     save_png(grid, path, {"ldmkit": "autoencoder-reconstructions", "step": step})
 
 
-def _train_state(step, model, disc, opt, disc_opt, config) -> tuple[dict, dict, dict]:
+def _train_state(step, model, disc, opt, disc_opt, config, seconds) -> tuple[dict, dict, dict]:
     states = {"autoencoder": model.state_dict()}
     if disc is not None:
         states["discriminator"] = disc.state_dict()
     meta = {"type": "autoencoder-run", "train": to_dict(config)}
     # the global RNG too: VQ dead-code restarts draw from it
-    train_state = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
+    train_state = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "seconds": seconds}
     if disc_opt is not None:
         train_state["disc_optimizer"] = disc_opt.state_dict()
     return states, meta, train_state
@@ -163,7 +176,7 @@ def train_autoencoder(
     disc_opt = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
 
     log = JsonlLog(run_dir / "log.jsonl")
-    start = 0
+    start, seconds_before = 0, 0.0
     found = latest_checkpoint(run_dir) if resume else None
     if found is not None:
         states, meta, train_state = load_checkpoint(found, with_train_state=True)
@@ -176,7 +189,7 @@ def train_autoencoder(
         if disc is not None:
             disc.load_state_dict(states["discriminator"])
             disc_opt.load_state_dict(train_state["disc_optimizer"])
-        start = train_state["step"]
+        start, seconds_before = train_state["step"], train_state["seconds"]
         torch.set_rng_state(train_state["torch_rng"])
         log.truncate_after(start)
         print(f"resuming from {found} (step {start})")
@@ -241,19 +254,26 @@ def train_autoencoder(
         if done % config.image_every == 0:
             _save_reconstructions(model, preview, run_dir / "samples" / f"step-{done:08d}.png", done)
         if done % config.checkpoint_every == 0 or done == end:
-            save_checkpoint(checkpoint_dir(run_dir, done), *_train_state(done, model, disc, opt, disc_opt, config))
+            seconds = seconds_before + time.perf_counter() - t0
+            save_checkpoint(checkpoint_dir(run_dir, done), *_train_state(done, model, disc, opt, disc_opt, config, seconds))
             prune_checkpoints(run_dir, config.keep_checkpoints)
     bar.close()
     if end < config.steps:
         return {}
 
     # the finished model: measured scale factor, held-out metrics, plots
+    train_minutes = (seconds_before + time.perf_counter() - t0) / 60
     scale = latent_scale_factor(model, train_images[: config.scale_images].to(device))
     model.config = replace(model.config, scaling_factor=scale)
     metrics = evaluate(model, eval_images.to(device))
     records = log.read()
     speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
-    metrics.update(scaling_factor=scale, steps=config.steps, images_per_s=speeds[-1] if speeds else None)
+    metrics.update(
+        scaling_factor=scale,
+        steps=config.steps,
+        images_per_s=speeds[-1] if speeds else None,
+        train_minutes=train_minutes,
+    )
     save_autoencoder(model, run_dir / "model", extra={"metrics": metrics, "train": to_dict(config)})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_losses(records, ["rec", "reg", "g_loss", "d_loss", "perplexity"], run_dir / "loss.png", title=str(run_dir.name))

@@ -53,6 +53,7 @@ class AutoencoderTrainConfig:
     disc_lr: float = 2e-4
     adam_betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's: a short memory suits the GAN game
     warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # cosine (decay to 0 over the run) | constant, after warm-up
     grad_clip: float | None = 1.0
     seed: int = 0
     log_every: int = 25
@@ -62,6 +63,8 @@ class AutoencoderTrainConfig:
     scale_images: int = 2000  # images to estimate the latent scale factor on
 
     def __post_init__(self):
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.model.out_channels != self.model.in_channels:
@@ -74,9 +77,11 @@ class AutoencoderTrainConfig:
 
 
 TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
-    "fmnist-kl-f4": AutoencoderTrainConfig(),
+    # measured here: batch 32 at lr 1e-3 with cosine decay beats batch 64 at 4e-4 per CPU minute
+    "fmnist-kl-f4": AutoencoderTrainConfig(steps=4500, batch_size=32, lr=1e-3),
     "fmnist-vq-f4": AutoencoderTrainConfig(
         model=replace(AE_PRESETS["fmnist-vq-f4"], ema=True, restart_dead_codes=True),
+        steps=4500, batch_size=32, lr=1e-3,
     ),
     "photos-kl-f4": AutoencoderTrainConfig(
         model=AutoencoderConfig(kind="kl", in_channels=3, base_channels=32, channel_mult=(1, 2, 2),
