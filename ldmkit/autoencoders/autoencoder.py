@@ -112,7 +112,8 @@ class Autoencoder(nn.Module):
     @staticmethod
     def _check(x: torch.Tensor, channels: int, multiple: int, what: str) -> None:
         if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f"expected a {what} batch of shape (B, {channels}, H, W), "
+            article = "an" if what[0] in "aeiou" else "a"
+            raise ValueError(f"expected {article} {what} batch of shape (B, {channels}, H, W), "
                              f"got {tuple(x.shape)}")
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(f"{what} size {tuple(x.shape[-2:])} is not divisible by the "

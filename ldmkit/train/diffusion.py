@@ -1,0 +1,155 @@
+"""Training the second stage: diffusion in the latent space of a frozen autoencoder.
+
+The data are encoded once: latents z0 = s * E(x) (posterior means) and, for text conditioning,
+the MiniLM states of each distinct caption. Each step then draws a batch, replaces the
+conditioning of a `cond_dropout` share by the null one (the empty caption, or the null class)
+so that classifier-free guidance has an unconditional model to subtract, and takes an AdamW
+step on the objective of LDM eq. 2. All randomness of a step comes from a generator seeded by
+(seed, step), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import to_dict
+from ..data import fashion_mnist, load_fashion_mnist
+from ..data.shapes import ShapesDataset
+from ..diffusion import diffusion_loss, make_schedule
+from ..io import CheckpointError, load_checkpoint, save_checkpoint
+from ..nets import UNet
+from .autoencoder import load_autoencoder
+from .checkpoints import checkpoint_dir, latest_checkpoint, prune_checkpoints
+from .diffusion_config import DiffusionTrainConfig
+from .ema import EMA
+from .logging import JsonlLog, plot_losses
+
+
+def load_captioned_images(config: DiffusionTrainConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(images (N, C, H, W) in [-1, 1], captions, class labels (N,))."""
+    data = config.data
+    if data.dataset == "fashion-mnist":
+        images, labels = load_fashion_mnist("train", limit=data.limit)
+        return images, [fashion_mnist.caption(int(y)) for y in labels], labels
+    shapes = ShapesDataset(length=data.limit or 20_000, seed=config.seed, holdout=data.holdout)
+    items = [shapes[i] for i in range(len(shapes))]
+    labels = torch.tensor([c * 12 + s * 4 + q for _, _, (c, s, q) in items])  # 48 combinations
+    return torch.stack([x for x, _, _ in items]), [t for _, t, _ in items], labels
+
+
+@torch.no_grad()
+def encode_dataset(autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Latents z0 = s * E(x) of every image, computed once: (N, c, H/f, W/f)."""
+    return torch.cat([autoencoder.to_latent(chunk) for chunk in images.split(batch_size)])
+
+
+def _lr(config: DiffusionTrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def train_diffusion(
+    config: DiffusionTrainConfig,
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Train, or resume, a latent diffusion model in `run_dir`."""
+    run_dir, device = Path(run_dir), torch.device(device)
+    autoencoder = load_autoencoder(config.autoencoder, device)
+    images, captions, labels = load_captioned_images(config)
+    if images.shape[1] != autoencoder.config.in_channels:
+        raise ValueError(
+            f"the {config.data.dataset} images have {images.shape[1]} channels but the autoencoder "
+            f"{config.autoencoder} takes {autoencoder.config.in_channels}: train one for this data first"
+        )
+    latents = encode_dataset(autoencoder, images.to(device))  # (N, c, h, w)
+    model_cfg = config.model
+    if latents.shape[1] != model_cfg.unet.in_channels:
+        raise ValueError(
+            f"the autoencoder's latents have {latents.shape[1]} channels but unet.in_channels is "
+            f"{model_cfg.unet.in_channels}"
+        )
+
+    if model_cfg.conditioning == "text":  # each distinct caption once; "" is the null caption
+        from ..conditioning import TextEncoder
+
+        encoder = TextEncoder.minilm(model_cfg.text_length).to(device)
+        vocabulary = sorted(set(captions) | {""})
+        states, masks = encoder(vocabulary)  # (V, L, D), (V, L)
+        caption_index = torch.tensor([vocabulary.index(c) for c in captions])
+        null_index = vocabulary.index("")
+    sched = make_schedule(model_cfg.schedule)
+
+    torch.manual_seed(config.seed)
+    unet = UNet(model_cfg.unet).to(device)
+    ema = EMA(unet, config.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    log = JsonlLog(run_dir / "log.jsonl")
+    start, seconds_before = 0, 0.0
+    found = latest_checkpoint(run_dir) if resume else None
+    if found is not None:
+        stored, meta, train_state = load_checkpoint(found, with_train_state=True)
+        if meta.get("train") != to_dict(config):
+            raise CheckpointError(f"{found} was written by a run with another config; use a new run folder")
+        unet.load_state_dict(stored["unet"])
+        ema.load_state_dict(stored["ema_unet"])
+        opt.load_state_dict(train_state["optimizer"])
+        start, seconds_before = train_state["step"], train_state["seconds"]
+        log.truncate_after(start)
+        print(f"resuming from {found} (step {start})")
+
+    end = config.steps if max_steps is None else min(config.steps, max_steps)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion", disable=not progress)
+    t0 = time.perf_counter()
+    for step in bar:
+        unet.train()
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        index = torch.randint(len(latents), (config.batch_size,), generator=gen)
+        drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout  # (B,) unconditional
+        cond = {}
+        if model_cfg.conditioning == "text":
+            rows = torch.where(drop, null_index, caption_index[index])
+            cond = {"context": states[rows], "context_mask": masks[rows].to(device)}
+        elif model_cfg.conditioning == "class":
+            null_class = model_cfg.unet.num_classes - 1
+            cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
+        for group in opt.param_groups:
+            group["lr"] = _lr(config, step)
+
+        loss = diffusion_loss(
+            lambda x_t, t: unet(x_t, t, **cond), latents[index], sched, model_cfg.prediction,
+            min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen,
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip or math.inf)
+        opt.step()
+        ema.update(unet)
+
+        done = step + 1
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite loss at step {done}")
+        if done % config.log_every == 0 or done == end:
+            speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
+            log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if done % config.checkpoint_every == 0 or done == end:
+            seconds = seconds_before + time.perf_counter() - t0
+            meta = {"type": "diffusion-run", "train": to_dict(config)}
+            train_state = {"step": done, "optimizer": opt.state_dict(), "seconds": seconds}
+            save_checkpoint(checkpoint_dir(run_dir, done), {"unet": unet.state_dict(), "ema_unet": ema.state_dict()}, meta, train_state)
+            prune_checkpoints(run_dir, config.keep_checkpoints)
+    bar.close()
+    records = log.read()
+    plot_losses(records, ["loss", "grad_norm"], run_dir / "loss.png", title=run_dir.name)
+    return {"steps": end, "train_minutes": (seconds_before + time.perf_counter() - t0) / 60}

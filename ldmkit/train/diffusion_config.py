@@ -1,0 +1,84 @@
+"""Typed configs of a latent diffusion model and of its training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..data.shapes import DEFAULT_HOLDOUT
+from ..diffusion.gaussian import PREDICTIONS
+from ..diffusion.schedule import ScheduleConfig
+from ..nets.config import UNET_PRESETS, UNetConfig
+
+CONDITIONINGS = ("text", "class", "none")
+LDM_DATASETS = ("fashion-mnist", "shapes")
+
+
+@dataclass(frozen=True)
+class LatentDiffusionConfig:
+    """What a trained model is: saved in its config.json beside the weights."""
+
+    unet: UNetConfig = UNET_PRESETS["small"]
+    schedule: ScheduleConfig = ScheduleConfig()
+    prediction: str = "eps"
+    conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
+    text_length: int = 16  # tokens of context (captions here are short)
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of {CONDITIONINGS}")
+        if self.conditioning == "text" and self.unet.context_dim is None:
+            raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
+        if self.conditioning == "class" and self.unet.num_classes is None:
+            raise ValueError("class conditioning needs unet.num_classes (the classes + 1 null class)")
+
+
+@dataclass(frozen=True)
+class DiffusionDataConfig:
+    dataset: str = "fashion-mnist"  # fashion-mnist | shapes
+    limit: int | None = None  # training images (shapes: how many to draw)
+    holdout: tuple[tuple[str, str, str], ...] = DEFAULT_HOLDOUT  # shapes: combinations never trained on
+
+    def __post_init__(self):
+        if self.dataset not in LDM_DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {LDM_DATASETS}")
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig:
+    model: LatentDiffusionConfig = LatentDiffusionConfig()
+    autoencoder: str = "models/autoencoders/fmnist-kl-f4"  # the frozen first stage
+    data: DiffusionDataConfig = DiffusionDataConfig()
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    cond_dropout: float = 0.1  # share of samples trained unconditionally, for guidance
+    min_snr_gamma: float | None = None
+    offset_noise: float = 0.0
+    seed: int = 0
+    log_every: int = 25
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
+DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
+    "fashion-mnist": DiffusionTrainConfig(),
+    "tiny": DiffusionTrainConfig(
+        model=LatentDiffusionConfig(unet=TINY_UNET),
+        data=DiffusionDataConfig(limit=64),
+        steps=4, batch_size=8, warmup_steps=1, log_every=1, sample_every=2, checkpoint_every=2,
+    ),
+}

@@ -1,0 +1,48 @@
+"""The latent diffusion training loop (stage 2): tiny runs, exact resume, bad input."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ldmkit.io import load_checkpoint
+from ldmkit.train.diffusion import train_diffusion
+from ldmkit.train.diffusion_config import DIFFUSION_PRESETS, DiffusionDataConfig, LatentDiffusionConfig
+
+TINY = DIFFUSION_PRESETS["tiny"]
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
+    train_diffusion(TINY, tmp_path / "whole", progress=False)
+    train_diffusion(TINY, tmp_path / "split", progress=False, max_steps=2)
+    train_diffusion(TINY, tmp_path / "split", progress=False)
+    whole, _, _ = load_checkpoint(tmp_path / "whole" / "checkpoints" / "step-00000004")
+    split, _, _ = load_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000004")
+    for part in ("unet", "ema_unet"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, split[part][key]), f"{part}.{key}"
+    assert len((tmp_path / "split" / "log.jsonl").read_text().splitlines()) == 4
+
+
+def test_class_conditioned_run_on_shapes(tmp_path):
+    unet = replace(TINY.model.unet, context_dim=None, num_classes=49)
+    config = replace(
+        TINY,
+        model=LatentDiffusionConfig(unet=unet, conditioning="class"),
+        autoencoder="models/autoencoders/fmnist-kl-f4",
+        data=DiffusionDataConfig(dataset="shapes", limit=16),
+        steps=2,
+    )
+    with pytest.raises(ValueError, match="shapes images have 3 channels but the autoencoder .* takes 1"):
+        train_diffusion(config, tmp_path)  # RGB shapes through a grayscale autoencoder
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="text conditioning needs a UNet with cross-attention"):
+        LatentDiffusionConfig(unet=replace(TINY.model.unet, context_dim=None))
+    with pytest.raises(ValueError, match="class conditioning needs unet.num_classes"):
+        LatentDiffusionConfig(unet=TINY.model.unet, conditioning="class")
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        DiffusionDataConfig(dataset="cifar")
+    with pytest.raises(ValueError, match="in_channels"):
+        train_diffusion(replace(TINY, model=replace(TINY.model, unet=replace(TINY.model.unet, in_channels=3))), "/tmp/never")
