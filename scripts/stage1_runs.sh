@@ -11,7 +11,8 @@ train fmnist-kl-f4 --preset fmnist-kl-f4                       # the KL target r
 train fmnist-vq-f4 --preset fmnist-vq-f4 --steps 3000          # the VQ target run
 # the effect of the GAN and perceptual terms, on a shorter schedule
 train ablation-l1 --preset fmnist-kl-f4 --steps 1200
-train ablation-gan --preset fmnist-kl-f4 --steps 1200 --set loss.gan_weight=0.5 --set loss.disc_start=400
+train ablation-gan --preset fmnist-kl-f4 --steps 1200 --set loss.gan_weight=0.5 --set loss.disc_start=400 \
+  --set loss.perceptual=none
 train ablation-gan-fm --preset fmnist-kl-f4 --steps 1200 --set loss.gan_weight=0.5 --set loss.disc_start=400 \
   --set loss.perceptual=disc_features
 train photos-kl-f4 --preset photos-kl-f4 --steps 1000         # real RGB photos

@@ -171,7 +171,10 @@ def train_autoencoder(
     if loss_cfg.gan_weight > 0:
         disc = PatchDiscriminator(config.model.out_channels, loss_cfg.disc_channels, loss_cfg.disc_layers).to(device)
         d_loss_fn, g_loss_fn = GAN_LOSSES[loss_cfg.gan_loss]
-    perceptual = perceptual_loss(loss_cfg.perceptual, disc, loss_cfg.lpips_vgg, loss_cfg.lpips_heads).to(device)
+    perceptual_name = loss_cfg.perceptual
+    if perceptual_name == "auto":  # the measured default: feature matching whenever D exists
+        perceptual_name = "disc_features" if disc is not None else "none"
+    perceptual = perceptual_loss(perceptual_name, disc, loss_cfg.lpips_vgg, loss_cfg.lpips_heads).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
     disc_opt = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
 

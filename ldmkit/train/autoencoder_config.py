@@ -30,7 +30,8 @@ class AutoencoderLossConfig:
     l2: float = 0.0
     kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) || N(0, I)), mean over latent elements
     codebook_weight: float = 1.0  # vq: weight of codebook + beta * commitment
-    perceptual: str = "none"  # none | disc_features | lpips
+    # auto: disc_features when a discriminator is on, else none (measured: docs/autoencoders.md)
+    perceptual: str = "auto"  # auto | none | disc_features | lpips
     perceptual_weight: float = 1.0
     lpips_vgg: str | None = None  # local VGG16 weights, for perceptual="lpips"
     lpips_heads: str | None = None  # local LPIPS linear-head weights
@@ -72,6 +73,8 @@ class AutoencoderTrainConfig:
                 f"an autoencoder reconstructs its input: model.out_channels ({self.model.out_channels}) "
                 f"must equal model.in_channels ({self.model.in_channels})"
             )
+        if self.loss.perceptual not in ("auto", "none", "disc_features", "lpips"):
+            raise ValueError(f"unknown perceptual loss {self.loss.perceptual!r}; choose auto, none, disc_features or lpips")
         if self.loss.gan_weight == 0 and self.loss.perceptual == "disc_features":
             raise ValueError("perceptual 'disc_features' needs a discriminator: set loss.gan_weight > 0")
 
