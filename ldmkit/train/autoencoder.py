@@ -37,7 +37,7 @@ from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..metrics import gradient_energy_ratio, psnr, ssim
 from ..utils.images import image_grid, save_png, to_pil
 from .autoencoder_config import AutoencoderTrainConfig, DataConfig
-from .checkpoints import checkpoint_dir, latest_checkpoint, prune_checkpoints
+from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .logging import JsonlLog, plot_losses
 
 
@@ -180,13 +180,9 @@ def train_autoencoder(
 
     log = JsonlLog(run_dir / "log.jsonl")
     start, seconds_before = 0, 0.0
-    found = latest_checkpoint(run_dir) if resume else None
-    if found is not None:
-        states, meta, train_state = load_checkpoint(found, with_train_state=True)
-        if meta.get("train") != to_dict(config):
-            raise CheckpointError(
-                f"{found} was written by a run with another config; use a new run folder or --no-resume"
-            )
+    point = resume_point(run_dir, to_dict(config)) if resume else None
+    if point is not None:
+        found, states, train_state = point
         model.load_state_dict(states["autoencoder"])
         opt.load_state_dict(train_state["optimizer"])
         if disc is not None:

@@ -38,3 +38,19 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     root = Path(run_dir) / "checkpoints"
     for leftover in root.glob(".step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def resume_point(run_dir: str | Path, config: dict) -> tuple[Path, dict, dict] | None:
+    """(folder, state dicts, train state) of the run's newest complete checkpoint, or None for a
+    fresh run. A checkpoint written under another config is refused, not silently continued."""
+    from ..io.checkpoint import CheckpointError, load_checkpoint
+
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return None
+    states, meta, train_state = load_checkpoint(found, with_train_state=True)
+    if meta.get("train") != config:
+        raise CheckpointError(
+            f"{found} was written by a run with another config; use a new run folder or --no-resume"
+        )
+    return found, states, train_state

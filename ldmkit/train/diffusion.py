@@ -21,10 +21,10 @@ from ..config import to_dict
 from ..data import fashion_mnist, load_fashion_mnist
 from ..data.shapes import ShapesDataset
 from ..diffusion import diffusion_loss, make_schedule
-from ..io import CheckpointError, load_checkpoint, save_checkpoint
+from ..io import save_checkpoint
 from ..nets import UNet
 from .autoencoder import load_autoencoder
-from .checkpoints import checkpoint_dir, latest_checkpoint, prune_checkpoints
+from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .diffusion_config import DiffusionTrainConfig
 from .ema import EMA
 from .logging import JsonlLog, plot_losses
@@ -96,17 +96,17 @@ def train_diffusion(
 
     log = JsonlLog(run_dir / "log.jsonl")
     start, seconds_before = 0, 0.0
-    found = latest_checkpoint(run_dir) if resume else None
-    if found is not None:
-        stored, meta, train_state = load_checkpoint(found, with_train_state=True)
-        if meta.get("train") != to_dict(config):
-            raise CheckpointError(f"{found} was written by a run with another config; use a new run folder")
+    point = resume_point(run_dir, to_dict(config)) if resume else None
+    if point is not None:
+        found, stored, train_state = point
         unet.load_state_dict(stored["unet"])
         ema.load_state_dict(stored["ema_unet"])
         opt.load_state_dict(train_state["optimizer"])
         start, seconds_before = train_state["step"], train_state["seconds"]
         log.truncate_after(start)
         print(f"resuming from {found} (step {start})")
+    elif resume is False and (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()
 
     end = config.steps if max_steps is None else min(config.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion", disable=not progress)
