@@ -71,15 +71,17 @@ def test_cli_trains_and_reports_bad_overrides(tmp_path, capsys):
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
-    from ldmkit.train.autoencoder import _lr
+    from ldmkit.train.steps import learning_rate
 
-    config = replace(TINY, steps=110, warmup_steps=10, lr=1.0)
-    assert _lr(config, 1.0, 0) == pytest.approx(0.1)
-    assert _lr(config, 1.0, 9) == pytest.approx(1.0)
-    assert _lr(config, 1.0, 10) == pytest.approx(1.0)
-    assert _lr(config, 1.0, 60) == pytest.approx(0.5)
-    assert _lr(config, 1.0, 110) == pytest.approx(0.0, abs=1e-12)
-    assert _lr(replace(config, lr_schedule="constant"), 1.0, 100) == 1.0
+    def lr(step, schedule="cosine"):
+        return learning_rate(1.0, step, warmup=10, total=110, schedule=schedule)
+
+    assert lr(0) == pytest.approx(0.1)
+    assert lr(9) == pytest.approx(1.0)
+    assert lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.5)
+    assert lr(110) == pytest.approx(0.0, abs=1e-12)
+    assert lr(100, "constant") == 1.0
 
 
 @pytest.mark.parametrize("kind", ["ae", "kl", "vq"])

@@ -10,7 +10,6 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
-from ldmkit.nets.unet import Upsample  # nearest x2 then a 3x3 conv, the same in both stages
 
 
 class ResnetBlock(nn.Module):

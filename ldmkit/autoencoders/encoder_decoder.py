@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ldmkit.autoencoders.blocks import Downsample, MidAttention, ResnetBlock, Upsample
+from ldmkit.autoencoders.blocks import Downsample, MidAttention, ResnetBlock
+from ldmkit.nets.unet import Upsample  # nearest x2 then a 3x3 conv, the same in both stages
 from ldmkit.autoencoders.config import AutoencoderConfig
 
 

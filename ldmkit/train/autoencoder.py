@@ -39,6 +39,7 @@ from ..utils.images import image_grid, save_png, to_pil
 from .autoencoder_config import AutoencoderTrainConfig, DataConfig
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .logging import JsonlLog, plot_losses
+from .steps import learning_rate, step_generator
 
 
 def load_images(data: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,10 +63,6 @@ def load_images(data: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Te
     return images[held:][: data.limit], images[:held]
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
 def _batch(images: torch.Tensor, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The step's batch: a fixed permutation per epoch, derived from (seed, epoch)."""
     n = len(images)
@@ -76,16 +73,6 @@ def _batch(images: torch.Tensor, batch_size: int, seed: int, step: int) -> torch
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
         index.extend(perm[offset : offset + batch_size - len(index)].tolist())
     return images[index]
-
-
-def _lr(config: AutoencoderTrainConfig, base: float, step: int) -> float:
-    """Linear warm-up, then constant or a cosine decay to 0 at the last step."""
-    if step < config.warmup_steps:
-        return base * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return base
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -201,10 +188,10 @@ def train_autoencoder(
     t0 = time.perf_counter()
     for step in bar:
         model.train()
-        gen = _step_generator(config.seed, step)
+        gen = step_generator(config.seed, step)
         x = _batch(train_images, config.batch_size, config.seed, step).to(device)
         for group in opt.param_groups:
-            group["lr"] = _lr(config, config.lr, step)
+            group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps, config.lr_schedule)
 
         # generator step: reconstruction + regulariser + perceptual (+ adversarial)
         out = model(x, gen=gen)
@@ -233,7 +220,9 @@ def train_autoencoder(
         # discriminator step on the detached reconstruction
         if gan_on:
             for group in disc_opt.param_groups:
-                group["lr"] = _lr(config, config.disc_lr, step - loss_cfg.disc_start)
+                group["lr"] = learning_rate(
+                    config.disc_lr, step - loss_cfg.disc_start, config.warmup_steps, config.steps, config.lr_schedule
+                )
             d_loss = d_loss_fn(disc(x), disc(out.reconstruction.detach()))
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()

@@ -28,6 +28,7 @@ from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .diffusion_config import DiffusionTrainConfig
 from .ema import EMA
 from .logging import JsonlLog, plot_losses
+from .steps import learning_rate, step_generator
 
 
 def load_captioned_images(config: DiffusionTrainConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -46,12 +47,6 @@ def load_captioned_images(config: DiffusionTrainConfig) -> tuple[torch.Tensor, l
 def encode_dataset(autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Latents z0 = s * E(x) of every image, computed once: (N, c, H/f, W/f)."""
     return torch.cat([autoencoder.to_latent(chunk) for chunk in images.split(batch_size)])
-
-
-def _lr(config: DiffusionTrainConfig, step: int) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
 
 
 def train_diffusion(
@@ -113,7 +108,7 @@ def train_diffusion(
     t0 = time.perf_counter()
     for step in bar:
         unet.train()
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        gen = step_generator(config.seed, step)
         index = torch.randint(len(latents), (config.batch_size,), generator=gen)
         drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout  # (B,) unconditional
         cond = {}
@@ -124,7 +119,7 @@ def train_diffusion(
             null_class = model_cfg.unet.num_classes - 1
             cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
         for group in opt.param_groups:
-            group["lr"] = _lr(config, step)
+            group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
 
         loss = diffusion_loss(
             lambda x_t, t: unet(x_t, t, **cond), latents[index], sched, model_cfg.prediction,
