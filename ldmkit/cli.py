@@ -38,6 +38,60 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
     print(f"done: {args.out}/model; held-out " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .config import apply_overrides
+    from .train.diffusion import train_diffusion
+    from .train.diffusion_config import DIFFUSION_PRESETS
+
+    if args.preset not in DIFFUSION_PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(DIFFUSION_PRESETS)}")
+    overrides = _parse_sets(args.set)
+    if args.steps is not None:
+        overrides["steps"] = str(args.steps)
+    config = apply_overrides(DIFFUSION_PRESETS[args.preset], overrides)
+    summary = train_diffusion(config, args.out, device=args.device, resume=not args.no_resume)
+    print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .generate import generate_to_folder
+
+    paths = generate_to_folder(
+        args.prompt, args.out, model=args.model, negative_prompt=args.negative_prompt,
+        num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+        seed=args.seed, device=args.device, grid=not args.no_grid,
+    )
+    print("\n".join(f"wrote {p}" for p in paths))
+
+
+def _train_classifier(args: argparse.Namespace) -> None:
+    from .train.classifier import train_fmnist_classifier
+
+    metrics = train_fmnist_classifier(args.out, epochs=args.epochs)
+    print(f"done: {args.out}; test accuracy {metrics['test_accuracy']:.4f} in {metrics['train_minutes']:.1f} min")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .evaluate import evaluate
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device))
+    results = []
+    for guidance in args.guidance or [None]:
+        result = evaluate(pipe, size=args.size, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=guidance)
+        results.append({"model": pipe.name, **result})
+        print(json.dumps(results[-1], indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldmkit", description="Latent diffusion in plain PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_forward_demo)
 
     ae = commands.add_parser("train-autoencoder", help="train a first-stage autoencoder (AE, KL, VQ, +GAN)")
-    ae.add_argument("--preset", default="fmnist-kl-f4", help="fmnist-kl-f4 | fmnist-vq-f4 | photos-kl-f4 | tiny")
+    ae.add_argument("--preset", default="fmnist-kl-f4", help="fmnist-kl-f4 | fmnist-vq-f4 | photos-kl-f4 | shapes-kl-f4 | tiny")
     ae.add_argument("--out", required=True, help="run folder: log, plots, checkpoints, final model")
     ae.add_argument("--steps", type=int, default=None)
     ae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -57,6 +111,46 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--device", default="cpu")
     ae.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
     ae.set_defaults(run=_train_autoencoder)
+
+    train = commands.add_parser("train", help="train a latent diffusion model on a frozen autoencoder")
+    train.add_argument("--preset", default="fashion-mnist", help="fashion-mnist | shapes | tiny")
+    train.add_argument("--out", required=True, help="run folder: log, plots, sample grids, checkpoints, final model")
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set model.conditioning=class --set batch_size=32")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
+    train.set_defaults(run=_train)
+
+    clf = commands.add_parser("train-classifier", help="train the Fashion-MNIST metric network")
+    clf.add_argument("--out", default="ldmkit/metrics/weights/fmnist-classifier")
+    clf.add_argument("--epochs", type=int, default=4)
+    clf.set_defaults(run=_train_classifier)
+
+    ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")
+    ev.add_argument("--model", default="fashion-mnist")
+    ev.add_argument("--size", type=int, default=None, help="images per prompt (default: 200 per class / 25 per combination)")
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--sampler", default=None)
+    ev.add_argument("--guidance", type=float, nargs="*", default=None, help="one or more scales (a sweep)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default=None, help="JSON file for the results")
+    ev.set_defaults(run=_evaluate)
+
+    gen = commands.add_parser("generate", help="generate images from a prompt")
+    gen.add_argument("prompt", nargs="?", default="", help='e.g. "a photo of a sneaker"; "" samples unconditionally')
+    gen.add_argument("--model", default="fashion-mnist", help="a shipped model (fashion-mnist, shapes) or a model folder")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--num-images", type=int, default=4)
+    gen.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, 20)")
+    gen.add_argument("--sampler", default=None, help="ddpm | ddim | euler | euler_a | heun | dpmpp_2m | dpmpp_2m_sde")
+    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    gen.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
+    gen.add_argument("--out", default="outputs", help="folder for the PNGs and grid.png")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--no-grid", action="store_true")
+    gen.set_defaults(run=_generate)
     return parser
 
 

@@ -76,6 +76,10 @@ class ShapesDataset(torch.utils.data.Dataset):
         labels = (list(COLOURS).index(colour), SHAPES.index(shape), QUADRANTS.index(quadrant))
         return image, caption(colour, shape, quadrant), labels
 
+    def images(self) -> torch.Tensor:
+        """Every item's image, stacked: (length, 3, size, size)."""
+        return torch.stack([self[i][0] for i in range(len(self))])
+
 
 def read_attributes(image: torch.Tensor) -> tuple[str | None, str | None, str | None]:
     """(colour, shape, quadrant) of a (3, H, W) image in [-1, 1]; None where it cannot tell

@@ -17,7 +17,7 @@ sample is x / sqrt(a_t) = x0 + sigma eps (Karras et al. 2022).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -28,9 +28,14 @@ from .schedule import Schedule
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
 
 
-def noise_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+def noise_like(x: torch.Tensor, gen: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
     """N(0, I) of x's shape, drawn on the generator's device so a seed means the same noise on
-    any device."""
+    any device. A list of generators, one per batch row, makes each row's noise depend on its own
+    seed only: image k of a batch is the same image when generated alone."""
+    if isinstance(gen, (list, tuple)):
+        if len(gen) != x.shape[0]:
+            raise ValueError(f"{len(gen)} generators for a batch of {x.shape[0]}: give one per row")
+        return torch.cat([noise_like(row, g) for row, g in zip(x.split(1), gen)])
     device = gen.device if gen is not None else x.device
     return torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype).to(x.device)
 

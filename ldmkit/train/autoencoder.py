@@ -33,6 +33,7 @@ from ..autoencoders import (
 )
 from ..config import from_dict, to_dict
 from ..data import ImageFolder, load_fashion_mnist, photo_crops
+from ..data.shapes import DEFAULT_HOLDOUT, ShapesDataset
 from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..metrics import gradient_energy_ratio, psnr, ssim
 from ..utils.images import image_grid, save_png, to_pil
@@ -56,6 +57,12 @@ def load_images(data: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Te
         n = data.limit or 4096
         crops = photo_crops(size=data.size, count=n + data.eval_images, seed=0)
         return crops[:n], crops[n:]
+    if data.dataset == "shapes":
+        if channels != 3:
+            raise ValueError(f"the shapes are RGB: set model.in_channels=3 (got {channels})")
+        train = ShapesDataset(data.limit or 8192, size=data.size, seed=0, holdout=DEFAULT_HOLDOUT)
+        test = ShapesDataset(data.eval_images, size=data.size, seed=1)  # other draws, all combinations
+        return train.images(), test.images()
     folder = ImageFolder(Path(data.path), size=data.size, channels=channels)
     print(folder.summary())
     images = torch.stack([folder[i][0] for i in range(len(folder))])

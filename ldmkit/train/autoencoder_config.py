@@ -6,12 +6,12 @@ from dataclasses import dataclass, replace
 
 from ..autoencoders.config import AE_PRESETS, AutoencoderConfig
 
-DATASETS = ("fashion-mnist", "photos", "folder")
+DATASETS = ("fashion-mnist", "photos", "shapes", "folder")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "fashion-mnist"  # fashion-mnist | photos (scikit-image crops) | folder
+    dataset: str = "fashion-mnist"  # fashion-mnist | photos (scikit-image crops) | shapes | folder
     path: str | None = None  # the folder, for dataset="folder"
     size: int = 32  # images are size x size (Fashion-MNIST: padded to it)
     limit: int | None = None  # use only the first N training images
@@ -90,6 +90,13 @@ TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
         model=AutoencoderConfig(kind="kl", in_channels=3, base_channels=32, channel_mult=(1, 2, 2),
                                 num_res_blocks=1, norm_groups=8),
         data=DataConfig(dataset="photos", size=32, limit=4096, eval_images=256),
+    ),
+    # the first stage of the shapes model: flat colours and sharp edges, learnt in minutes
+    "shapes-kl-f4": AutoencoderTrainConfig(
+        model=AutoencoderConfig(kind="kl", in_channels=3, out_channels=3, base_channels=32,
+                                channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8),
+        data=DataConfig(dataset="shapes", size=32, limit=8192, eval_images=512),
+        steps=1500, batch_size=32, lr=1e-3,
     ),
     "tiny": AutoencoderTrainConfig(
         model=replace(AE_PRESETS["tiny"], in_channels=1, out_channels=1),

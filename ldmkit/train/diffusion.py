@@ -18,11 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..data import fashion_mnist, load_fashion_mnist
-from ..data.shapes import ShapesDataset
+from ..data import ImageFolder, fashion_mnist, load_fashion_mnist
+from ..data import shapes
 from ..diffusion import diffusion_loss, make_schedule
 from ..io import save_checkpoint
 from ..nets import UNet
+from ..pipeline import MODELS_DIR, GenerationDefaults, Pipeline
+from ..utils.images import image_grid, save_png
 from .autoencoder import load_autoencoder
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .diffusion_config import DiffusionTrainConfig
@@ -31,14 +33,53 @@ from .logging import JsonlLog, plot_losses
 from .steps import learning_rate, step_generator
 
 
-def load_captioned_images(config: DiffusionTrainConfig) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(images (N, C, H, W) in [-1, 1], captions, class labels (N,))."""
+def resolve_autoencoder(path: str) -> Path:
+    """The path as given, or, when relative and not found here, inside the repository."""
+    found = Path(path)
+    if not found.is_dir() and not found.is_absolute() and (MODELS_DIR.parent / found).is_dir():
+        return MODELS_DIR.parent / found
+    return found
+
+
+def class_names(dataset: str) -> list[str] | None:
+    """The caption of each class label, in label order."""
+    if dataset == "folder":
+        return None
+    if dataset == "fashion-mnist":
+        return [fashion_mnist.caption(y) for y in range(len(fashion_mnist.CLASS_NAMES))]
+    return [shapes.caption(*combo) for combo in shapes.COMBINATIONS]
+
+
+def preview_prompts(config: DiffusionTrainConfig, captions: list[str]) -> list[str]:
+    """The rows of the sample grids: every class, seen and held-out shapes, or the first
+    distinct captions of a folder."""
+    if config.model.conditioning == "none":
+        return [""]
+    if config.data.dataset == "folder":
+        return list(dict.fromkeys(captions))[:8]
+    if config.data.dataset == "fashion-mnist":
+        return class_names("fashion-mnist")
+    held = [shapes.caption(*c) for c in config.data.holdout]
+    seen = [shapes.caption(*c) for c in shapes.COMBINATIONS[::7] if c not in config.data.holdout]
+    return seen[:6] + held[:4]
+
+
+def load_captioned_images(config: DiffusionTrainConfig, channels: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(images (N, C, H, W) in [-1, 1], captions, class labels (N,); folders have no labels: -1)."""
     data = config.data
+    if data.dataset == "folder":
+        folder = ImageFolder(Path(data.path), size=config.model.image_size, channels=channels)
+        print(folder.summary())
+        for path, reason in folder.skipped[:10]:
+            print(f"  skipped {path}: {reason}")
+        n = min(len(folder), data.limit or len(folder))
+        items = [folder[i] for i in tqdm(range(n), desc="reading images", disable=n < 1000)]
+        return torch.stack([x for x, _ in items]), [t for _, t in items], torch.full((n,), -1)
     if data.dataset == "fashion-mnist":
         images, labels = load_fashion_mnist("train", limit=data.limit)
         return images, [fashion_mnist.caption(int(y)) for y in labels], labels
-    shapes = ShapesDataset(length=data.limit or 20_000, seed=config.seed, holdout=data.holdout)
-    items = [shapes[i] for i in range(len(shapes))]
+    dataset = shapes.ShapesDataset(length=data.limit or 20_000, seed=config.seed, holdout=data.holdout)
+    items = [dataset[i] for i in range(len(dataset))]
     labels = torch.tensor([c * 12 + s * 4 + q for _, _, (c, s, q) in items])  # 48 combinations
     return torch.stack([x for x, _, _ in items]), [t for _, t, _ in items], labels
 
@@ -59,8 +100,8 @@ def train_diffusion(
 ) -> dict[str, float]:
     """Train, or resume, a latent diffusion model in `run_dir`."""
     run_dir, device = Path(run_dir), torch.device(device)
-    autoencoder = load_autoencoder(config.autoencoder, device)
-    images, captions, labels = load_captioned_images(config)
+    autoencoder = load_autoencoder(resolve_autoencoder(config.autoencoder), device)
+    images, captions, labels = load_captioned_images(config, autoencoder.config.in_channels)
     if images.shape[1] != autoencoder.config.in_channels:
         raise ValueError(
             f"the {config.data.dataset} images have {images.shape[1]} channels but the autoencoder "
@@ -74,6 +115,7 @@ def train_diffusion(
             f"{model_cfg.unet.in_channels}"
         )
 
+    encoder = None
     if model_cfg.conditioning == "text":  # each distinct caption once; "" is the null caption
         from ..conditioning import TextEncoder
 
@@ -87,6 +129,11 @@ def train_diffusion(
     torch.manual_seed(config.seed)
     unet = UNet(model_cfg.unet).to(device)
     ema = EMA(unet, config.ema_decay)
+    # generates with the EMA weights: the sample grids during training and the final model
+    pipeline = Pipeline(
+        UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
+        GenerationDefaults(guidance=config.guidance), name=run_dir.name,
+    )
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     log = JsonlLog(run_dir / "log.jsonl")
@@ -138,6 +185,9 @@ def train_diffusion(
             speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
             log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed})
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if done % config.sample_every == 0 or done == end:
+            ema.copy_to(pipeline.unet)
+            save_sample_grid(pipeline, preview_prompts(config, captions), run_dir / "samples" / f"step_{done:06d}.png", done)
         if done % config.checkpoint_every == 0 or done == end:
             seconds = seconds_before + time.perf_counter() - t0
             meta = {"type": "diffusion-run", "train": to_dict(config)}
@@ -147,4 +197,19 @@ def train_diffusion(
     bar.close()
     records = log.read()
     plot_losses(records, ["loss", "grad_norm"], run_dir / "loss.png", title=run_dir.name)
-    return {"steps": end, "train_minutes": (seconds_before + time.perf_counter() - t0) / 60}
+    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
+    summary = {"steps": end, "train_minutes": (seconds_before + time.perf_counter() - t0) / 60,
+               "images_per_s": speeds[-1] if speeds else None}
+    if end == config.steps:  # the finished model: EMA weights, autoencoder, config, one folder
+        ema.copy_to(pipeline.unet)
+        pipeline.save_pretrained(run_dir / "model", extra={
+            "dataset": config.data.dataset, "train": to_dict(config), "training": summary})
+    return summary
+
+
+@torch.no_grad()
+def save_sample_grid(pipeline: Pipeline, prompts: list[str], path: Path, step: int, per_prompt: int = 8) -> None:
+    """A row of `per_prompt` samples (seeds 0..) for each prompt, labelled with it."""
+    images = pipeline.generate(prompts, num_images=per_prompt, seed=0)
+    grid = image_grid([im.resize((64, 64), 0) for im in images], columns=per_prompt, row_labels=prompts)
+    save_png(grid, path, {"step": step, "guidance": pipeline.defaults.guidance, "prompts": prompts})

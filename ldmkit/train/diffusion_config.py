@@ -10,7 +10,7 @@ from ..diffusion.schedule import ScheduleConfig
 from ..nets.config import UNET_PRESETS, UNetConfig
 
 CONDITIONINGS = ("text", "class", "none")
-LDM_DATASETS = ("fashion-mnist", "shapes")
+LDM_DATASETS = ("fashion-mnist", "shapes", "folder")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class LatentDiffusionConfig:
     prediction: str = "eps"
     conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
     text_length: int = 16  # tokens of context (captions here are short)
+    image_size: int = 32  # pixels; latents are image_size / f on a side
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -36,13 +37,16 @@ class LatentDiffusionConfig:
 
 @dataclass(frozen=True)
 class DiffusionDataConfig:
-    dataset: str = "fashion-mnist"  # fashion-mnist | shapes
+    dataset: str = "fashion-mnist"  # fashion-mnist | shapes | folder (your images + captions)
+    path: str | None = None  # the folder, for dataset="folder"
     limit: int | None = None  # training images (shapes: how many to draw)
     holdout: tuple[tuple[str, str, str], ...] = DEFAULT_HOLDOUT  # shapes: combinations never trained on
 
     def __post_init__(self):
         if self.dataset not in LDM_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {LDM_DATASETS}")
+        if self.dataset == "folder" and not self.path:
+            raise ValueError("dataset 'folder' needs data.path: a folder of images with .txt captions or a metadata.jsonl")
 
 
 @dataclass(frozen=True)
@@ -62,20 +66,29 @@ class DiffusionTrainConfig:
     offset_noise: float = 0.0
     seed: int = 0
     log_every: int = 25
-    sample_every: int = 1000
+    sample_every: int = 1000  # a grid of EMA samples (samples/step_*.png)
+    guidance: float = 3.0  # of those grids, and the default the model folder records
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.data.dataset == "folder" and self.model.conditioning == "class":
+            raise ValueError("a folder of captioned images has no class labels: use model.conditioning=text")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
 
 
 TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
+# The shipped models: sized to train in ~25 minutes on 2 CPU cores (docs/stage2.md).
+COMPACT = LatentDiffusionConfig(unet=UNET_PRESETS["compact"])
 DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
-    "fashion-mnist": DiffusionTrainConfig(),
+    "fashion-mnist": DiffusionTrainConfig(model=COMPACT, steps=7000, lr=3e-4, min_snr_gamma=5.0),
+    "shapes": DiffusionTrainConfig(
+        model=COMPACT, autoencoder="models/autoencoders/shapes-kl-f4",
+        data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=6000, lr=3e-4, min_snr_gamma=5.0,
+    ),
     "tiny": DiffusionTrainConfig(
         model=LatentDiffusionConfig(unet=TINY_UNET),
         data=DiffusionDataConfig(limit=64),

@@ -1,0 +1,58 @@
+"""Generate to a folder: numbered PNGs that carry their settings, and a grid of them."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .pipeline import Pipeline
+from .utils.images import image_grid, save_png
+
+
+def next_index(folder: Path) -> int:
+    """One past the highest NNNNN_ number in the folder: never overwrite earlier images."""
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5})_", p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def generate_to_folder(
+    prompt: str,
+    out: str | Path,
+    model: str | Path = "fashion-mnist",
+    negative_prompt: str = "",
+    num_images: int = 4,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    grid: bool = True,
+    pipeline: Pipeline | None = None,
+) -> list[Path]:
+    """Write out/NNNNN_seedS.png for each image (PNG text: prompt, negative_prompt, seed, sampler,
+    steps, guidance, model) and out/grid_NNNNN.png. Returns the paths written."""
+    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device))
+    steps = pipe.defaults.steps if steps is None else steps
+    sampler = pipe.defaults.sampler if sampler is None else sampler
+    guidance = pipe.defaults.guidance if guidance is None else guidance
+    images = pipe.generate(prompt, negative_prompt, num_images, steps, sampler, guidance, seed, progress=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    first = next_index(out)
+    settings = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": sampler, "steps": steps,
+                "guidance": guidance, "model": pipe.name, "software": f"ldmkit {__version__}"}
+    paths = [
+        save_png(image, out / f"{first + k:05d}_seed{seed + k}.png", {**settings, "seed": seed + k})
+        for k, image in enumerate(images)
+    ]
+    if grid and len(images) > 1:
+        columns = math.ceil(math.sqrt(len(images)))
+        scale = max(1, 128 // images[0].width)  # small models make small images: enlarge for viewing
+        tiles = [im.resize((im.width * scale, im.height * scale), 0) for im in images]
+        seeds = list(range(seed, seed + len(images)))
+        paths.append(save_png(image_grid(tiles, columns), out / f"grid_{first:05d}.png", {**settings, "seed": seeds}))
+    return paths
