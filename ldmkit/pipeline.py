@@ -120,7 +120,7 @@ class Pipeline:
             "model": to_dict(self.config),
             "autoencoder": to_dict(self.autoencoder.config),
             "defaults": to_dict(self.defaults),
-            "class_names": self.class_names or None,
+            "class_names": self.class_names if self.config.conditioning == "class" else None,
             "text_encoder": "all-MiniLM-L6-v2" if self.config.conditioning == "text" else None,
             **(extra or {}),
         }
@@ -132,6 +132,11 @@ class Pipeline:
         if self.text_encoder is not None:
             self.text_encoder.to(device)  # stays float32: its states are cast at use
         return self
+
+    @property
+    def vae(self) -> Autoencoder:
+        """The first stage, under the name diffusers users look for."""
+        return self.autoencoder
 
     @property
     def device(self) -> torch.device:

@@ -12,7 +12,6 @@ from ldmkit.diffusion import (
     get_sampler,
     make_schedule,
     make_timesteps,
-    q_sample,
     sample_ddim,
     sample_ddpm,
 )

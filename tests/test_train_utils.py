@@ -24,6 +24,16 @@ def test_ema_with_decay_0_copies_the_model_and_follows_its_formula():
     assert torch.equal(target.weight, ema.shadow["weight"])
 
 
+def test_ema_warm_up_starts_at_the_weights_and_reaches_the_set_decay():
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, decay=0.999)
+    assert ema.decay_at(0) == 0.1 and ema.decay_at(10**6) == 0.999
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net, step=0)  # 10% of the old weights, 90% of the new
+    torch.testing.assert_close(ema.shadow["weight"], net.weight.detach() - 0.1)
+
+
 def test_jsonl_log_and_plot(tmp_path):
     log = JsonlLog(tmp_path / "log.jsonl")
     for step in range(1, 30):

@@ -42,11 +42,11 @@ def resolve_autoencoder(path: str) -> Path:
 
 
 def class_names(dataset: str) -> list[str] | None:
-    """The caption of each class label, in label order."""
+    """The name of each class label, in label order (a class model's prompts)."""
     if dataset == "folder":
         return None
     if dataset == "fashion-mnist":
-        return [fashion_mnist.caption(y) for y in range(len(fashion_mnist.CLASS_NAMES))]
+        return list(fashion_mnist.CLASS_NAMES)
     return [shapes.caption(*combo) for combo in shapes.COMBINATIONS]
 
 
@@ -58,7 +58,7 @@ def preview_prompts(config: DiffusionTrainConfig, captions: list[str]) -> list[s
     if config.data.dataset == "folder":
         return list(dict.fromkeys(captions))[:8]
     if config.data.dataset == "fashion-mnist":
-        return class_names("fashion-mnist")
+        return [fashion_mnist.caption(y) for y in range(len(fashion_mnist.CLASS_NAMES))]
     held = [shapes.caption(*c) for c in config.data.holdout]
     seen = [shapes.caption(*c) for c in shapes.COMBINATIONS[::7] if c not in config.data.holdout]
     return seen[:6] + held[:4]
@@ -176,7 +176,7 @@ def train_diffusion(
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip or math.inf)
         opt.step()
-        ema.update(unet)
+        ema.update(unet, step)
 
         done = step + 1
         if not math.isfinite(loss.item()):
@@ -184,7 +184,7 @@ def train_diffusion(
         if done % config.log_every == 0 or done == end:
             speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
             log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed})
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_per_s=f"{speed:.0f}")
         if done % config.sample_every == 0 or done == end:
             ema.copy_to(pipeline.unet)
             save_sample_grid(pipeline, preview_prompts(config, captions), run_dir / "samples" / f"step_{done:06d}.png", done)

@@ -16,12 +16,18 @@ class EMA:
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
+    def decay_at(self, step: int | None) -> float:
+        """With the step given, warm up as min(decay, (1 + n) / (10 + n)): early averages would
+        otherwise be mostly the random initial weights (0.999^1000 = 37% of them at step 1000)."""
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, step: int | None = None) -> None:
+        decay = self.decay_at(step)
         for key, value in module.state_dict().items():
             shadow = self.shadow[key]
             if shadow.is_floating_point():
-                shadow.lerp_(value.detach(), 1 - self.decay)
+                shadow.lerp_(value.detach(), 1 - decay)
             else:
                 shadow.copy_(value)
 
