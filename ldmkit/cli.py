@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     clf = commands.add_parser("train-classifier", help="train the Fashion-MNIST metric network")
     clf.add_argument("--out", default="ldmkit/metrics/weights/fmnist-classifier")
-    clf.add_argument("--epochs", type=int, default=4)
+    clf.add_argument("--epochs", type=int, default=6)
     clf.set_defaults(run=_train_classifier)
 
     ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")

@@ -3,7 +3,8 @@
 - fashion-mnist: the Frechet distance on the shipped classifier's features between generated
   images (an equal number per class prompt) and the 10,000 test images, next to the same distance
   for as many real training images (the floor: what a perfect generator would score with that
-  sample size); and class agreement, the share classified as the class in their prompt.
+  sample size) and for their first-stage reconstructions (what the autoencoder alone costs);
+  and class agreement, the share classified as the class in their prompt.
 - shapes: the share of images whose colour, shape and quadrant all match the prompt, read off
   the pixels (data/shapes.read_attributes), on seen and on held-out combinations.
 - speed: seconds per image at batch 1 and amortised over the evaluation's batches.
@@ -25,6 +26,9 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
     test_features, _ = classify(classifier, load_fashion_mnist("test")[0])
     real, _ = load_fashion_mnist("train", limit=10 * per_class)
     floor = feature_frechet_distance(classify(classifier, real)[0], test_features)
+    with torch.no_grad():  # what the first stage alone loses: its reconstructions of the same images
+        rebuilt = pipe.decode(torch.cat([pipe.autoencoder.to_latent(x.to(pipe.device, pipe.dtype)) for x in real.split(250)]))
+    first_stage = feature_frechet_distance(classify(classifier, rebuilt)[0], test_features)
 
     prompts = [fashion_mnist.caption(y) for y in range(10)]
     start = time.perf_counter()
@@ -37,6 +41,7 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
         "images": len(images),
         "frechet_distance": feature_frechet_distance(features, test_features),
         "frechet_floor": floor,
+        "frechet_first_stage": first_stage,
         "class_agreement": hits.mean().item(),
         "class_agreement_by_class": dict(zip(fashion_mnist.CLASS_NAMES, hits.view(10, per_class).mean(1).tolist())),
         "seconds_per_image_batched": seconds / len(images),

@@ -9,12 +9,13 @@ L=.venv/bin/ldmkit
 
 # the shapes first stage (RGB, f = 4), then shipped as models/autoencoders/shapes-kl-f4
 [ -f "$out/shapes-kl-f4/metrics.json" ] || $L train-autoencoder --preset shapes-kl-f4 --out "$out/shapes-kl-f4"
-# the metric network of `ldmkit evaluate`, shipped in ldmkit/metrics/weights/
+# the metric network of `ldmkit evaluate`, shipped as ldmkit/metrics/weights/fmnist-classifier
 [ -f "$out/fmnist-classifier/config.json" ] || $L train-classifier --out "$out/fmnist-classifier"
+# (evaluate reads the shipped copy: cp -r "$out/fmnist-classifier" ldmkit/metrics/weights/ to use a new one)
 # the two diffusion models, shipped as models/fashion-mnist and models/shapes
 [ -d "$out/fashion-mnist/model" ] || $L train --preset fashion-mnist --out "$out/fashion-mnist"
 [ -d "$out/shapes/model" ] || $L train --preset shapes --out "$out/shapes"
 
 mkdir -p docs/results
-$L evaluate --model "$out/fashion-mnist/model" --guidance 1 2 3 5 --out docs/results/fashion-mnist-guidance.json
+$L evaluate --model "$out/fashion-mnist/model" --guidance 1 1.5 2 3 --out docs/results/fashion-mnist-guidance.json
 $L evaluate --model "$out/shapes/model" --guidance 1 3 5 --out docs/results/shapes-guidance.json

@@ -1,6 +1,7 @@
 """Stage 2 end to end: train a tiny model, load it, generate; seeds, guidance identities, PNG
 metadata, a user's captioned folder, and clear errors for bad input."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -56,9 +57,14 @@ def test_each_image_depends_on_its_own_seed_only(pipe):
 
 def test_guidance_identities(pipe):
     """Scale 0 is the unconditional model, which the empty prompt also gives at scale 1."""
-    run = lambda prompt, g: pipe.generate(prompt, guidance=g, steps=3, seed=1, output="latent")  # noqa: E731
+    unet = copy.deepcopy(pipe.unet)  # 4 training steps leave the text paths near their zero init
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    noisy = Pipeline(unet, pipe.autoencoder, pipe.config, pipe.text_encoder)
+    run = lambda prompt, g: noisy.generate(prompt, guidance=g, steps=3, seed=1, output="latent")  # noqa: E731
     torch.testing.assert_close(run("a photo of a bag", 0.0), run("", 1.0), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(run("a photo of a bag", 1.0), run("", 1.0), atol=1e-4)
+    assert not torch.allclose(run("a photo of a bag", 1.0), run("", 1.0), atol=1e-3)
 
 
 def test_latent_output_decodes_to_the_tensor_output(pipe):

@@ -29,7 +29,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_fmnist_classifier(
-    out: str | Path, epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+    out: str | Path, epochs: int = 6, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
     limit: int | None = None, progress: bool = True,
 ) -> dict[str, float]:
     """Train, evaluate on the 10,000 test images, save to `out` (an ldmkit model folder)."""
@@ -37,7 +37,7 @@ def train_fmnist_classifier(
     test_images, test_labels = load_fashion_mnist("test", limit=None if limit is None else limit // 4)
     torch.manual_seed(seed)
     model = FashionClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(images) // batch_size
     total = epochs * steps_per_epoch
