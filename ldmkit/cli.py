@@ -59,7 +59,7 @@ def _generate(args: argparse.Namespace) -> None:
     paths = generate_to_folder(
         args.prompt, args.out, model=args.model, negative_prompt=args.negative_prompt,
         num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-        seed=args.seed, device=args.device, grid=not args.no_grid,
+        seed=args.seed, device=args.device, grid=not args.no_grid, autoencoder=args.autoencoder,
     )
     print("\n".join(f"wrote {p}" for p in paths))
 
@@ -80,7 +80,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
     from .pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device))
+    pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
     results = []
     for guidance in args.guidance or [None]:
         result = evaluate(pipe, size=args.size, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=guidance)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_forward_demo)
 
     ae = commands.add_parser("train-autoencoder", help="train a first-stage autoencoder (AE, KL, VQ, +GAN)")
-    ae.add_argument("--preset", default="fmnist-kl-f4", help="fmnist-kl-f4 | fmnist-vq-f4 | photos-kl-f4 | shapes-kl-f4 | tiny")
+    ae.add_argument("--preset", default="fmnist-kl-f4", help="fmnist-kl-f4 | fmnist-vq-f4 | fmnist-kl-f4-gan-decoder | photos-kl-f4 | shapes-kl-f4 | tiny")
     ae.add_argument("--out", required=True, help="run folder: log, plots, checkpoints, final model")
     ae.add_argument("--steps", type=int, default=None)
     ae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sampler", default=None)
     ev.add_argument("--guidance", type=float, nargs="*", default=None, help="one or more scales (a sweep)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default=None, help="JSON file for the results")
     ev.set_defaults(run=_evaluate)
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs", help="folder for the PNGs and grid.png")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--no-grid", action="store_true")
+    gen.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
     gen.set_defaults(run=_generate)
     return parser
 

@@ -32,10 +32,11 @@ def generate_to_folder(
     device: str = "cpu",
     grid: bool = True,
     pipeline: Pipeline | None = None,
+    autoencoder: str | Path | None = None,
 ) -> list[Path]:
     """Write out/NNNNN_seedS.png for each image (PNG text: prompt, negative_prompt, seed, sampler,
     steps, guidance, model) and out/grid_NNNNN.png. Returns the paths written."""
-    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device))
+    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), autoencoder=autoencoder)
     steps = pipe.defaults.steps if steps is None else steps
     sampler = pipe.defaults.sampler if sampler is None else sampler
     guidance = pipe.defaults.guidance if guidance is None else guidance

@@ -64,6 +64,19 @@ def resolve_model(name_or_path: str | Path) -> Path:
     )
 
 
+def swap_first_stage(current: Autoencoder, folder: str | Path) -> Autoencoder:
+    """The autoencoder in `folder`, refused unless its latents are interchangeable with current's."""
+    from .train.autoencoder import load_autoencoder
+
+    other = load_autoencoder(folder)
+    a, b = current.config, other.config
+    same = (a.in_channels, a.z_channels, a.downsampling_factor) == (b.in_channels, b.z_channels, b.downsampling_factor)
+    if not same or abs((a.scaling_factor or 1) - (b.scaling_factor or 1)) > 1e-3 * (a.scaling_factor or 1):
+        raise ValueError(f"the autoencoder in {folder} does not share this model's latent space "
+                         f"(image channels, latent channels, factor, scale differ)")
+    return other
+
+
 class Pipeline:
     """UNet + autoencoder + text encoder (or class names) + sampling defaults."""
 
@@ -91,9 +104,12 @@ class Pipeline:
     # ---- loading and saving ------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+        autoencoder: str | Path | None = None,
     ) -> "Pipeline":
-        """Load a shipped model by name ("fashion-mnist", "shapes") or any ldmkit model folder."""
+        """Load a shipped model by name ("fashion-mnist", "shapes") or any ldmkit model folder.
+        `autoencoder`: another first-stage folder to decode with, e.g. a fine-tuned decoder of
+        the same latent space (it must share the latent shape and scale)."""
         folder = resolve_model(name_or_path)
         states, meta, _ = load_checkpoint(folder)
         if meta.get("type") != "latent-diffusion" or not {"unet", "autoencoder"} <= set(states):
@@ -101,15 +117,17 @@ class Pipeline:
         config = from_dict(LatentDiffusionConfig, meta["model"])
         unet = UNet(config.unet)
         unet.load_state_dict(states["unet"])
-        autoencoder = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
-        autoencoder.load_state_dict(states["autoencoder"])
+        first_stage = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
+        first_stage.load_state_dict(states["autoencoder"])
+        if autoencoder is not None:
+            first_stage = swap_first_stage(first_stage, autoencoder)
         text_encoder = None
         if config.conditioning == "text":
             from .conditioning import TextEncoder
 
             text_encoder = TextEncoder.minilm(config.text_length)
         defaults = from_dict(GenerationDefaults, meta.get("defaults", {}))
-        pipe = cls(unet, autoencoder, config, text_encoder, meta.get("class_names"), defaults,
+        pipe = cls(unet, first_stage, config, text_encoder, meta.get("class_names"), defaults,
                    name=meta.get("name", folder.name), meta=meta)
         return pipe.to(device, dtype)
 

@@ -19,3 +19,11 @@ L=.venv/bin/ldmkit
 mkdir -p docs/results
 $L evaluate --model "$out/fashion-mnist/model" --guidance 1 1.5 2 3 --out docs/results/fashion-mnist-guidance.json
 $L evaluate --model "$out/shapes/model" --guidance 1 3 5 --out docs/results/shapes-guidance.json
+
+# a sharper decoder for the same latents (encoder frozen, PatchGAN + feature matching), then the
+# shipped fashion-mnist folder decodes with it
+[ -f "$out/fmnist-kl-f4-gan-decoder/metrics.json" ] || $L train-autoencoder --preset fmnist-kl-f4-gan-decoder --out "$out/fmnist-kl-f4-gan-decoder"
+.venv/bin/python scripts/first_stage_distance.py models/autoencoders/fmnist-kl-f4 "$out/fmnist-kl-f4-gan-decoder/model"
+$L evaluate --model "$out/fashion-mnist/model" --autoencoder "$out/fmnist-kl-f4-gan-decoder/model" --guidance 1.5 2 3 \
+  --out docs/results/fashion-mnist-gan-decoder-guidance.json
+.venv/bin/python scripts/swap_decoder.py "$out/fashion-mnist/model" "$out/fmnist-kl-f4-gan-decoder/model" models/fashion-mnist

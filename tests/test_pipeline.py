@@ -148,3 +148,10 @@ def test_training_on_a_captioned_folder_skips_and_counts_unreadable_files(tmp_pa
     assert pipe.generate("pattern number 1", steps=2)[0].size == (32, 32)
     with pytest.raises(ValueError, match="dataset 'folder' needs data.path"):
         DiffusionDataConfig(dataset="folder")
+
+
+def test_a_first_stage_of_the_same_latent_space_can_be_swapped_in(tiny_run):
+    same = Pipeline.from_pretrained(tiny_run / "model", autoencoder="models/autoencoders/fmnist-kl-f4")
+    assert same.generate("a photo of a bag", steps=2)[0].size == (32, 32)
+    with pytest.raises(ValueError, match="does not share this model's latent space"):
+        Pipeline.from_pretrained(tiny_run / "model", autoencoder="models/autoencoders/shapes-kl-f4")

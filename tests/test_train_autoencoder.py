@@ -97,3 +97,20 @@ def test_saved_autoencoder_round_trip_is_exact(tmp_path, kind):
     with torch.no_grad():
         assert torch.equal(loaded.to_latent(x), model.to_latent(x))
         assert torch.equal(loaded.from_latent(model.to_latent(x)), model.from_latent(model.to_latent(x)))
+
+
+def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path):
+    train_autoencoder(TINY, tmp_path / "base", progress=False)
+    tuned_cfg = replace(TINY, init_from=str(tmp_path / "base" / "model"), train_decoder_only=True,
+                        loss=replace(TINY.loss, gan_weight=0.5, perceptual="disc_features"))
+    train_autoencoder(tuned_cfg, tmp_path / "tuned", progress=False)
+    base, tuned = load_autoencoder(tmp_path / "base" / "model"), load_autoencoder(tmp_path / "tuned" / "model")
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.to_latent(x), base.to_latent(x))  # same encoder, same scale
+        assert not torch.allclose(tuned.decoder.conv_out.weight, base.decoder.conv_out.weight)
+    with pytest.raises(ValueError, match="train_decoder_only needs init_from"):
+        replace(TINY, train_decoder_only=True)
+    other = replace(TINY, model=replace(TINY.model, base_channels=8), init_from=str(tmp_path / "base" / "model"))
+    with pytest.raises(ValueError, match="another model config"):
+        train_autoencoder(other, tmp_path / "other", progress=False)

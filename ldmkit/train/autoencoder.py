@@ -169,7 +169,17 @@ def train_autoencoder(
     if perceptual_name == "auto":  # the measured default: feature matching whenever D exists
         perceptual_name = "disc_features" if disc is not None else "none"
     perceptual = perceptual_loss(perceptual_name, disc, loss_cfg.lpips_vgg, loss_cfg.lpips_heads).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
+    if config.init_from:
+        start_from = load_autoencoder(config.init_from, device)
+        if replace(start_from.config, scaling_factor=config.model.scaling_factor) != config.model:
+            raise ValueError(f"init_from {config.init_from} has another model config than this run's; "
+                             "set the same model.* values")
+        model.load_state_dict(start_from.state_dict())
+    if config.train_decoder_only:
+        model.encoder.requires_grad_(False)
+        model.quant_conv.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=config.lr, betas=config.adam_betas)
     disc_opt = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
 
     log = JsonlLog(run_dir / "log.jsonl")

@@ -62,6 +62,10 @@ class AutoencoderTrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     scale_images: int = 2000  # images to estimate the latent scale factor on
+    init_from: str | None = None  # an autoencoder folder to start from (same model config)
+    # freeze the encoder: the latent space, and every diffusion model trained in it, stays
+    # valid while the decoder learns to draw sharper (SD's fine-tuned VAE decoders)
+    train_decoder_only: bool = False
 
     def __post_init__(self):
         if self.lr_schedule not in ("cosine", "constant"):
@@ -75,6 +79,8 @@ class AutoencoderTrainConfig:
             )
         if self.loss.perceptual not in ("auto", "none", "disc_features", "lpips"):
             raise ValueError(f"unknown perceptual loss {self.loss.perceptual!r}; choose auto, none, disc_features or lpips")
+        if self.train_decoder_only and not self.init_from:
+            raise ValueError("train_decoder_only needs init_from: the autoencoder whose encoder stays frozen")
         if self.loss.gan_weight == 0 and self.loss.perceptual == "disc_features":
             raise ValueError("perceptual 'disc_features' needs a discriminator: set loss.gan_weight > 0")
 
@@ -97,6 +103,13 @@ TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
                                 channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8),
         data=DataConfig(dataset="shapes", size=32, limit=8192, eval_images=512),
         steps=1500, batch_size=32, lr=1e-3,
+    ),
+    # fmnist-kl-f4's decoder fine-tuned with a PatchGAN and feature matching, encoder frozen:
+    # the same latents, sharper images (docs/stage2.md)
+    "fmnist-kl-f4-gan-decoder": AutoencoderTrainConfig(
+        loss=AutoencoderLossConfig(gan_weight=0.5, disc_start=200, perceptual="disc_features"),
+        steps=1500, batch_size=32, lr=2e-4, warmup_steps=50,
+        init_from="models/autoencoders/fmnist-kl-f4", train_decoder_only=True,
     ),
     "tiny": AutoencoderTrainConfig(
         model=replace(AE_PRESETS["tiny"], in_channels=1, out_channels=1),
