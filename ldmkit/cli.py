@@ -23,33 +23,32 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
-def _train_autoencoder(args: argparse.Namespace) -> None:
+def _run_config(presets: dict, args: argparse.Namespace):
+    """The named preset with --steps and every --set applied."""
     from .config import apply_overrides
-    from .train.autoencoder import train_autoencoder
-    from .train.autoencoder_config import TRAIN_PRESETS
 
-    if args.preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    if args.preset not in presets:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(presets)}")
     overrides = _parse_sets(args.set)
     if args.steps is not None:
         overrides["steps"] = str(args.steps)
-    config = apply_overrides(TRAIN_PRESETS[args.preset], overrides)
+    return apply_overrides(presets[args.preset], overrides)
+
+
+def _train_autoencoder(args: argparse.Namespace) -> None:
+    from .train.autoencoder import train_autoencoder
+    from .train.autoencoder_config import TRAIN_PRESETS
+
+    config = _run_config(TRAIN_PRESETS, args)
     metrics = train_autoencoder(config, args.out, device=args.device, resume=not args.no_resume)
     print(f"done: {args.out}/model; held-out " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import apply_overrides
     from .train.diffusion import train_diffusion
     from .train.diffusion_config import DIFFUSION_PRESETS
 
-    if args.preset not in DIFFUSION_PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(DIFFUSION_PRESETS)}")
-    overrides = _parse_sets(args.set)
-    if args.steps is not None:
-        overrides["steps"] = str(args.steps)
-    config = apply_overrides(DIFFUSION_PRESETS[args.preset], overrides)
-    summary = train_diffusion(config, args.out, device=args.device, resume=not args.no_resume)
+    summary = train_diffusion(_run_config(DIFFUSION_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
     print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
 
 
