@@ -91,6 +91,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, presets: dict, default: str, example: str) -> None:
+    """What every training command takes: a preset, a run folder, overrides, device, resume."""
+    parser.add_argument("--preset", default=default, help=" | ".join(presets))
+    parser.add_argument("--out", required=True, help="run folder: log, plots, samples, checkpoints, final model")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. {example}")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldmkit", description="Latent diffusion in plain PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,24 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_forward_demo)
 
+    from .train.autoencoder_config import TRAIN_PRESETS
+    from .train.diffusion_config import DIFFUSION_PRESETS
+
     ae = commands.add_parser("train-autoencoder", help="train a first-stage autoencoder (AE, KL, VQ, +GAN)")
-    ae.add_argument("--preset", default="fmnist-kl-f4", help="fmnist-kl-f4 | fmnist-vq-f4 | fmnist-kl-f4-gan-decoder | photos-kl-f4 | shapes-kl-f4 | tiny")
-    ae.add_argument("--out", required=True, help="run folder: log, plots, checkpoints, final model")
-    ae.add_argument("--steps", type=int, default=None)
-    ae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. --set model.kind=vq --set loss.gan_weight=0.1")
-    ae.add_argument("--device", default="cpu")
-    ae.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
+    _add_run_arguments(ae, TRAIN_PRESETS, "fmnist-kl-f4", "--set model.kind=vq --set loss.gan_weight=0.1")
     ae.set_defaults(run=_train_autoencoder)
 
     train = commands.add_parser("train", help="train a latent diffusion model on a frozen autoencoder")
-    train.add_argument("--preset", default="fashion-mnist", help="fashion-mnist | shapes | tiny")
-    train.add_argument("--out", required=True, help="run folder: log, plots, sample grids, checkpoints, final model")
-    train.add_argument("--steps", type=int, default=None)
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set model.conditioning=class --set batch_size=32")
-    train.add_argument("--device", default="cpu")
-    train.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
+    _add_run_arguments(train, DIFFUSION_PRESETS, "fashion-mnist", "--set model.conditioning=class --set batch_size=32")
     train.set_defaults(run=_train)
 
     clf = commands.add_parser("train-classifier", help="train the Fashion-MNIST metric network")

@@ -88,9 +88,7 @@ def evaluate(pipe: Pipeline, size: int | None = None, seed: int = 0, **settings)
     else:
         raise ValueError(f"ldmkit evaluate knows the fashion-mnist and shapes models; this one was trained on {dataset!r}")
     result["seconds_per_image_alone"] = seconds_per_image(pipe, prompt, **settings)
-    guidance = settings.get("guidance")
-    result["settings"] = {"steps": settings.get("steps") or pipe.defaults.steps,
-                          "sampler": settings.get("sampler") or pipe.defaults.sampler,
-                          "guidance": pipe.defaults.guidance if guidance is None else guidance,
+    steps, sampler, guidance = pipe.resolve_settings(settings.get("steps"), settings.get("sampler"), settings.get("guidance"))
+    result["settings"] = {"steps": steps, "sampler": sampler, "guidance": guidance,
                           "seed": seed, "torch_threads": torch.get_num_threads(), "device": str(pipe.device)}
     return result

@@ -37,9 +37,7 @@ def generate_to_folder(
     """Write out/NNNNN_seedS.png for each image (PNG text: prompt, negative_prompt, seed, sampler,
     steps, guidance, model) and out/grid_NNNNN.png. Returns the paths written."""
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), autoencoder=autoencoder)
-    steps = pipe.defaults.steps if steps is None else steps
-    sampler = pipe.defaults.sampler if sampler is None else sampler
-    guidance = pipe.defaults.guidance if guidance is None else guidance
+    steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
     images = pipe.generate(prompt, negative_prompt, num_images, steps, sampler, guidance, seed, progress=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

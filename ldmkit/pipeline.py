@@ -206,9 +206,7 @@ class Pipeline:
         seed. output: "pil" (a list of images), "tensor" ((N, C, H, W) in [-1, 1]) or "latent"
         (the final latents z_0, (N, c, h, w)). An empty prompt samples unconditionally."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        steps = self.defaults.steps if steps is None else steps
-        sampler = self.defaults.sampler if sampler is None else sampler
-        guidance = self.defaults.guidance if guidance is None else guidance
+        steps, sampler, guidance = self.resolve_settings(steps, sampler, guidance)
         self._check(prompts, num_images, steps, sampler, guidance, output, latents)
         prompts = [p for p in prompts for _ in range(num_images)]
         if latents is None:
@@ -224,6 +222,12 @@ class Pipeline:
             return z0
         images = self.decode(z0)
         return images if output == "tensor" else [to_pil(x) for x in images]
+
+    def resolve_settings(self, steps=None, sampler=None, guidance=None) -> tuple[int, str, float]:
+        """(steps, sampler, guidance), the model's defaults where None."""
+        d = self.defaults
+        return (d.steps if steps is None else steps, d.sampler if sampler is None else sampler,
+                d.guidance if guidance is None else guidance)
 
     def initial_latents(self, count: int, seed: int = 0) -> torch.Tensor:
         """z_T for images seed, seed + 1, ...: (count, c, h, w) float32 on the CPU."""
@@ -241,7 +245,7 @@ class Pipeline:
     @torch.no_grad()
     def _sample(self, prompts, negative_prompt, z_T, steps, sampler, guidance, rescale, gens, progress):
         cond = self.encode_prompts(prompts)
-        uncond = self.encode_prompts([negative_prompt] * len(prompts)) if cond else None
+        uncond = self.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
         return sample(
             self.unet, z_T, self.schedule, sampler=sampler, steps=steps, prediction=self.config.prediction,
             cond=cond, uncond=uncond, guidance=guidance, guidance_rescale=rescale, gen=gens, progress=progress,
