@@ -1,11 +1,15 @@
 """A trained latent diffusion model as one object: prompt in, images out.
 
-A model folder holds everything but the frozen text encoder (which comes from its package):
+A model folder holds the networks and, for CLIP (Stable Diffusion), the text encoder and its
+tokenizer; MiniLM comes from its package:
 
     config.json          {"type": "latent-diffusion", "model": LatentDiffusionConfig,
                           "autoencoder": AutoencoderConfig, "defaults": {...}, ...}
-    model.safetensors    "unet." (the EMA weights) and "autoencoder." tensors
+    model.safetensors    "unet." (the EMA weights), "autoencoder." and "text_encoder." tensors
+    tokenizer/           CLIP's vocab.json and merges.txt (CLIP models only)
     README.md            the model card
+
+`from_pretrained` also reads Stable Diffusion single files and diffusers folders (ldmkit.io).
 
 Generation (LDM sec. 3.3): encode the prompts, draw z_T ~ N(0, I) in latent space, run a sampler
 with classifier-free guidance, decode x = D(z_0 / s).
@@ -22,7 +26,7 @@ from PIL import Image
 
 from .autoencoders import Autoencoder, AutoencoderConfig
 from .config import from_dict, to_dict
-from .diffusion import SAMPLERS, make_schedule, sample
+from .diffusion import SAMPLERS, make_schedule, sample, sampler_timesteps, start_scale
 from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .nets import UNet
 from .train.diffusion_config import LatentDiffusionConfig
@@ -105,12 +109,28 @@ class Pipeline:
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        autoencoder: str | Path | None = None,
+        autoencoder: str | Path | None = None, **sd_options,
     ) -> "Pipeline":
-        """Load a shipped model by name ("fashion-mnist", "shapes") or any ldmkit model folder.
-        `autoencoder`: another first-stage folder to decode with, e.g. a fine-tuned decoder of
-        the same latent space (it must share the latent shape and scale)."""
-        folder = resolve_model(name_or_path)
+        """Load a shipped model by name ("fashion-mnist", "shapes"), an ldmkit model folder, a
+        Stable Diffusion single file (.safetensors / .ckpt) or a diffusers folder; the kind is
+        told by content, not by name. `autoencoder`: another first-stage folder to decode with,
+        e.g. a fine-tuned decoder of the same latent space. `sd_options` go to the Stable
+        Diffusion readers (tokenizer=, prediction=, use_ema=; see ldmkit.io.stable_diffusion)."""
+        from .io import stable_diffusion as sd
+
+        path = Path(name_or_path)
+        if path.is_file() or sd.is_diffusers_folder(path):
+            pipe = sd.load_stable_diffusion(path, **sd_options)
+        else:
+            if sd_options:
+                raise ValueError(f"{sorted(sd_options)} apply to Stable Diffusion files and diffusers folders only")
+            pipe = cls._from_folder(resolve_model(name_or_path))
+        if autoencoder is not None:
+            pipe.autoencoder = swap_first_stage(pipe.autoencoder, autoencoder)
+        return pipe.to(device, dtype)
+
+    @classmethod
+    def _from_folder(cls, folder: Path) -> "Pipeline":
         states, meta, _ = load_checkpoint(folder)
         if meta.get("type") != "latent-diffusion" or not {"unet", "autoencoder"} <= set(states):
             raise CheckpointError(f"{folder} does not hold an ldmkit latent diffusion model (type {meta.get('type')!r})")
@@ -119,36 +139,62 @@ class Pipeline:
         unet.load_state_dict(states["unet"])
         first_stage = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
         first_stage.load_state_dict(states["autoencoder"])
-        if autoencoder is not None:
-            first_stage = swap_first_stage(first_stage, autoencoder)
         text_encoder = None
-        if config.conditioning == "text":
+        if config.conditioning == "text" and config.text_encoder == "clip":
+            from .io.stable_diffusion import clip_text_encoder
+
+            text_encoder = clip_text_encoder(meta["text_encoder_config"], states["text_encoder"], folder / "tokenizer")
+        elif config.conditioning == "text":
             from .conditioning import TextEncoder
 
             text_encoder = TextEncoder.minilm(config.text_length)
         defaults = from_dict(GenerationDefaults, meta.get("defaults", {}))
-        pipe = cls(unet, first_stage, config, text_encoder, meta.get("class_names"), defaults,
+        return cls(unet, first_stage, config, text_encoder, meta.get("class_names"), defaults,
                    name=meta.get("name", folder.name), meta=meta)
-        return pipe.to(device, dtype)
 
-    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        meta = {
+    def describe(self) -> dict:
+        """The model's config.json: everything but the weights (and a CLIP tokenizer)."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("source", "format")}
+        meta |= {
             "type": "latent-diffusion",
             "name": self.name,
             "model": to_dict(self.config),
             "autoencoder": to_dict(self.autoencoder.config),
             "defaults": to_dict(self.defaults),
             "class_names": self.class_names if self.config.conditioning == "class" else None,
-            "text_encoder": "all-MiniLM-L6-v2" if self.config.conditioning == "text" else None,
-            **(extra or {}),
+            "text_encoder": "all-MiniLM-L6-v2" if self.uses_minilm else ("clip" if self.uses_clip else None),
         }
-        return save_checkpoint(directory, {"unet": self.unet.state_dict(), "autoencoder": self.autoencoder.state_dict()}, meta)
+        if self.uses_clip:
+            meta["text_encoder_config"] = self.text_encoder.model.config.to_dict()
+        return meta
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """An ldmkit model folder (see the module docstring); `extra` joins its config.json."""
+        meta = {**self.describe(), **(extra or {})}
+        states = {"unet": self.unet.state_dict(), "autoencoder": self.autoencoder.state_dict()}
+        files = {}
+        if self.uses_clip:
+            from .io.stable_diffusion import clip_file_state, tokenizer_files
+
+            states["text_encoder"] = clip_file_state(self.text_encoder.model)
+            files = {f"tokenizer/{name}": data for name, data in tokenizer_files(self.text_encoder.tokenizer).items()}
+        return save_checkpoint(directory, states, meta, extra_files=files)
+
+    @property
+    def uses_clip(self) -> bool:
+        return self.config.conditioning == "text" and self.config.text_encoder == "clip"
+
+    @property
+    def uses_minilm(self) -> bool:
+        return self.config.conditioning == "text" and self.config.text_encoder == "minilm"
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
         self.unet.to(device=device, dtype=dtype)
         self.autoencoder.to(device=device, dtype=dtype)
-        if self.text_encoder is not None:
-            self.text_encoder.to(device)  # stays float32: its states are cast at use
+        if self.uses_clip:
+            self.text_encoder.to(device=device, dtype=dtype)
+        elif self.text_encoder is not None:
+            self.text_encoder.to(device)  # MiniLM stays float32: its states are cast at use
         return self
 
     @property
@@ -170,7 +216,10 @@ class Pipeline:
         kind = self.config.conditioning
         if kind == "text":
             states, mask = self.text_encoder(list(prompts))
-            return {"context": states.to(self.device, self.dtype), "context_mask": mask.to(self.device)}
+            cond = {"context": states.to(self.device, self.dtype)}
+            if mask is not None:  # CLIP (SD) attends to every position, padding included
+                cond["context_mask"] = mask.to(self.device)
+            return cond
         if kind == "class":
             return {"class_labels": torch.tensor([self.class_index(p) for p in prompts], device=self.device)}
         return {}
@@ -200,27 +249,34 @@ class Pipeline:
         guidance_rescale: float = 0.0,
         batch_size: int = 64,
         progress: bool = False,
+        height: int | None = None,
+        width: int | None = None,
+        vae_tile: int | None = None,
     ) -> list[Image.Image] | torch.Tensor:
         """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
         generator seeded with seed + k, so it is the same image when generated alone with that
         seed. output: "pil" (a list of images), "tensor" ((N, C, H, W) in [-1, 1]) or "latent"
-        (the final latents z_0, (N, c, h, w)). An empty prompt samples unconditionally."""
+        (the final latents z_0, (N, c, h, w)). An empty prompt samples unconditionally.
+        height, width: pixels (default: the model's image size). vae_tile: decode in tiles of this
+        many latent pixels (bounds memory for large images). The sampler runs in float32
+        whatever the networks' dtype; only the networks see half precision."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         steps, sampler, guidance = self.resolve_settings(steps, sampler, guidance)
-        self._check(prompts, num_images, steps, sampler, guidance, output, latents)
+        shape = self.latent_shape_for(height, width)
+        self._check(prompts, num_images, steps, sampler, guidance, output, latents, shape)
         prompts = [p for p in prompts for _ in range(num_images)]
         if latents is None:
-            latents = self.initial_latents(len(prompts), seed)
+            latents = self.initial_latents(len(prompts), seed, shape)
         results = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            z_T = latents[start : start + len(chunk)].to(self.device, self.dtype)
+            z_T = latents[start : start + len(chunk)].to(self.device, torch.float32)
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             results.append(self._sample(chunk, negative_prompt, z_T, steps, sampler, guidance, guidance_rescale, gens, progress))
         z0 = torch.cat(results)
         if output == "latent":
             return z0
-        images = self.decode(z0)
+        images = self.decode(z0, tile=vae_tile)
         return images if output == "tensor" else [to_pil(x) for x in images]
 
     def resolve_settings(self, steps=None, sampler=None, guidance=None) -> tuple[int, str, float]:
@@ -229,29 +285,61 @@ class Pipeline:
         return (d.steps if steps is None else steps, d.sampler if sampler is None else sampler,
                 d.guidance if guidance is None else guidance)
 
-    def initial_latents(self, count: int, seed: int = 0) -> torch.Tensor:
+    def initial_latents(self, count: int, seed: int = 0, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
         """z_T for images seed, seed + 1, ...: (count, c, h, w) float32 on the CPU."""
-        return torch.cat([torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(seed + k)) for k in range(count)])
+        shape = shape or self.latent_shape
+        return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed + k)) for k in range(count)])
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        side = self.config.image_size // self.autoencoder.config.downsampling_factor
-        return (self.config.unet.in_channels, side, side)
+        return self.latent_shape_for(None, None)
+
+    def latent_shape_for(self, height: int | None, width: int | None) -> tuple[int, int, int]:
+        """(c, h, w) of the latents of a height x width image (default: the model's size)."""
+        f = self.autoencoder.config.downsampling_factor
+        multiple = f * self.unet.config.downsampling_factor
+        height = self.config.image_size if height is None else height
+        width = self.config.image_size if width is None else width
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < multiple or value % multiple:
+                raise ValueError(f"{name} must be a positive multiple of {multiple} pixels for this model "
+                                 f"(autoencoder factor {f} x UNet factor {multiple // f}), got {value!r}")
+        return (self.autoencoder.config.z_channels, height // f, width // f)
 
     @torch.no_grad()
-    def decode(self, z0: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        return torch.cat([self.autoencoder.from_latent(z).clamp(-1, 1) for z in z0.split(batch_size)])
+    def decode(self, z0: torch.Tensor, batch_size: int = 256, tile: int | None = None) -> torch.Tensor:
+        """Images in [-1, 1] from final latents; `tile` (latent pixels) decodes in overlapping tiles."""
+        ae_dtype = next(self.autoencoder.parameters()).dtype
+        if tile is not None:
+            from .autoencoders.tiling import tiled_decode
+
+            decode = lambda z: tiled_decode(self.autoencoder, z, tile=tile, overlap=max(1, tile // 4))  # noqa: E731
+        else:
+            decode = self.autoencoder.from_latent
+        return torch.cat([decode(z.to(ae_dtype)).float().clamp(-1, 1) for z in z0.split(batch_size)])
+
+    def _unet(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The network in its own dtype, its output back in the sampler's float32."""
+        return self.unet(x.to(self.dtype), t, **cond).to(x.dtype)
 
     @torch.no_grad()
     def _sample(self, prompts, negative_prompt, z_T, steps, sampler, guidance, rescale, gens, progress):
         cond = self.encode_prompts(prompts)
         uncond = self.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
+        timesteps = sampler_timesteps(self.schedule, sampler, steps, self.config.sampling)
         return sample(
-            self.unet, z_T, self.schedule, sampler=sampler, steps=steps, prediction=self.config.prediction,
-            cond=cond, uncond=uncond, guidance=guidance, guidance_rescale=rescale, gen=gens, progress=progress,
+            self._unet, z_T * start_scale(self.schedule, sampler, timesteps, self.config.sampling), self.schedule,
+            sampler=sampler, prediction=self.config.prediction, cond=cond, uncond=uncond, guidance=guidance,
+            guidance_rescale=rescale, gen=gens, progress=progress, timesteps=timesteps,
         )
 
-    def _check(self, prompts, num_images, steps, sampler, guidance, output, latents) -> None:
+    def _check(self, prompts, num_images, steps, sampler, guidance, output, latents, shape) -> None:
+        if self.unet.config.in_channels != self.autoencoder.config.z_channels:
+            raise ValueError(
+                f"this model's UNet takes {self.unet.config.in_channels} input channels, the latents have "
+                f"{self.autoencoder.config.z_channels}: it is an inpainting model (latents + mask + masked "
+                "image), which text-to-image generate() cannot drive"
+            )
         if not all(isinstance(p, str) for p in prompts) or not prompts:
             raise ValueError("prompt must be a string or a non-empty list of strings")
         if num_images < 1:
@@ -264,6 +352,6 @@ class Pipeline:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        expected = (len(prompts) * num_images, *self.latent_shape)
+        expected = (len(prompts) * num_images, *shape)
         if latents is not None and tuple(latents.shape) != expected:
             raise ValueError(f"latents must have shape {expected} (images, channels, height, width), got {tuple(latents.shape)}")

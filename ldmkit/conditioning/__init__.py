@@ -1,3 +1,4 @@
 """Conditioning: text encoders (the cross-attention context)."""
 
+from .clip import CLIPTextEncoder, load_clip_tokenizer
 from .text import TextEncoder, minilm_path

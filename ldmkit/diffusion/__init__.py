@@ -15,7 +15,7 @@ from .gaussian import (
 )
 from .guidance import classifier_free_guidance
 from .losses import diffusion_loss, min_snr_weight, snr
-from .sampling import sample
+from .sampling import SamplingConfig, sample, sampler_timesteps, start_scale
 from .samplers import (
     SAMPLERS,
     get_sampler,

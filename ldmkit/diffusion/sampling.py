@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -10,7 +11,57 @@ from tqdm.auto import tqdm
 from .denoiser import as_denoiser
 from .guidance import classifier_free_guidance
 from .samplers import get_sampler
-from .schedule import Schedule, make_timesteps
+from .schedule import SPACINGS, Schedule, make_timesteps
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How a model's own scheduler places the sampling timesteps; recorded with the model, so
+    that a Stable Diffusion checkpoint samples exactly as its reference pipeline does.
+    ldmkit's models use trailing spacing (Lin et al. 2024). spacing=None means each sampler's
+    default in diffusers (DDIM: leading; Euler, Heun, DPM-Solver: linspace), which is what a
+    diffusers pipeline does with SD v1/v2's scheduler configs, as they name no spacing."""
+
+    spacing: str | None = "trailing"
+    offset: int = 0
+    ddim_final_alpha_one: bool = True  # DDIM's last step lands on clean data (else on t = 0)
+    # Euler-type samplers start from sigma_max * noise in sigma space (k-diffusion's convention,
+    # and diffusers' for linspace / trailing spacing) rather than sqrt(1 + sigma_max^2) * noise
+    sigma_max_start: bool = False
+
+    def __post_init__(self):
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {self.spacing!r}; choose one of {SPACINGS} or None")
+
+
+_DIFFUSERS_DEFAULT_SPACING = {"ddim": "leading", "ddpm": "leading"}  # every other sampler: linspace
+
+
+def sampler_timesteps(sched: Schedule, sampler: str, steps: int, config: SamplingConfig = SamplingConfig()) -> torch.Tensor:
+    """The (steps + 1,) timesteps `sampler` takes under `config`, placed as diffusers' matching
+    scheduler places them. Its rules differ by scheduler: DPM-Solver divides T into steps + 1
+    parts and drops the smallest; Euler-type linspace timesteps are not rounded; only DDIM may
+    land on t = 0 instead of -1 (set_alpha_to_one=False)."""
+    spacing = config.spacing or _DIFFUSERS_DEFAULT_SPACING.get(sampler, "linspace")
+    final = -1 if sampler != "ddim" or config.ddim_final_alpha_one else 0
+    T = sched.num_timesteps
+    if sampler.startswith("dpmpp") and spacing in ("leading", "linspace"):
+        ts = make_timesteps(sched, steps + 1, spacing, config.offset if spacing == "leading" else 0)
+        return torch.cat([ts[:-2], ts.new_tensor([final])])
+    if sampler in ("euler", "euler_ancestral", "heun") and spacing == "linspace":
+        ts = torch.linspace(0, T - 1, steps, dtype=torch.float32).double().flip(0)  # diffusers: float32, unrounded
+        return torch.cat([ts, ts.new_tensor([final])])
+    return make_timesteps(sched, steps, spacing, config.offset if spacing == "leading" else 0, final=final)
+
+
+def start_scale(sched: Schedule, sampler: str, timesteps: torch.Tensor, config: SamplingConfig) -> float:
+    """The factor on N(0, I) noise that gives the sampler's starting sample under `config`:
+    sigma / sqrt(1 + sigma^2) at the first timestep under `sigma_max_start`, else 1."""
+    spacing = config.spacing or _DIFFUSERS_DEFAULT_SPACING.get(sampler, "linspace")
+    if config.sigma_max_start and sampler in ("euler", "euler_ancestral", "heun") and spacing != "leading":
+        sigma = sched.sigma_at(float(timesteps[0]), clamp=True)
+        return sigma / (1 + sigma**2) ** 0.5
+    return 1.0
 
 
 def sample(
@@ -27,6 +78,7 @@ def sample(
     guidance_rescale: float = 0.0,
     gen: torch.Generator | None = None,
     progress: bool = False,
+    timesteps: torch.Tensor | None = None,
     **sampler_options,
 ) -> torch.Tensor:
     """Run `sampler` for `steps` steps from x (noise at the first timestep) to clean data.
@@ -34,6 +86,7 @@ def sample(
     model(x_t, t, **cond) returns the network's `prediction` (eps, x0 or v). With guidance != 1
     and `uncond` given, classifier-free guidance combines the two in one batched call.
     Trailing spacing starts at t = T - 1, where x ~ N(0, I) is right (Lin et al. 2024).
+    `timesteps`, if given, replaces `steps` and `spacing` (see `sampler_timesteps`).
     """
     get_sampler(sampler)  # a clear error for a bad name before any work
     cond = dict(cond or {})
@@ -42,8 +95,9 @@ def sample(
     else:
         model_fn = lambda x_t, t: model(x_t, t, **cond)  # noqa: E731
     denoise = as_denoiser(model_fn, sched, prediction)
-    timesteps = make_timesteps(sched, steps, spacing)
-    bar = tqdm(total=steps, desc=sampler, disable=not progress, leave=False)
+    if timesteps is None:
+        timesteps = make_timesteps(sched, steps, spacing)
+    bar = tqdm(total=len(timesteps) - 1, desc=sampler, disable=not progress, leave=False)
     callback = lambda i, x_i, x0: bar.update(1)  # noqa: E731
     try:
         return get_sampler(sampler)(denoise, x, sched, timesteps, gen=gen, callback=callback, **sampler_options)

@@ -4,6 +4,7 @@
     config.json         the typed configs and anything else describing the model
     train_state.pt      optional, for resuming: optimiser state, step, RNG states; plain
                         tensors and containers only, read with torch.load(weights_only=True)
+    (other files)       optional, e.g. a tokenizer's vocabulary: written in the same swap
 
 A checkpoint is written into a temporary sibling folder, each file fsynced, and then renamed
 into place, so a reader sees either the old folder, the new one, or none: never half of one.
@@ -66,8 +67,10 @@ def save_checkpoint(
     state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
     config: Mapping[str, Any],
     train_state: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (replacing an existing one of the same name)."""
+    """Write a checkpoint folder atomically (replacing an existing one of the same name).
+    extra_files: relative path -> contents, written into the folder in the same swap."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     bad = [prefix for prefix in state_dicts if not prefix or "." in prefix]
@@ -82,6 +85,12 @@ def save_checkpoint(
     try:
         _write_synced(staging / WEIGHTS, save(tensors, metadata={"format": "ldmkit"}))
         _write_synced(staging / CONFIG, json.dumps(config, indent=2, sort_keys=True).encode())
+        for relative, data in (extra_files or {}).items():
+            target = (staging / relative).resolve()
+            if staging.resolve() not in target.parents or relative in (WEIGHTS, CONFIG, TRAIN_STATE):
+                raise ValueError(f"extra file {relative!r} must be a new path inside the checkpoint folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_synced(target, data)
         if train_state is not None:
             import io
 

@@ -6,10 +6,12 @@ from dataclasses import dataclass, replace
 
 from ..data.shapes import DEFAULT_HOLDOUT
 from ..diffusion.gaussian import PREDICTIONS
+from ..diffusion.sampling import SamplingConfig
 from ..diffusion.schedule import ScheduleConfig
 from ..nets.config import UNET_PRESETS, UNetConfig
 
 CONDITIONINGS = ("text", "class", "none")
+TEXT_ENCODERS = ("minilm", "clip")  # clip: Stable Diffusion's, weights stored with the model
 LDM_DATASETS = ("fashion-mnist", "shapes", "folder")
 
 
@@ -21,14 +23,18 @@ class LatentDiffusionConfig:
     schedule: ScheduleConfig = ScheduleConfig()
     prediction: str = "eps"
     conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
-    text_length: int = 16  # tokens of context (captions here are short)
+    text_length: int = 16  # tokens of MiniLM context (captions here are short; CLIP always has 77)
     image_size: int = 32  # pixels; latents are image_size / f on a side
+    text_encoder: str = "minilm"
+    sampling: SamplingConfig = SamplingConfig()
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of {CONDITIONINGS}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text_encoder {self.text_encoder!r}; choose one of {TEXT_ENCODERS}")
         if self.conditioning == "text" and self.unet.context_dim is None:
             raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
         if self.conditioning == "class" and self.unet.num_classes is None:

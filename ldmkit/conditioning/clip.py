@@ -1,0 +1,67 @@
+"""The text encoder of Stable Diffusion: a CLIP text transformer (transformers' CLIPTextModel).
+
+SD v1 reads the last layer of OpenAI's CLIP ViT-L/14; SD v2 the penultimate layer of OpenCLIP
+ViT-H/14, which the conversion keeps as a CLIPTextModel with the last layer dropped. Either way
+the context is `last_hidden_state` (after the final LayerNorm) of all 77 token positions,
+padding included and with no attention mask: SD was trained that way, so masking the padding
+would change its outputs. The tokenizer pads with <|endoftext|> for v1 and "!" (id 0) for v2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # the BPE files, or the fast tokenizer's
+
+
+def load_clip_tokenizer(path: str | Path, pad_token: str | None = None):
+    """A CLIPTokenizer from a local folder holding vocab.json and merges.txt, or tokenizer.json
+    (a diffusers model's tokenizer/ folder, or any CLIP tokenizer saved by transformers).
+    Nothing is downloaded."""
+    from transformers import CLIPTokenizer
+
+    path = Path(path)
+    if not any(all((path / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no CLIP tokenizer in {path}: it needs vocab.json and merges.txt (or tokenizer.json). Give such a "
+            "folder, e.g. the tokenizer/ folder of a diffusers Stable Diffusion model"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+    if pad_token is not None and pad_token != tokenizer.pad_token:
+        tokenizer.pad_token = pad_token
+    return tokenizer
+
+
+class CLIPTextEncoder(nn.Module):
+    """prompts -> (context (B, 77, D), None): SD's conditioning, no padding mask."""
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @property
+    def width(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        return tokens.input_ids
+
+    @torch.no_grad()
+    def forward(self, prompts: Sequence[str]) -> tuple[torch.Tensor, None]:
+        if isinstance(prompts, str):
+            raise ValueError("prompts must be a list of strings, not one string")
+        ids = self.tokenize(prompts).to(next(self.model.parameters()).device)
+        return self.model(input_ids=ids).last_hidden_state, None

@@ -1,0 +1,412 @@
+"""Stable Diffusion checkpoints in and out: single files and diffusers folders.
+
+A single file (SD v1.x / v2.x .safetensors, or a legacy .ckpt read only through
+torch.load(weights_only=True)) holds, under prefixes:
+
+    model.diffusion_model.   the UNet                 (LDM names; ldmkit uses diffusers' names)
+    first_stage_model.       the KL autoencoder
+    cond_stage_model.transformer.   v1: OpenAI CLIP ViT-L/14, transformers layout
+    cond_stage_model.model.         v2: OpenCLIP ViT-H/14 (penultimate layer is the context)
+    model_ema.               optionally, EMA copies of the UNet weights (dots removed from names)
+
+A diffusers folder holds unet/, vae/, text_encoder/, tokenizer/ and scheduler/ subfolders.
+Which is which is told by content: keys, shapes, configs; never by a file's name.
+
+What a single file cannot say: the prediction type of a v2 model (SD 2.x-base predicts eps at
+512 px, SD 2.x predicts v at 768 px: same shapes). It is taken from, in order, the caller's
+`prediction=`, a sibling .yaml (the original configs' `parameterization: "v"`), the file's
+training step (875,000 is 2.0-base), else v for v2 and eps for v1. Files ldmkit writes carry
+their whole ldmkit config in the safetensors metadata, so they read back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import save_file
+
+from ..autoencoders import Autoencoder, AutoencoderConfig
+from ..config import from_dict, to_dict
+from ..nets import UNet
+from . import sd_configs as cfgs
+from . import sd_keys as keys
+from .checkpoint import CheckpointError, _fsync_dir
+from .weights_file import read_weights
+
+UNET, VAE, CLIP, OPEN_CLIP, EMA = (
+    "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.", "cond_stage_model.model.", "model_ema.",
+)
+LDMKIT_METADATA = "ldmkit"  # safetensors metadata key: the ldmkit config.json of the model
+WEIGHTS_NAMES = ("diffusion_pytorch_model", "model")  # diffusers' and transformers' file stems
+
+
+# ---- telling formats apart -------------------------------------------------------------------
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file())
+
+
+def load_stable_diffusion(path: str | Path, **options):
+    """A Pipeline from an SD single file or a diffusers folder."""
+    path = Path(path)
+    if path.is_file():
+        return load_single_file(path, **options)
+    if is_diffusers_folder(path):
+        return load_diffusers_folder(path, **options)
+    raise CheckpointError(f"{path} is neither a Stable Diffusion file nor a diffusers folder (no model_index.json or unet/)")
+
+
+def split_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in (UNET, VAE, CLIP, OPEN_CLIP, EMA)}
+    for key, value in state.items():
+        for prefix in parts:
+            if key.startswith(prefix):
+                parts[prefix][key[len(prefix):]] = value
+                break
+    return parts
+
+
+# ---- modules from weights without a second copy in memory -------------------------------------
+def build(module_cls, config, state: Mapping[str, torch.Tensor]):
+    """module_cls(config) with `state` as its parameters: built on the meta device and the file's
+    tensors assigned in place, so a 3.4 GB UNet is never held twice."""
+    with torch.device("meta"):
+        module = module_cls(config)
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights do not fit a {module_cls.__name__} of this config: {str(error)[:600]}") from None
+    return module.eval()
+
+
+def clip_text_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], tokenizer_path, pad_token=None):
+    """The SD text encoder (CLIPTextEncoder) from a CLIPTextConfig dict, weights and a tokenizer folder."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..conditioning import CLIPTextEncoder, load_clip_tokenizer
+
+    tokenizer = load_clip_tokenizer(tokenizer_path, pad_token)  # first: the clearer error if it is missing
+    known = set(CLIPTextConfig().to_dict())
+    model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k in known}))
+    state = _clip_names_for(model, {k: v for k, v in state.items() if not k.endswith("position_ids")})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise CheckpointError(f"the text encoder weights do not fit CLIPTextModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return CLIPTextEncoder(model, tokenizer)
+
+
+def _clip_names_for(model, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files name CLIP's weights "text_model.…"; transformers >= 5.6 dropped that level from
+    CLIPTextModel's own names. Match whichever this transformers uses."""
+    prefix = "text_model."
+    wants_prefix = any(k.startswith(prefix) for k in model.state_dict())
+    return {(prefix + k if wants_prefix and not k.startswith(prefix) else
+             k[len(prefix):] if not wants_prefix and k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def clip_file_state(model) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel's weights under the names files use ("text_model.…"), buffers left out."""
+    return {(k if k.startswith("text_model.") else "text_model." + k): v
+            for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """A tokenizer as the files transformers saves (vocab.json, merges.txt, configs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+def _tokenizer_folder(tokenizer, metadata: Mapping[str, str], fallback: Path | None, what: str) -> Path:
+    """Where the CLIP tokenizer comes from: the caller's path, the file's own copy (ldmkit
+    exports embed it), or a diffusers folder's tokenizer/."""
+    if tokenizer is not None:
+        return Path(tokenizer)
+    embedded = {k[len("tokenizer."):]: v for k, v in metadata.items() if k.startswith("tokenizer.")}
+    if embedded:
+        folder = Path(tempfile.mkdtemp(prefix="ldmkit-tokenizer-"))
+        for name, text in embedded.items():
+            (folder / Path(name).name).write_text(text, encoding="utf-8")
+        return folder
+    if fallback is not None and fallback.is_dir():
+        return fallback
+    raise FileNotFoundError(
+        f"{what} has a CLIP text encoder but no tokenizer. Pass tokenizer=FOLDER (ldmkit ... --tokenizer FOLDER): "
+        "a folder with vocab.json and merges.txt, e.g. the tokenizer/ folder of any diffusers Stable Diffusion "
+        "model (v1 and v2 share the vocabulary)"
+    )
+
+
+# ---- single files ---------------------------------------------------------------------------
+def load_single_file(path: str | Path, tokenizer: str | Path | None = None, prediction: str | None = None,
+                     use_ema: bool = False):
+    """A Pipeline from an SD v1/v2 single file (or one ldmkit wrote). use_ema: the file's EMA
+    UNet weights instead of the raw ones; prediction: "eps" | "v" to override the inference."""
+    from ..pipeline import GenerationDefaults, Pipeline
+    from ..train.diffusion_config import LatentDiffusionConfig
+
+    path = Path(path)
+    tensors, metadata = read_weights(path)
+    parts = split_prefixes(tensors)
+    if not parts[UNET]:
+        sample = ", ".join(list(tensors)[:4])
+        raise CheckpointError(f"{path} holds no Stable Diffusion UNet ('{UNET}' keys); it has {len(tensors)} tensors "
+                              f"such as {sample or 'none'}: is it a VAE, LoRA or embedding file?")
+    unet_ldm = _ema_weights(parts, path) if use_ema else parts[UNET]
+    meta = json.loads(metadata[LDMKIT_METADATA]) if LDMKIT_METADATA in metadata else None
+
+    if meta is not None:  # written by ldmkit: its own configs, exactly
+        config = from_dict(LatentDiffusionConfig, meta["model"])
+        vae_config = from_dict(AutoencoderConfig, meta["autoencoder"])
+    else:
+        config, vae_config = _infer_configs(path, parts, metadata, prediction)
+    if prediction is not None:
+        config = replace(config, prediction=prediction)
+    unet = build(UNet, config.unet, keys.unet_ldm_to_diffusers(unet_ldm, config.unet))
+    autoencoder = build(Autoencoder, vae_config, keys.vae_ldm_to_diffusers(parts[VAE], vae_config))
+
+    text_encoder = None
+    if config.text_encoder == "clip" and config.conditioning == "text":
+        if parts[CLIP]:
+            state, act = keys.clip_ldm_to_transformers(parts[CLIP]), "quick_gelu"
+        elif parts[OPEN_CLIP]:
+            state, act = keys.open_clip_to_transformers(parts[OPEN_CLIP]), "gelu"
+        else:
+            raise CheckpointError(f"{path} has no text encoder ('{CLIP}' or '{OPEN_CLIP}' keys)")
+        clip_config = meta["text_encoder_config"] if meta else cfgs.clip_config_from_state(state, act)
+        pad = "!" if parts[OPEN_CLIP] else None  # OpenCLIP pads with token 0, "!"
+        text_encoder = clip_text_encoder(clip_config, state, _tokenizer_folder(tokenizer, metadata, None, str(path)), pad)
+    elif config.conditioning == "text":
+        from ..conditioning import TextEncoder
+
+        text_encoder = TextEncoder.minilm(config.text_length)
+    if meta is not None:
+        defaults = from_dict(GenerationDefaults, meta.get("defaults", {}))
+        return Pipeline(unet, autoencoder, config, text_encoder, meta.get("class_names"), defaults,
+                        name=meta.get("name", path.stem), meta=meta)
+    return Pipeline(unet, autoencoder, config, text_encoder, defaults=_sd_defaults(), name=path.stem,
+                    meta={"source": str(path), "format": "stable-diffusion single file"})
+
+
+def _ema_weights(parts, path) -> dict[str, torch.Tensor]:
+    """LDM's LitEma stores "model_ema." + the parameter's name with its dots removed."""
+    if not parts[EMA]:
+        raise CheckpointError(f"{path} has no EMA weights ('{EMA}' keys): load it without use_ema")
+    ema = {}
+    for name in parts[UNET]:
+        flat = ("diffusion_model." + name).replace(".", "")
+        if flat not in parts[EMA]:
+            raise CheckpointError(f"{path}: the EMA weights lack {name}")
+        ema[name] = parts[EMA][flat]
+    return ema
+
+
+def _infer_configs(path: Path, parts, metadata, prediction):
+    from ..train.diffusion_config import LatentDiffusionConfig
+
+    if not parts[VAE]:
+        raise CheckpointError(f"{path} has no first-stage autoencoder ('{VAE}' keys)")
+    v2 = bool(parts[OPEN_CLIP])
+    unet_config = cfgs.unet_config_from_ldm(parts[UNET], v2)
+    vae_config = cfgs.vae_config_from_ldm(parts[VAE])
+    if prediction is None:
+        prediction = _v2_prediction(path, metadata) if v2 else "eps"
+    inpainting = unet_config.in_channels != vae_config.z_channels
+    config = LatentDiffusionConfig(
+        unet=unet_config, schedule=cfgs.SD_SCHEDULE, prediction=prediction, conditioning="text",
+        text_encoder="clip", image_size=768 if v2 and prediction == "v" and not inpainting else 512,
+        sampling=cfgs.SD_SAMPLING,
+    )
+    return config, vae_config
+
+
+def _v2_prediction(path: Path, metadata: Mapping[str, str]) -> str:
+    yaml = path.with_suffix(".yaml")
+    if yaml.is_file():
+        return "v" if re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", yaml.read_text(), re.M) else "eps"
+    if metadata.get("global_step") == "875000":  # SD 2.0-base
+        return "eps"
+    return "v"
+
+
+def save_single_file(pipe, path: str | Path) -> Path:
+    """The model as one SD-layout .safetensors file, its ldmkit config in the metadata. An
+    OpenCLIP text encoder (SD v2) is written in OpenCLIP layout with a zero last layer in place
+    of the one the conversion dropped (SD v2 reads the penultimate layer, never that one)."""
+    path = Path(path)
+    state = {UNET + k: v for k, v in keys.unet_diffusers_to_ldm(pipe.unet.state_dict(), pipe.unet.config).items()}
+    state |= {VAE + k: v for k, v in keys.vae_diffusers_to_ldm(pipe.autoencoder.state_dict(), pipe.autoencoder.config).items()}
+    meta = pipe.describe()
+    metadata = {"format": "pt", LDMKIT_METADATA: ""}
+    if pipe.uses_clip:
+        text = pipe.text_encoder.model
+        text_state = clip_file_state(text)
+        if text.config.hidden_act == "gelu":  # OpenCLIP
+            open_clip = keys.transformers_to_open_clip(text_state)
+            open_clip |= _zero_last_resblock(open_clip)
+            state |= {OPEN_CLIP + k: v for k, v in open_clip.items()}
+        else:
+            state |= {CLIP + k: v for k, v in keys.clip_transformers_to_ldm(text_state).items()}
+        files = tokenizer_files(pipe.text_encoder.tokenizer)
+        metadata |= {f"tokenizer.{name}": data.decode("utf-8") for name, data in files.items()}
+    metadata[LDMKIT_METADATA] = json.dumps(meta)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _zero_last_resblock(open_clip: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    last = max(int(m.group(1)) for k in open_clip if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
+    prefix = f"transformer.resblocks.{last}."
+    return {k.replace(prefix, f"transformer.resblocks.{last + 1}."): torch.zeros_like(v)
+            for k, v in open_clip.items() if k.startswith(prefix)}
+
+
+# ---- diffusers folders ------------------------------------------------------------------------
+def _read_component(folder: Path, what: str) -> dict[str, torch.Tensor]:
+    """The weights of a diffusers/transformers component folder: safetensors preferred, fp16
+    variants and sharded files too; .bin files only through torch.load(weights_only=True)."""
+    for stem in WEIGHTS_NAMES:
+        for variant in ("", ".fp16"):
+            for ext in (".safetensors", ".bin"):
+                index = folder / f"{stem}{variant}{ext}.index.json"
+                if index.is_file():
+                    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                    state: dict[str, torch.Tensor] = {}
+                    for shard in shards:
+                        state |= read_weights(folder / shard)[0]
+                    return state
+                if (folder / f"{stem}{variant}{ext}").is_file():
+                    return read_weights(folder / f"{stem}{variant}{ext}")[0]
+    raise CheckpointError(f"no {what} weights in {folder} (looked for diffusion_pytorch_model / model "
+                          ".safetensors or .bin, plain, fp16 or sharded)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: a diffusers folder needs it")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+
+
+def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None, prediction: str | None = None,
+                          use_ema: bool = False):
+    """A Pipeline from a diffusers Stable Diffusion folder (or one ldmkit wrote)."""
+    from ..pipeline import GenerationDefaults, Pipeline
+    from ..train.diffusion_config import LatentDiffusionConfig
+
+    path = Path(path)
+    if use_ema:
+        raise ValueError("a diffusers folder holds one set of UNet weights (no EMA copy): load it without use_ema")
+    ours = _read_json(path / "ldmkit.json") if (path / "ldmkit.json").is_file() else None
+    unet_cfg = _read_json(path / "unet" / "config.json")
+    vae_cfg = _read_json(path / "vae" / "config.json")
+    if ours is not None:
+        config = from_dict(LatentDiffusionConfig, ours["model"])
+        vae_config = from_dict(AutoencoderConfig, ours["autoencoder"])
+    else:
+        schedule, sampling, inferred = cfgs.schedule_from_diffusers(_read_json(path / "scheduler" / "scheduler_config.json"))
+        vae_config = cfgs.vae_config_from_diffusers(vae_cfg)
+        config = LatentDiffusionConfig(
+            unet=cfgs.unet_config_from_diffusers(unet_cfg), schedule=schedule, prediction=inferred,
+            conditioning="text", text_encoder="clip", sampling=sampling,
+            image_size=unet_cfg.get("sample_size", 64) * vae_config.downsampling_factor,
+        )
+    if prediction is not None:
+        config = replace(config, prediction=prediction)
+    unet = build(UNet, config.unet, _read_component(path / "unet", "UNet"))
+    autoencoder = build(Autoencoder, vae_config, _read_component(path / "vae", "VAE"))
+    text_encoder = None
+    if config.conditioning == "text" and config.text_encoder == "clip":
+        text_cfg = _read_json(path / "text_encoder" / "config.json")
+        folder = _tokenizer_folder(tokenizer, {}, path / "tokenizer", str(path))
+        text_encoder = clip_text_encoder(text_cfg, _read_component(path / "text_encoder", "text encoder"), folder)
+    elif config.conditioning == "text":
+        from ..conditioning import TextEncoder
+
+        text_encoder = TextEncoder.minilm(config.text_length)
+    if ours is not None:
+        return Pipeline(unet, autoencoder, config, text_encoder, ours.get("class_names"),
+                        from_dict(GenerationDefaults, ours.get("defaults", {})), name=ours.get("name", path.name), meta=ours)
+    return Pipeline(unet, autoencoder, config, text_encoder, defaults=_sd_defaults(), name=path.name,
+                    meta={"source": str(path), "format": "diffusers folder"})
+
+
+def save_diffusers_folder(pipe, folder: str | Path) -> Path:
+    """The model as a diffusers folder that diffusers' StableDiffusionPipeline loads (CLIP models)
+    and ldmkit reads back exactly (ldmkit.json keeps its config). Written whole, then renamed."""
+    import diffusers
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        size = pipe.config.image_size
+        factor = pipe.autoencoder.config.downsampling_factor
+        components = {
+            "unet": (cfgs.unet_config_to_diffusers(pipe.unet.config, size // factor), pipe.unet.state_dict()),
+            "vae": (cfgs.vae_config_to_diffusers(pipe.autoencoder.config, size), pipe.autoencoder.state_dict()),
+        }
+        for name, (config, state) in components.items():
+            (staging / name).mkdir()
+            (staging / name / "config.json").write_text(json.dumps({**config, "_diffusers_version": diffusers.__version__}, indent=2))
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, staging / name / "diffusion_pytorch_model.safetensors")
+        scheduler = cfgs.schedule_to_diffusers(pipe.config.schedule, pipe.config.sampling, pipe.config.prediction)
+        (staging / "scheduler").mkdir()
+        (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                 "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": [None, None], "tokenizer": [None, None],
+                 "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+        if pipe.uses_clip:
+            text = pipe.text_encoder.model
+            (staging / "text_encoder").mkdir()
+            text.config.to_json_file(staging / "text_encoder" / "config.json")
+            save_file({k: v.detach().cpu().contiguous() for k, v in clip_file_state(text).items()},
+                      staging / "text_encoder" / "model.safetensors")
+            pipe.text_encoder.tokenizer.save_pretrained(staging / "tokenizer")
+            index |= {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2))
+        (staging / "ldmkit.json").write_text(json.dumps(pipe.describe(), indent=2))
+        for file in staging.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        if folder.exists():
+            trash = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, trash)
+            os.replace(staging, folder)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _sd_defaults():
+    from ..pipeline import GenerationDefaults
+
+    return GenerationDefaults(guidance=7.5, sampler="dpmpp_2m", steps=25)  # what SD's model cards suggest
