@@ -52,6 +52,21 @@ def _train(args: argparse.Namespace) -> None:
     print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def _sd_options(args: argparse.Namespace) -> dict:
+    """What reading a Stable Diffusion file or diffusers folder may need."""
+    options = {"tokenizer": args.tokenizer, "prediction": args.prediction, "use_ema": args.use_ema or None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _generate(args: argparse.Namespace) -> None:
     from .generate import generate_to_folder
 
@@ -59,8 +74,35 @@ def _generate(args: argparse.Namespace) -> None:
         args.prompt, args.out, model=args.model, negative_prompt=args.negative_prompt,
         num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
         seed=args.seed, device=args.device, grid=not args.no_grid, autoencoder=args.autoencoder,
+        dtype=_dtype(args.dtype), height=args.height, width=args.width, vae_tile=args.vae_tile, **_sd_options(args),
     )
     print("\n".join(f"wrote {p}" for p in paths))
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .io.stable_diffusion import save_diffusers_folder, save_single_file
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.src, dtype=_dtype(args.dtype), **_sd_options(args))
+    target = args.to or ("single-file" if str(args.dst).endswith(".safetensors") else "ldmkit")
+    if target == "single-file":
+        written = save_single_file(pipe, args.dst)
+    elif target == "diffusers":
+        written = save_diffusers_folder(pipe, args.dst)
+    else:
+        written = pipe.save_pretrained(args.dst)
+    print(f"wrote {written} ({target}, {args.dtype}) from {Path(args.src)}")
+
+
+def _add_sd_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", default=None,
+                        help="folder with CLIP's vocab.json + merges.txt, for SD single files without one")
+    parser.add_argument("--prediction", default=None, choices=("eps", "v", "x0"),
+                        help="override what an SD v2 file predicts (default: inferred; v for v2)")
+    parser.add_argument("--use-ema", action="store_true", help="the EMA UNet weights of an SD single file")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights' precision")
 
 
 def _train_classifier(args: argparse.Namespace) -> None:
@@ -142,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt", nargs="?", default="", help='e.g. "a photo of a sneaker"; "" samples unconditionally')
-    gen.add_argument("--model", default="fashion-mnist", help="a shipped model (fashion-mnist, shapes) or a model folder")
+    gen.add_argument("--model", default="fashion-mnist",
+                     help="a shipped model (fashion-mnist, shapes), a model folder, an SD .safetensors/.ckpt or a diffusers folder")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--num-images", type=int, default=4)
     gen.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, 20)")
@@ -153,7 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--no-grid", action="store_true")
     gen.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
+    gen.add_argument("--height", type=int, default=None, help="pixels (default: the model's size)")
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--vae-tile", type=int, default=None, help="decode in tiles of this many latent pixels (large images)")
+    _add_sd_arguments(gen)
     gen.set_defaults(run=_generate)
+
+    conv = commands.add_parser("convert", help="convert between ldmkit, SD single-file and diffusers formats")
+    conv.add_argument("src", help="an ldmkit model (name or folder), an SD .safetensors/.ckpt, or a diffusers folder")
+    conv.add_argument("dst", help="a .safetensors file (SD single file) or a folder")
+    conv.add_argument("--to", choices=("ldmkit", "single-file", "diffusers"), default=None,
+                      help="output format (default: single-file for .safetensors, else ldmkit)")
+    _add_sd_arguments(conv)
+    conv.set_defaults(run=_convert)
     return parser
 
 

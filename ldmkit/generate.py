@@ -33,17 +33,26 @@ def generate_to_folder(
     grid: bool = True,
     pipeline: Pipeline | None = None,
     autoencoder: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    height: int | None = None,
+    width: int | None = None,
+    vae_tile: int | None = None,
+    **load_options,
 ) -> list[Path]:
     """Write out/NNNNN_seedS.png for each image (PNG text: prompt, negative_prompt, seed, sampler,
-    steps, guidance, model) and out/grid_NNNNN.png. Returns the paths written."""
-    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), autoencoder=autoencoder)
+    steps, guidance, size, model) and out/grid_NNNNN.png. Returns the paths written.
+    load_options: tokenizer=, prediction=, use_ema= for Stable Diffusion files."""
+    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
+                                                autoencoder=autoencoder, **load_options)
     steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
-    images = pipe.generate(prompt, negative_prompt, num_images, steps, sampler, guidance, seed, progress=True)
+    images = pipe.generate(prompt, negative_prompt, num_images, steps, sampler, guidance, seed, progress=True,
+                           height=height, width=width, vae_tile=vae_tile, batch_size=_batch_size(pipe))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next_index(out)
     settings = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": sampler, "steps": steps,
-                "guidance": guidance, "model": pipe.name, "software": f"ldmkit {__version__}"}
+                "guidance": guidance, "size": f"{images[0].width}x{images[0].height}", "model": pipe.name,
+                "software": f"ldmkit {__version__}"}
     paths = [
         save_png(image, out / f"{first + k:05d}_seed{seed + k}.png", {**settings, "seed": seed + k})
         for k, image in enumerate(images)
@@ -55,3 +64,9 @@ def generate_to_folder(
         seeds = list(range(seed, seed + len(images)))
         paths.append(save_png(image_grid(tiles, columns), out / f"grid_{first:05d}.png", {**settings, "seed": seeds}))
     return paths
+
+
+def _batch_size(pipe: Pipeline) -> int:
+    """Images sampled together: many for the small models, one at a time for SD-sized ones
+    (activations of a 512 px image in a 860M UNet are gigabytes)."""
+    return 64 if sum(p.numel() for p in pipe.unet.parameters()) < 50_000_000 else 1

@@ -155,3 +155,23 @@ def test_a_first_stage_of_the_same_latent_space_can_be_swapped_in(tiny_run):
     assert same.generate("a photo of a bag", steps=2)[0].size == (32, 32)
     with pytest.raises(ValueError, match="does not share this model's latent space"):
         Pipeline.from_pretrained(tiny_run / "model", autoencoder="models/autoencoders/shapes-kl-f4")
+
+
+def test_bfloat16_inference_stays_close_to_float32():
+    """bf16 networks, float32 sampler: the images differ by bf16 round-off only."""
+    full = Pipeline.from_pretrained("shapes")
+    half = Pipeline.from_pretrained("shapes", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and next(half.vae.parameters()).dtype == torch.bfloat16
+    kwargs = dict(num_images=2, steps=6, output="tensor", seed=1)
+    a, b = full.generate("a red circle in the top left", **kwargs), half.generate("a red circle in the top left", **kwargs)
+    assert b.dtype == torch.float32
+    assert 0 < (a - b).abs().mean() < 0.01
+
+
+def test_tiled_vae_decoding_through_generate():
+    pipe = Pipeline.from_pretrained("shapes")
+    kwargs = dict(num_images=1, steps=4, output="tensor", seed=2, height=64, width=64)
+    whole = pipe.generate("a blue square in the bottom right", **kwargs)
+    assert torch.equal(pipe.generate("a blue square in the bottom right", vae_tile=16, **kwargs), whole)  # one tile
+    tiled = pipe.generate("a blue square in the bottom right", vae_tile=8, **kwargs)  # 2 x 2 tiles, overlap 2
+    assert not torch.equal(tiled, whole) and (tiled - whole).abs().mean() < 0.05

@@ -181,3 +181,26 @@ def test_ldmkit_models_export_and_read_back_exactly(tmp_path):
         z = back.generate("a red circle in the top left", steps=3, output="latent", seed=3)
         assert torch.equal(z, ours.generate("a red circle in the top left", steps=3, output="latent", seed=3))
     assert json.loads((tmp_path / "shapes" / "ldmkit.json").read_text())["name"] == ours.name
+
+
+def test_convert_and_generate_on_the_command_line(reference, tmp_path, capsys):
+    from PIL import Image
+
+    from ldmkit.cli import main
+
+    version, ref, folder = reference
+    single = tmp_path / "model.safetensors"
+    assert main(["convert", str(folder), str(single), "--dtype", "fp16"]) == 0
+    assert main(["convert", str(single), str(tmp_path / "back"), "--to", "diffusers"]) == 0
+    back = Pipeline.from_pretrained(tmp_path / "back")
+    assert back.dtype == torch.float32 and back.unet.state_dict()["conv_in.weight"].equal(
+        ref.unet.state_dict()["conv_in.weight"].half().float())
+    foreign = foreign_single_file(Pipeline.from_pretrained(folder), tmp_path / "foreign.safetensors")
+    assert main(["generate", "a cat", "--model", str(foreign), "--num-images", "1", "--steps", "2",
+                 "--height", "16", "--width", "24", "--out", str(tmp_path / "out")]) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+    assert main(["generate", "a cat", "--model", str(foreign), "--tokenizer", str(folder / "tokenizer"),
+                 "--num-images", "1", "--steps", "2", "--height", "16", "--width", "24",
+                 "--out", str(tmp_path / "out")]) == 0
+    png = Image.open(tmp_path / "out" / "00000_seed0.png")
+    assert png.size == (24, 16) and png.text["size"] == "24x16" and png.text["prompt"] == "a cat"
