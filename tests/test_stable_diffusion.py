@@ -204,3 +204,33 @@ def test_convert_and_generate_on_the_command_line(reference, tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 0
     png = Image.open(tmp_path / "out" / "00000_seed0.png")
     assert png.size == (24, 16) and png.text["size"] == "24x16" and png.text["prompt"] == "a cat"
+
+
+class _TouchOnUnpickle:
+    """Unpickling this would create a marker file: the stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_legacy_ckpt_loads_and_a_booby_trapped_one_runs_nothing(tmp_path):
+    ref_folder = tmp_path / "ref"
+    ref = save_reference(tiny_sd("v1"), ref_folder, "v1")
+    tensors = load_file(foreign_single_file(Pipeline.from_pretrained(ref_folder), tmp_path / "sd.safetensors"))
+    torch.save({"state_dict": tensors, "global_step": 470000, "epoch": 6}, tmp_path / "sd.ckpt")
+    ours = Pipeline.from_pretrained(tmp_path / "sd.ckpt", tokenizer=ref_folder / "tokenizer")
+    assert_matches_reference(ours, ref, generation=False)
+
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": tensors, "hook": _TouchOnUnpickle(marker)}, tmp_path / "trap.ckpt")
+    with pytest.raises(CheckpointError, match="refused.*Nothing in it was run"):
+        Pipeline.from_pretrained(tmp_path / "trap.ckpt", tokenizer=ref_folder / "tokenizer")
+    assert not marker.exists()
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "sd.safetensors").read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Pipeline.from_pretrained(tmp_path / "cut.safetensors")
