@@ -86,13 +86,17 @@ def build(module_cls, config, state: Mapping[str, torch.Tensor]):
     return module.eval()
 
 
-def clip_text_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], tokenizer_path, pad_token=None):
-    """The SD text encoder (CLIPTextEncoder) from a CLIPTextConfig dict, weights and a tokenizer folder."""
+def clip_text_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], tokenizer, pad_token=None):
+    """The SD text encoder (CLIPTextEncoder) from a CLIPTextConfig dict, weights and a tokenizer
+    (or the folder of one)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..conditioning import CLIPTextEncoder, load_clip_tokenizer
 
-    tokenizer = load_clip_tokenizer(tokenizer_path, pad_token)  # first: the clearer error if it is missing
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_clip_tokenizer(tokenizer, pad_token)  # first: the clearer error if it is missing
+    elif pad_token is not None:
+        tokenizer.pad_token = pad_token
     known = set(CLIPTextConfig().to_dict())
     model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k in known}))
     state = _clip_names_for(model, {k: v for k, v in state.items() if not k.endswith("position_ids")})
@@ -125,17 +129,19 @@ def tokenizer_files(tokenizer) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-def _tokenizer_folder(tokenizer, metadata: Mapping[str, str], fallback: Path | None, what: str) -> Path:
-    """Where the CLIP tokenizer comes from: the caller's path, the file's own copy (ldmkit
-    exports embed it), or a diffusers folder's tokenizer/."""
+def _tokenizer_folder(tokenizer, metadata: Mapping[str, str], fallback: Path | None, what: str):
+    """The CLIP tokenizer, or the folder to read it from: the caller's path, the file's own copy
+    (ldmkit exports embed it), or a diffusers folder's tokenizer/."""
+    from ..conditioning import load_clip_tokenizer
+
     if tokenizer is not None:
         return Path(tokenizer)
     embedded = {k[len("tokenizer."):]: v for k, v in metadata.items() if k.startswith("tokenizer.")}
     if embedded:
-        folder = Path(tempfile.mkdtemp(prefix="ldmkit-tokenizer-"))
-        for name, text in embedded.items():
-            (folder / Path(name).name).write_text(text, encoding="utf-8")
-        return folder
+        with tempfile.TemporaryDirectory(prefix="ldmkit-tokenizer-") as folder:
+            for name, text in embedded.items():
+                (Path(folder) / Path(name).name).write_text(text, encoding="utf-8")
+            return load_clip_tokenizer(folder)
     if fallback is not None and fallback.is_dir():
         return fallback
     raise FileNotFoundError(
