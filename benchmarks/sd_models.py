@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ldmkit.io.sd_configs import SD_SCHEDULER_CONFIGS
+
 SHAPES = ("sd-v1.5", "sd-v2.1-v")
 PROMPT, NEGATIVE = "a lower photo of a cat", "newer"
 TEXT_LENGTH = 77  # CLIP's context: every SD prompt is padded to 77 tokens
@@ -34,17 +36,6 @@ VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "a", "p", "h", "c", "
          "r</w>", "t</w>", "a</w>", "o</w>", "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider",
          "<unk>", "<|startoftext|>", "<|endoftext|>", "!", "!</w>"]
 BOS, EOS = VOCAB.index("<|startoftext|>"), VOCAB.index("<|endoftext|>")
-
-# The scheduler configs of the real SD v1.5 and v2.1 (768-v) folders (as tests/sd_tiny.py):
-# neither names a spacing, so each diffusers scheduler uses its own default.
-SCHEDULER_CONFIGS = {
-    "v1": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-           "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
-           "steps_offset": 1, "trained_betas": None},
-    "v2": {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-           "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
-           "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None},
-}
 
 
 @dataclass(frozen=True)
@@ -150,7 +141,7 @@ def build_diffusers(shape: SDShape, tokenizer_folder: Path, seed: int = 0):
     return StableDiffusionPipeline(
         unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(),
         tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True),
-        scheduler=scheduler_cls.from_config(SCHEDULER_CONFIGS[shape.version]),
+        scheduler=scheduler_cls.from_config(SD_SCHEDULER_CONFIGS[shape.version]),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
@@ -158,7 +149,7 @@ def build_diffusers(shape: SDShape, tokenizer_folder: Path, seed: int = 0):
 def save_reference(pipe, folder: Path, version: str) -> Path:
     """Save a diffusers pipeline as SD's folders are laid out: the scheduler config verbatim."""
     pipe.save_pretrained(folder)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIGS[version]))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER_CONFIGS[version]))
     return folder
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ldmkit.io.sd_configs import SD_SCHEDULER_CONFIGS
+
 # A 32-token BPE vocabulary in CLIP's format: enough for the prompts the tests use.
 VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "a", "p", "h", "c", "k", "lo", "l</w>", "w</w>",
          "r</w>", "t</w>", "a</w>", "o</w>", "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider",
@@ -67,22 +69,11 @@ def tiny_sd(version: str = "v1", seed: int = 0, in_channels: int = 4):
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-# The scheduler configs of the real SD v1.5 and v2.1 (768-v) folders: neither names a spacing,
-# so each diffusers scheduler uses its own default; ldmkit must do the same.
-SCHEDULER_CONFIGS = {
-    "v1": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-           "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
-           "steps_offset": 1, "trained_betas": None},
-    "v2": {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-           "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
-           "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None},
-}
-
 
 def save_reference(pipe, folder: Path, version: str):
     """Save a diffusers pipeline as SD's folders are laid out; return it as diffusers reads it back."""
     from diffusers import StableDiffusionPipeline
 
     pipe.save_pretrained(folder)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIGS[version]))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER_CONFIGS[version]))
     return StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)

@@ -15,15 +15,7 @@ from ldmkit.io import CheckpointError
 from ldmkit.io.stable_diffusion import save_diffusers_folder, save_single_file
 from sd_tiny import NEGATIVE, PROMPT, save_reference, tiny_sd
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module", params=["v1", "v2"])

@@ -15,14 +15,7 @@ from ldmkit.nets import UNET_PRESETS, UNet, UNetConfig, timestep_embedding
 TINY = UNET_PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny, so a second thread gains little; and when other processes share the
-    cores, OpenMP barriers made the overfit test 8x slower with two threads than with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def diffusers_kwargs(c: UNetConfig) -> dict:

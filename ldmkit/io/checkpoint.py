@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -30,21 +30,42 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or corrupt."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file, fsync, rename."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write `path` through a temporary sibling that `write(tmp)` fills; fsync, rename. A reader
+    sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync, rename."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def swap_into_place(staging: Path, directory: Path) -> Path:
+    """Rename a complete, fsynced folder `staging` to `directory`, replacing any folder there:
+    the old one is moved aside first, so the name never holds half of either."""
+    if directory.exists():
+        trash = directory.parent / f".{directory.name}.old-{os.getpid()}"
+        os.replace(directory, trash)
+        os.replace(staging, directory)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, directory)
+    _fsync_dir(directory.parent)
+    return directory
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -98,14 +119,7 @@ def save_checkpoint(
             torch.save(dict(train_state), buffer)
             _write_synced(staging / TRAIN_STATE, buffer.getvalue())
         _fsync_dir(staging)
-        if directory.exists():  # swap: old out of the way first, so the name is never half-written
-            trash = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, trash)
-            os.replace(staging, directory)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-        _fsync_dir(directory.parent)
+        swap_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -19,10 +19,18 @@ from ..diffusion.sampling import SamplingConfig
 from ..diffusion.schedule import ScheduleConfig
 from ..nets import UNetConfig
 
-SD_SCHEDULE = ScheduleConfig(kind="scaled_linear", num_timesteps=1000, beta_start=0.00085, beta_end=0.012)
-# SD v1/v2's scheduler configs: offset 1, DDIM ends at t = 0, and no spacing named (see SamplingConfig)
-SD_SAMPLING = SamplingConfig(spacing=None, offset=1, ddim_final_alpha_one=False, sigma_max_start=True)
 SD_VAE_SCALE = 0.18215
+# The scheduler configs of the released SD v1.5 and v2.1 (768-v) diffusers folders. Neither names a
+# timestep spacing, so each diffusers scheduler uses its own default (see SamplingConfig); a single
+# file samples as these folders do.
+SD_SCHEDULER_CONFIGS = {
+    "v1": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+           "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+           "steps_offset": 1, "trained_betas": None},
+    "v2": {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+           "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+           "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None},
+}
 
 PREDICTION_FROM_DIFFUSERS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 PREDICTION_TO_DIFFUSERS = {v: k for k, v in PREDICTION_FROM_DIFFUSERS.items()}
@@ -205,6 +213,12 @@ def schedule_from_diffusers(cfg: Mapping[str, Any]) -> tuple[ScheduleConfig, Sam
     sampling = SamplingConfig(spacing=named("timestep_spacing", None), offset=named("steps_offset", 0),
                               ddim_final_alpha_one=named("set_alpha_to_one", True), sigma_max_start=True)
     return schedule, sampling, PREDICTION_FROM_DIFFUSERS[prediction]
+
+
+def sd_schedule() -> tuple[ScheduleConfig, SamplingConfig]:
+    """The schedule and timestep placement of SD v1/v2 (both share them; only prediction differs)."""
+    schedule, sampling, _ = schedule_from_diffusers(SD_SCHEDULER_CONFIGS["v1"])
+    return schedule, sampling
 
 
 def schedule_to_diffusers(schedule: ScheduleConfig, sampling: SamplingConfig, prediction: str) -> dict[str, Any]:

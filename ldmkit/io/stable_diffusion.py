@@ -38,7 +38,7 @@ from ..config import from_dict, to_dict
 from ..nets import UNet
 from . import sd_configs as cfgs
 from . import sd_keys as keys
-from .checkpoint import CheckpointError, _fsync_dir
+from .checkpoint import CheckpointError, atomic_write, swap_into_place
 from .weights_file import read_weights
 
 UNET, VAE, CLIP, OPEN_CLIP, EMA = (
@@ -226,10 +226,11 @@ def _infer_configs(path: Path, parts, metadata, prediction):
     if prediction is None:
         prediction = _v2_prediction(path, metadata) if v2 else "eps"
     inpainting = unet_config.in_channels != vae_config.z_channels
+    schedule, sampling = cfgs.sd_schedule()
     config = LatentDiffusionConfig(
-        unet=unet_config, schedule=cfgs.SD_SCHEDULE, prediction=prediction, conditioning="text",
+        unet=unet_config, schedule=schedule, prediction=prediction, conditioning="text",
         text_encoder="clip", image_size=768 if v2 and prediction == "v" and not inpainting else 512,
-        sampling=cfgs.SD_SAMPLING,
+        sampling=sampling,
     )
     return config, vae_config
 
@@ -265,19 +266,7 @@ def save_single_file(pipe, path: str | Path) -> Path:
         metadata |= {f"tokenizer.{name}": data.decode("utf-8") for name, data in files.items()}
     metadata[LDMKIT_METADATA] = json.dumps(meta)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _zero_last_resblock(open_clip: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -399,13 +388,7 @@ def save_diffusers_folder(pipe, folder: str | Path) -> Path:
             if file.is_file():
                 with open(file, "rb+") as f:
                     os.fsync(f.fileno())
-        if folder.exists():
-            trash = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, trash)
-            os.replace(staging, folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, folder)
+        swap_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
