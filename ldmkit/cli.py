@@ -79,6 +79,48 @@ def _generate(args: argparse.Namespace) -> None:
     print("\n".join(f"wrote {p}" for p in paths))
 
 
+def _image_task(args: argparse.Namespace) -> None:
+    """img2img, inpaint and outpaint: load, run, save PNGs carrying every setting."""
+    import torch
+
+    from .generate import save_images
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), dtype=_dtype(args.dtype), **_sd_options(args))
+    steps, sampler, guidance = pipe.resolve_settings(args.steps, args.sampler, args.guidance)
+    common = dict(negative_prompt=args.negative_prompt, num_images=args.num_images, steps=steps, sampler=sampler,
+                  guidance=guidance, seed=args.seed, progress=True)
+    settings = {"task": args.command, "prompt": args.prompt, "negative_prompt": args.negative_prompt, "sampler": sampler,
+                "steps": steps, "guidance": guidance, "model": pipe.name, "input": str(args.image)}
+    if args.command == "img2img":
+        images = pipe.img2img(args.image, args.prompt, strength=args.strength, **common)
+        settings["strength"] = args.strength
+    elif args.command == "inpaint":
+        images = pipe.inpaint(args.image, args.mask, args.prompt, strength=args.strength, **common)
+        settings |= {"mask": str(args.mask), "strength": args.strength}
+    else:
+        sides = {side: getattr(args, side) for side in ("left", "right", "top", "bottom")}
+        images = pipe.outpaint(args.image, args.prompt, **sides, **common)
+        settings |= sides
+    paths = save_images(images, args.out, settings, args.seed, grid=not args.no_grid)
+    print("\n".join(f"wrote {p}" for p in paths))
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """What every image-making command takes."""
+    parser.add_argument("--model", default="fashion-mnist", help=model_help)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument("--sampler", default=None, help="ddpm | ddim | euler | euler_a | heun | dpmpp_2m | dpmpp_2m_sde")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
+    parser.add_argument("--out", default="outputs", help="folder for the PNGs and the grid")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-grid", action="store_true")
+    _add_sd_arguments(parser)
+
+
 def _convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -182,25 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="JSON file for the results")
     ev.set_defaults(run=_evaluate)
 
+    model_help = "a shipped model (fashion-mnist, shapes), a model folder, an SD .safetensors/.ckpt or a diffusers folder"
     gen = commands.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt", nargs="?", default="", help='e.g. "a photo of a sneaker"; "" samples unconditionally')
-    gen.add_argument("--model", default="fashion-mnist",
-                     help="a shipped model (fashion-mnist, shapes), a model folder, an SD .safetensors/.ckpt or a diffusers folder")
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--num-images", type=int, default=4)
-    gen.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, 20)")
-    gen.add_argument("--sampler", default=None, help="ddpm | ddim | euler | euler_a | heun | dpmpp_2m | dpmpp_2m_sde")
-    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    gen.add_argument("--seed", type=int, default=0, help="image k gets seed + k")
-    gen.add_argument("--out", default="outputs", help="folder for the PNGs and grid.png")
-    gen.add_argument("--device", default="cpu")
-    gen.add_argument("--no-grid", action="store_true")
+    _add_sampling_arguments(gen, model_help)
     gen.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
     gen.add_argument("--height", type=int, default=None, help="pixels (default: the model's size)")
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--vae-tile", type=int, default=None, help="decode in tiles of this many latent pixels (large images)")
-    _add_sd_arguments(gen)
     gen.set_defaults(run=_generate)
+
+    for name, help_text in (("img2img", "redraw an image towards a prompt (SDEdit)"),
+                            ("inpaint", "repaint the white part of a mask"),
+                            ("outpaint", "extend an image on any side")):
+        task = commands.add_parser(name, help=help_text)
+        task.add_argument("image", help="the input image (PNG, JPEG, ...)")
+        if name == "inpaint":
+            task.add_argument("mask", help="a mask image of the same size: white = repaint")
+        task.add_argument("prompt", nargs="?", default="")
+        _add_sampling_arguments(task, model_help)
+        if name == "outpaint":
+            for side in ("left", "right", "top", "bottom"):
+                task.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+        else:
+            task.add_argument("--strength", type=float, default=0.6 if name == "img2img" else 1.0,
+                              help="in (0, 1]: how far to noise the input (1 = from pure noise)")
+        task.set_defaults(run=_image_task)
 
     conv = commands.add_parser("convert", help="convert between ldmkit, SD single-file and diffusers formats")
     conv.add_argument("src", help="an ldmkit model (name or folder), an SD .safetensors/.ckpt, or a diffusers folder")

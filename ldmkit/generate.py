@@ -47,12 +47,18 @@ def generate_to_folder(
     steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
     images = pipe.generate(prompt, negative_prompt, num_images, steps, sampler, guidance, seed, progress=True,
                            height=height, width=width, vae_tile=vae_tile, batch_size=_batch_size(pipe))
+    settings = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": sampler, "steps": steps,
+                "guidance": guidance, "model": pipe.name}
+    return save_images(images, out, settings, seed, grid)
+
+
+def save_images(images, out: str | Path, settings: dict, seed: int, grid: bool = True) -> list[Path]:
+    """out/NNNNN_seedS.png per image, numbered on from what the folder holds, each carrying
+    `settings` + its seed + its size + the software in its PNG text; a grid of them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next_index(out)
-    settings = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": sampler, "steps": steps,
-                "guidance": guidance, "size": f"{images[0].width}x{images[0].height}", "model": pipe.name,
-                "software": f"ldmkit {__version__}"}
+    settings = {**settings, "size": f"{images[0].width}x{images[0].height}", "software": f"ldmkit {__version__}"}
     paths = [
         save_png(image, out / f"{first + k:05d}_seed{seed + k}.png", {**settings, "seed": seed + k})
         for k, image in enumerate(images)

@@ -279,6 +279,24 @@ class Pipeline:
         images = self.decode(z0, tile=vae_tile)
         return images if output == "tensor" else [to_pil(x) for x in images]
 
+    def img2img(self, image, prompt: str = "", strength: float = 0.6, **options):
+        """Variations of `image` towards `prompt` (SDEdit); see ldmkit.pipelines.img2img."""
+        from .pipelines import img2img
+
+        return img2img(self, image, prompt, strength, **options)
+
+    def inpaint(self, image, mask, prompt: str = "", **options):
+        """Repaint the white part of `mask`; pixels outside it come back exactly as given."""
+        from .pipelines import inpaint
+
+        return inpaint(self, image, mask, prompt, **options)
+
+    def outpaint(self, image, prompt: str = "", left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, **options):
+        """Extend the canvas on any side and inpaint the new area."""
+        from .pipelines import outpaint
+
+        return outpaint(self, image, prompt, left, right, top, bottom, **options)
+
     def resolve_settings(self, steps=None, sampler=None, guidance=None) -> tuple[int, str, float]:
         """(steps, sampler, guidance), the model's defaults where None."""
         d = self.defaults
@@ -318,19 +336,31 @@ class Pipeline:
             decode = self.autoencoder.from_latent
         return torch.cat([decode(z.to(ae_dtype)).float().clamp(-1, 1) for z in z0.split(batch_size)])
 
-    def _unet(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
-        """The network in its own dtype, its output back in the sampler's float32."""
+    def _unet(self, x: torch.Tensor, t, concat: torch.Tensor | None = None, **cond) -> torch.Tensor:
+        """The network in its own dtype, its output back in the sampler's float32. `concat`:
+        channels joined to x_t (an inpainting UNet's mask and masked-image latents)."""
+        if concat is not None:
+            x_in = torch.cat([x, concat.to(x.dtype)], dim=1)
+            return self.unet(x_in.to(self.dtype), t, **cond).to(x.dtype)
         return self.unet(x.to(self.dtype), t, **cond).to(x.dtype)
 
     @torch.no_grad()
-    def _sample(self, prompts, negative_prompt, z_T, steps, sampler, guidance, rescale, gens, progress):
+    def _sample(self, prompts, negative_prompt, z_T, steps, sampler, guidance, rescale, gens, progress,
+                timesteps=None, denoiser_wrapper=None, extra: dict | None = None):
+        """Sample from z_T (pure noise) over the model's timesteps, or from a partly noised
+        latent over `timesteps` (image-to-image). `extra`: inputs given to the network under
+        both the prompt and the negative prompt (e.g. concat=...)."""
         cond = self.encode_prompts(prompts)
         uncond = self.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
-        timesteps = sampler_timesteps(self.schedule, sampler, steps, self.config.sampling)
+        cond = {**cond, **(extra or {})}
+        uncond = None if uncond is None else {**uncond, **(extra or {})}
+        if timesteps is None:
+            timesteps = sampler_timesteps(self.schedule, sampler, steps, self.config.sampling)
+            z_T = z_T * start_scale(self.schedule, sampler, timesteps, self.config.sampling)
         return sample(
-            self._unet, z_T * start_scale(self.schedule, sampler, timesteps, self.config.sampling), self.schedule,
-            sampler=sampler, prediction=self.config.prediction, cond=cond, uncond=uncond, guidance=guidance,
-            guidance_rescale=rescale, gen=gens, progress=progress, timesteps=timesteps,
+            self._unet, z_T, self.schedule, sampler=sampler, prediction=self.config.prediction, cond=cond,
+            uncond=uncond, guidance=guidance, guidance_rescale=rescale, gen=gens, progress=progress,
+            timesteps=timesteps, denoiser_wrapper=denoiser_wrapper,
         )
 
     def _check(self, prompts, num_images, steps, sampler, guidance, output, latents, shape) -> None:

@@ -46,15 +46,17 @@ def assert_matches_reference(ours: Pipeline, ref, generation: bool = True):
         assert rel_err(ours.text_encoder([PROMPT, ""])[0], ref.text_encoder(ids)[0]) < 1e-4
     if not generation:
         return
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
     z_T = torch.randn(1, 4, 8, 8, generator=g)
-    for name, cls in (("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler), ("dpmpp_2m", DPMSolverMultistepScheduler)):
+    samplers = (("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler), ("dpmpp_2m", DPMSolverMultistepScheduler),
+                ("euler_a", EulerAncestralDiscreteScheduler))  # stochastic: the same generator on both sides
+    for name, cls in samplers:
         ref.scheduler = cls.from_config(ref.scheduler.config)
         expected = ref(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=6, guidance_scale=4.0, latents=z_T,
-                       output_type="latent", height=16, width=16).images
+                       output_type="latent", height=16, width=16, generator=torch.Generator().manual_seed(5)).images
         got = ours.generate(PROMPT, negative_prompt=NEGATIVE, steps=6, guidance=4.0, sampler=name, latents=z_T,
-                            output="latent", height=16, width=16)
+                            output="latent", height=16, width=16, seed=5)
         assert rel_err(got, expected) < 1e-3, name
 
 

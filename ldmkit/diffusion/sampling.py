@@ -48,7 +48,7 @@ def sampler_timesteps(sched: Schedule, sampler: str, steps: int, config: Samplin
     if sampler.startswith("dpmpp") and spacing in ("leading", "linspace"):
         ts = make_timesteps(sched, steps + 1, spacing, config.offset if spacing == "leading" else 0)
         return torch.cat([ts[:-2], ts.new_tensor([final])])
-    if sampler in ("euler", "euler_ancestral", "heun") and spacing == "linspace":
+    if sampler in ("euler", "euler_a", "heun") and spacing == "linspace":
         ts = torch.linspace(0, T - 1, steps, dtype=torch.float32).double().flip(0)  # diffusers: float32, unrounded
         return torch.cat([ts, ts.new_tensor([final])])
     return make_timesteps(sched, steps, spacing, config.offset if spacing == "leading" else 0, final=final)
@@ -58,7 +58,7 @@ def start_scale(sched: Schedule, sampler: str, timesteps: torch.Tensor, config: 
     """The factor on N(0, I) noise that gives the sampler's starting sample under `config`:
     sigma / sqrt(1 + sigma^2) at the first timestep under `sigma_max_start`, else 1."""
     spacing = config.spacing or _DIFFUSERS_DEFAULT_SPACING.get(sampler, "linspace")
-    if config.sigma_max_start and sampler in ("euler", "euler_ancestral", "heun") and spacing != "leading":
+    if config.sigma_max_start and sampler in ("euler", "euler_a", "heun") and spacing != "leading":
         sigma = sched.sigma_at(float(timesteps[0]), clamp=True)
         return sigma / (1 + sigma**2) ** 0.5
     return 1.0
@@ -79,6 +79,7 @@ def sample(
     gen: torch.Generator | None = None,
     progress: bool = False,
     timesteps: torch.Tensor | None = None,
+    denoiser_wrapper: Callable[[Callable], Callable] | None = None,
     **sampler_options,
 ) -> torch.Tensor:
     """Run `sampler` for `steps` steps from x (noise at the first timestep) to clean data.
@@ -87,6 +88,8 @@ def sample(
     and `uncond` given, classifier-free guidance combines the two in one batched call.
     Trailing spacing starts at t = T - 1, where x ~ N(0, I) is right (Lin et al. 2024).
     `timesteps`, if given, replaces `steps` and `spacing` (see `sampler_timesteps`).
+    `denoiser_wrapper`, if given, wraps the denoiser (x_t, t) -> x0_hat, e.g. to keep the known
+    part of an image fixed while inpainting.
     """
     get_sampler(sampler)  # a clear error for a bad name before any work
     cond = dict(cond or {})
@@ -95,6 +98,8 @@ def sample(
     else:
         model_fn = lambda x_t, t: model(x_t, t, **cond)  # noqa: E731
     denoise = as_denoiser(model_fn, sched, prediction)
+    if denoiser_wrapper is not None:
+        denoise = denoiser_wrapper(denoise)
     if timesteps is None:
         timesteps = make_timesteps(sched, steps, spacing)
     bar = tqdm(total=len(timesteps) - 1, desc=sampler, disable=not progress, leave=False)

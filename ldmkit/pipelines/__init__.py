@@ -1,0 +1,4 @@
+"""Image tasks on a Pipeline: image-to-image, inpainting, outpainting."""
+
+from .image_tasks import img2img, inpaint, outpaint, partial_timesteps
+from .inputs import as_pil, image_tensor, mask_tensor

@@ -1,0 +1,134 @@
+"""Image-to-image, inpainting and outpainting on any ldmkit Pipeline (ldmkit-trained or SD).
+
+img2img (SDEdit, Meng et al. 2022): encode the image, noise its latent to the timestep that
+`strength` reaches, z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps, and run the sampler from there.
+
+Inpainting, two ways:
+- any text-to-image UNet: at every step the denoiser's estimate x0_hat is replaced by the
+  known latent outside the mask, x0 = m * x0_hat + (1 - m) * z_0, so every sampler keeps the
+  known part on the noised trajectory of the real image and only the masked part is invented;
+- a 9-channel inpainting UNet (SD inpainting): the mask and the masked image's latent are
+  joined to z_t as extra input channels, as it was trained.
+Either way the pixels outside the mask are returned exactly as given: the decoded image is
+composited with the input at the end (a decoder never reproduces them bit for bit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from ..diffusion import noise_like, q_sample, sampler_timesteps, start_scale
+from ..utils.images import to_pil
+from .inputs import as_pil, image_tensor, mask_tensor
+
+
+def _multiple(pipe) -> int:
+    return pipe.autoencoder.config.downsampling_factor * pipe.unet.config.downsampling_factor
+
+
+def _encode(pipe, x: torch.Tensor) -> torch.Tensor:
+    ae = pipe.autoencoder
+    return ae.to_latent(x.to(pipe.device, next(ae.parameters()).dtype)).float()
+
+
+def partial_timesteps(pipe, sampler: str, steps: int, strength: float) -> torch.Tensor:
+    """The last int(steps * strength) steps of the model's `steps`-step schedule (as diffusers'
+    image-to-image pipelines take them)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1] (1 = start from pure noise), got {strength}")
+    taken = min(int(steps * strength), steps)
+    if taken < 1:
+        raise ValueError(f"strength {strength} of {steps} steps leaves no step to take: raise strength or steps")
+    return sampler_timesteps(pipe.schedule, sampler, steps, pipe.config.sampling)[steps - taken:]
+
+
+def _settings(pipe, prompt, num_images, steps, sampler, guidance, output):
+    steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
+    pipe._check([prompt], num_images, steps, sampler, guidance, output, None, pipe.latent_shape)
+    return steps, sampler, guidance
+
+
+@torch.no_grad()
+def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_prompt: str = "", num_images: int = 1,
+            steps: int | None = None, sampler: str | None = None, guidance: float | None = None, seed: int = 0,
+            output: str = "pil", progress: bool = False):
+    """`num_images` variations of `image` towards `prompt`; strength in (0, 1]: how much of the
+    sampling path to run (1: the image only fixes the size)."""
+    steps, sampler, guidance = _settings(pipe, prompt, num_images, steps, sampler, guidance, output)
+    x, _ = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
+    timesteps = partial_timesteps(pipe, sampler, steps, strength)
+    z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
+    gens = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
+    z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise_like(z0, gens))
+    z = pipe._sample([prompt] * num_images, negative_prompt, z_t, steps, sampler, guidance, 0.0, gens, progress,
+                     timesteps=timesteps)
+    return _finish(pipe, z, output)
+
+
+@torch.no_grad()
+def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", strength: float = 1.0,
+            num_images: int = 1, steps: int | None = None, sampler: str | None = None,
+            guidance: float | None = None, seed: int = 0, output: str = "pil", progress: bool = False):
+    """Repaint the white part of `mask` (same size as `image`) to fit `prompt`; pixels outside
+    the mask come back exactly as given."""
+    steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
+    z_channels = pipe.autoencoder.config.z_channels
+    nine_channel = pipe.unet.config.in_channels == 2 * z_channels + 1
+    if not nine_channel:
+        pipe._check([prompt], num_images, steps, sampler, guidance, output, None, pipe.latent_shape)
+    x, pil = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
+    m = mask_tensor(mask, tuple(x.shape[-2:]))
+    timesteps = partial_timesteps(pipe, sampler, steps, strength)
+    z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
+    gens = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
+    noise = noise_like(z0, gens)
+    if strength == 1:  # pure noise, as from text: nothing of the masked content leaks in
+        z_t = noise * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)
+    else:
+        z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise)
+    extra, wrapper = None, None
+    if nine_channel:  # SD inpainting: z_t, the mask, the masked image's latent
+        masked = _encode(pipe, x * (1 - m)).expand(num_images, -1, -1, -1)
+        small_mask = F.interpolate(m, size=z0.shape[-2:]).to(z0).expand(num_images, -1, -1, -1)
+        extra = {"concat": torch.cat([small_mask, masked], dim=1)}
+    else:  # any UNet: keep x0 = z_0 outside the (latent) mask at every step
+        keep = 1 - (F.interpolate(m, size=z0.shape[-2:], mode="area") > 0).to(z0)  # a latent pixel touched by the mask is repainted
+
+        def wrapper(denoise):
+            return lambda x_t, t: keep * z0 + (1 - keep) * denoise(x_t, t)
+
+    z = pipe._sample([prompt] * num_images, negative_prompt, z_t, steps, sampler, guidance, 0.0, gens, progress,
+                     timesteps=timesteps, denoiser_wrapper=wrapper, extra=extra)
+    if output == "latent":
+        return z
+    generated = pipe.decode(z)
+    if output == "tensor":
+        m_dev = m.to(generated)
+        return m_dev * generated + (1 - m_dev) * x.to(generated)
+    mask_image = Image.fromarray((m[0, 0].numpy() * 255).astype(np.uint8))
+    return [Image.composite(to_pil(g), pil, mask_image) for g in generated]
+
+
+def outpaint(pipe, image, prompt: str = "", left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, **options):
+    """Extend the canvas by the given pixels on each side and inpaint the new area. The new
+    area starts as the image's edge pixels stretched outwards (a neutral context for the encoder)."""
+    pil = as_pil(image).convert("L" if pipe.autoencoder.config.in_channels == 1 else "RGB")
+    if min(left, right, top, bottom) < 0 or left + right + top + bottom == 0:
+        raise ValueError(f"give how far to extend each side (>= 0, at least one > 0), got left={left} "
+                         f"right={right} top={top} bottom={bottom}")
+    array = np.asarray(pil)
+    pad = ((top, bottom), (left, right)) + (((0, 0),) if array.ndim == 3 else ())
+    canvas = Image.fromarray(np.pad(array, pad, mode="edge"))
+    mask = np.full(array.shape[:2], 0, np.uint8)
+    mask = np.pad(mask, ((top, bottom), (left, right)), constant_values=255)
+    return inpaint(pipe, canvas, Image.fromarray(mask), prompt, **options)
+
+
+def _finish(pipe, z: torch.Tensor, output: str):
+    if output == "latent":
+        return z
+    images = pipe.decode(z)
+    return images if output == "tensor" else [to_pil(x) for x in images]
