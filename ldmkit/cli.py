@@ -175,6 +175,22 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _evaluate_tasks(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from .evaluate_tasks import evaluate_image_tasks
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model)
+    result = {"model": pipe.name, **evaluate_image_tasks(pipe, per_class=args.size, seed=args.seed, steps=args.steps)}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, presets: dict, default: str, example: str) -> None:
     """What every training command takes: a preset, a run folder, overrides, device, resume."""
     parser.add_argument("--preset", default=default, help=" | ".join(presets))
@@ -225,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     model_help = "a shipped model (fashion-mnist, shapes), a model folder, an SD .safetensors/.ckpt or a diffusers folder"
+    tasks = commands.add_parser("evaluate-tasks", help="img2img and inpainting on held-out Fashion-MNIST images")
+    tasks.add_argument("--model", default="fashion-mnist")
+    tasks.add_argument("--size", type=int, default=20, help="test images per class")
+    tasks.add_argument("--steps", type=int, default=None)
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--out", default=None, help="JSON file for the results")
+    tasks.set_defaults(run=_evaluate_tasks)
+
     gen = commands.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt", nargs="?", default="", help='e.g. "a photo of a sneaker"; "" samples unconditionally')
     _add_sampling_arguments(gen, model_help)

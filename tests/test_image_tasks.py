@@ -119,3 +119,17 @@ def test_command_line(pipe, picture, tmp_path):
     assert [m["task"] for m in meta] == ["img2img", "inpaint", "outpaint"]
     assert meta[0]["strength"] == "0.5" and meta[2]["left"] == "16" and meta[2]["size"] == "48x32"
     assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "in.png"), PROMPT, "--strength", "2", *common]) == 2
+
+
+def test_task_evaluation_on_held_out_images():
+    from ldmkit.evaluate_tasks import evaluate_image_tasks, held_out_images
+
+    images, labels = held_out_images(2)
+    assert images.shape == (20, 1, 32, 32) and labels.tolist() == [c for c in range(10) for _ in range(2)]
+    result = evaluate_image_tasks(Pipeline.from_pretrained("fashion-mnist"), per_class=1, steps=4)
+    assert result["images"] == 10 and result["inpaint_unmasked_pixels_identical"] == 1.0
+    assert result["img2img_low_psnr_db"] > 12 and 0 < result["img2img_low_ssim"] <= 1
+    for key in ("img2img_full_follows_prompt", "inpaint_right_half_class_agreement", "img2img_low_class_kept"):
+        assert 0 <= result[key] <= 1
+    with pytest.raises(ValueError, match="measures the fashion-mnist model"):
+        evaluate_image_tasks(Pipeline.from_pretrained("shapes"), per_class=1)
