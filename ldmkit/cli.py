@@ -96,8 +96,8 @@ def _image_task(args: argparse.Namespace) -> None:
         images = pipe.img2img(args.image, args.prompt, strength=args.strength, **common)
         settings["strength"] = args.strength
     elif args.command == "inpaint":
-        images = pipe.inpaint(args.image, args.mask, args.prompt, strength=args.strength, **common)
-        settings |= {"mask": str(args.mask), "strength": args.strength}
+        images = pipe.inpaint(args.image, args.mask, args.prompt, strength=args.strength, resample=args.resample, **common)
+        settings |= {"mask": str(args.mask), "strength": args.strength, "resample": args.resample}
     else:
         sides = {side: getattr(args, side) for side in ("left", "right", "top", "bottom")}
         images = pipe.outpaint(args.image, args.prompt, **sides, **common)
@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("image", help="the input image (PNG, JPEG, ...)")
         if name == "inpaint":
             task.add_argument("mask", help="a mask image of the same size: white = repaint")
+            task.add_argument("--resample", type=int, default=0, help="RePaint: extra passes per step (0: off)")
         task.add_argument("prompt", nargs="?", default="")
         _add_sampling_arguments(task, model_help)
         if name == "outpaint":

@@ -133,3 +133,21 @@ def test_task_evaluation_on_held_out_images():
         assert 0 <= result[key] <= 1
     with pytest.raises(ValueError, match="measures the fashion-mnist model"):
         evaluate_image_tasks(Pipeline.from_pretrained("shapes"), per_class=1)
+
+
+def test_repaint_resampling(pipe, picture):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:, :] = 255
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        [plain] = pipe.inpaint(picture, Image.fromarray(mask), PROMPT, steps=4, guidance=1.0, sampler="ddim")
+        assert len(calls) == 4
+        [resampled] = pipe.inpaint(picture, Image.fromarray(mask), PROMPT, steps=4, guidance=1.0, sampler="ddim", resample=2)
+        assert len(calls) == 4 + 4 * 3  # every step taken three times
+    finally:
+        handle.remove()
+    assert np.array_equal(np.asarray(resampled)[mask == 0], np.asarray(picture)[mask == 0])
+    assert not np.array_equal(np.asarray(resampled), np.asarray(plain))
+    with pytest.raises(ValueError, match="resample must be a whole number"):
+        pipe.inpaint(picture, Image.fromarray(mask), PROMPT, resample=-1)

@@ -11,6 +11,10 @@ Inpainting, two ways:
   joined to z_t as extra input channels, as it was trained.
 Either way the pixels outside the mask are returned exactly as given: the decoded image is
 composited with the input at the end (a decoder never reproduces them bit for bit).
+`resample=r` (RePaint, Lugmayr et al. 2022, jump length 1): after each step from t to s, noise
+the sample back to t with q(x_t | x_s) and take the step again, r times, so that the invented
+part and the known part agree better; each step is then taken on its own, so multistep
+samplers (DPM-Solver++ 2M) run at first order.
 """
 
 from __future__ import annotations
@@ -71,9 +75,12 @@ def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_promp
 @torch.no_grad()
 def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", strength: float = 1.0,
             num_images: int = 1, steps: int | None = None, sampler: str | None = None,
-            guidance: float | None = None, seed: int = 0, output: str = "pil", progress: bool = False):
+            guidance: float | None = None, seed: int = 0, output: str = "pil", progress: bool = False,
+            resample: int = 0):
     """Repaint the white part of `mask` (same size as `image`) to fit `prompt`; pixels outside
-    the mask come back exactly as given."""
+    the mask come back exactly as given. resample: RePaint's extra passes per step (0: off)."""
+    if not isinstance(resample, int) or resample < 0:
+        raise ValueError(f"resample must be a whole number >= 0 (extra passes per step), got {resample!r}")
     steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
     z_channels = pipe.autoencoder.config.z_channels
     nine_channel = pipe.unet.config.in_channels == 2 * z_channels + 1
@@ -100,8 +107,9 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
         def wrapper(denoise):
             return lambda x_t, t: keep * z0 + (1 - keep) * denoise(x_t, t)
 
-    z = pipe._sample([prompt] * num_images, negative_prompt, z_t, steps, sampler, guidance, 0.0, gens, progress,
-                     timesteps=timesteps, denoiser_wrapper=wrapper, extra=extra)
+    run = lambda z, ts: pipe._sample([prompt] * num_images, negative_prompt, z, steps, sampler, guidance, 0.0, gens,  # noqa: E731
+                                     progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, extra=extra)
+    z = run(z_t, timesteps) if not resample else _resampled(pipe, run, z_t, timesteps, resample, gens)
     if output == "latent":
         return z
     generated = pipe.decode(z)
@@ -110,6 +118,19 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
         return m_dev * generated + (1 - m_dev) * x.to(generated)
     mask_image = Image.fromarray((m[0, 0].numpy() * 255).astype(np.uint8))
     return [Image.composite(to_pil(g), pil, mask_image) for g in generated]
+
+
+def _resampled(pipe, run, z: torch.Tensor, timesteps: torch.Tensor, passes: int, gens) -> torch.Tensor:
+    """RePaint: each step t -> s taken 1 + passes times, noising back from s to t in between."""
+    for t, s in zip(timesteps[:-1], timesteps[1:]):
+        pair = torch.stack([t, s])
+        for extra_pass in range(passes + 1):
+            z_s = run(z, pair)
+            if extra_pass < passes:  # q(x_t | x_s): the forward process from s to t
+                ratio = pipe.schedule.alpha_bar_at(float(t)) / pipe.schedule.alpha_bar_at(float(s))
+                z = ratio**0.5 * z_s + (1 - ratio) ** 0.5 * noise_like(z_s, gens)
+        z = z_s
+    return z
 
 
 def outpaint(pipe, image, prompt: str = "", left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, **options):
