@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..autoencoders import Autoencoder, AutoencoderConfig
-from ..config import from_dict, to_dict
+from ..config import from_dict
 from ..nets import UNet
 from . import sd_configs as cfgs
 from . import sd_keys as keys
@@ -156,9 +156,6 @@ def load_single_file(path: str | Path, tokenizer: str | Path | None = None, pred
                      use_ema: bool = False):
     """A Pipeline from an SD v1/v2 single file (or one ldmkit wrote). use_ema: the file's EMA
     UNet weights instead of the raw ones; prediction: "eps" | "v" to override the inference."""
-    from ..pipeline import GenerationDefaults, Pipeline
-    from ..train.diffusion_config import LatentDiffusionConfig
-
     path = Path(path)
     tensors, metadata = read_weights(path)
     parts = split_prefixes(tensors)
@@ -170,8 +167,7 @@ def load_single_file(path: str | Path, tokenizer: str | Path | None = None, pred
     meta = json.loads(metadata[LDMKIT_METADATA]) if LDMKIT_METADATA in metadata else None
 
     if meta is not None:  # written by ldmkit: its own configs, exactly
-        config = from_dict(LatentDiffusionConfig, meta["model"])
-        vae_config = from_dict(AutoencoderConfig, meta["autoencoder"])
+        config, vae_config = _ldmkit_configs(meta)
     else:
         config, vae_config = _infer_configs(path, parts, metadata, prediction)
     if prediction is not None:
@@ -190,16 +186,31 @@ def load_single_file(path: str | Path, tokenizer: str | Path | None = None, pred
         clip_config = meta["text_encoder_config"] if meta else cfgs.clip_config_from_state(state, act)
         pad = "!" if parts[OPEN_CLIP] else None  # OpenCLIP pads with token 0, "!"
         text_encoder = clip_text_encoder(clip_config, state, _tokenizer_folder(tokenizer, metadata, None, str(path)), pad)
-    elif config.conditioning == "text":
+    return _assemble(config, unet, autoencoder, text_encoder, meta, path.stem, path, "stable-diffusion single file")
+
+
+def _ldmkit_configs(meta: Mapping[str, Any]):
+    """(LatentDiffusionConfig, AutoencoderConfig) from the config ldmkit wrote into a file or folder."""
+    from ..train.diffusion_config import LatentDiffusionConfig
+
+    return from_dict(LatentDiffusionConfig, meta["model"]), from_dict(AutoencoderConfig, meta["autoencoder"])
+
+
+def _assemble(config, unet, autoencoder, clip_encoder, ours: Mapping[str, Any] | None, name: str, source: Path, kind: str):
+    """The Pipeline. A model ldmkit wrote (`ours`: its config) gets back its name, class names,
+    defaults and MiniLM text encoder; a foreign SD model gets SD's defaults."""
+    from ..pipeline import GenerationDefaults, Pipeline
+
+    text_encoder = clip_encoder
+    if config.conditioning == "text" and config.text_encoder == "minilm":
         from ..conditioning import TextEncoder
 
         text_encoder = TextEncoder.minilm(config.text_length)
-    if meta is not None:
-        defaults = from_dict(GenerationDefaults, meta.get("defaults", {}))
-        return Pipeline(unet, autoencoder, config, text_encoder, meta.get("class_names"), defaults,
-                        name=meta.get("name", path.stem), meta=meta)
-    return Pipeline(unet, autoencoder, config, text_encoder, defaults=_sd_defaults(), name=path.stem,
-                    meta={"source": str(path), "format": "stable-diffusion single file"})
+    if ours is None:
+        return Pipeline(unet, autoencoder, config, text_encoder, defaults=_sd_defaults(), name=name,
+                        meta={"source": str(source), "format": kind})
+    return Pipeline(unet, autoencoder, config, text_encoder, ours.get("class_names"),
+                    from_dict(GenerationDefaults, ours.get("defaults", {})), name=ours.get("name", name), meta=ours)
 
 
 def _ema_weights(parts, path) -> dict[str, torch.Tensor]:
@@ -308,21 +319,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None, prediction: str | None = None,
                           use_ema: bool = False):
     """A Pipeline from a diffusers Stable Diffusion folder (or one ldmkit wrote)."""
-    from ..pipeline import GenerationDefaults, Pipeline
     from ..train.diffusion_config import LatentDiffusionConfig
 
     path = Path(path)
     if use_ema:
         raise ValueError("a diffusers folder holds one set of UNet weights (no EMA copy): load it without use_ema")
     ours = _read_json(path / "ldmkit.json") if (path / "ldmkit.json").is_file() else None
-    unet_cfg = _read_json(path / "unet" / "config.json")
-    vae_cfg = _read_json(path / "vae" / "config.json")
     if ours is not None:
-        config = from_dict(LatentDiffusionConfig, ours["model"])
-        vae_config = from_dict(AutoencoderConfig, ours["autoencoder"])
+        config, vae_config = _ldmkit_configs(ours)
     else:
+        unet_cfg = _read_json(path / "unet" / "config.json")
         schedule, sampling, inferred = cfgs.schedule_from_diffusers(_read_json(path / "scheduler" / "scheduler_config.json"))
-        vae_config = cfgs.vae_config_from_diffusers(vae_cfg)
+        vae_config = cfgs.vae_config_from_diffusers(_read_json(path / "vae" / "config.json"))
         config = LatentDiffusionConfig(
             unet=cfgs.unet_config_from_diffusers(unet_cfg), schedule=schedule, prediction=inferred,
             conditioning="text", text_encoder="clip", sampling=sampling,
@@ -337,15 +345,7 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         text_cfg = _read_json(path / "text_encoder" / "config.json")
         folder = _tokenizer_folder(tokenizer, {}, path / "tokenizer", str(path))
         text_encoder = clip_text_encoder(text_cfg, _read_component(path / "text_encoder", "text encoder"), folder)
-    elif config.conditioning == "text":
-        from ..conditioning import TextEncoder
-
-        text_encoder = TextEncoder.minilm(config.text_length)
-    if ours is not None:
-        return Pipeline(unet, autoencoder, config, text_encoder, ours.get("class_names"),
-                        from_dict(GenerationDefaults, ours.get("defaults", {})), name=ours.get("name", path.name), meta=ours)
-    return Pipeline(unet, autoencoder, config, text_encoder, defaults=_sd_defaults(), name=path.name,
-                    meta={"source": str(path), "format": "diffusers folder"})
+    return _assemble(config, unet, autoencoder, text_encoder, ours, path.name, path, "diffusers folder")
 
 
 def save_diffusers_folder(pipe, folder: str | Path) -> Path:
