@@ -72,7 +72,7 @@ def test_blend_weights_sum_to_one_and_ramp_linearly(size, tile, overlap, f):
     torch.testing.assert_close(grid, torch.ones_like(grid), rtol=0, atol=1e-12)
     # where exactly two tiles overlap the later one's weight is a straight line (equal steps)
     if len(spans) > 1 and 2 * overlap <= tile:
-        (a0, b0), (a1, _) = spans[0], spans[1]
+        (_, b0), (a1, _) = spans[0], spans[1]
         rising = weights[1][: f * (b0 - a1)]
         if len(rising) > 1:
             steps = rising.diff()

@@ -96,12 +96,12 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
         z_t = noise * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)
     else:
         z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise)
-    extra, wrapper = None, None
     if nine_channel:  # SD inpainting: z_t, the mask, the masked image's latent
         masked = _encode(pipe, x * (1 - m)).expand(num_images, -1, -1, -1)
         small_mask = F.interpolate(m, size=z0.shape[-2:]).to(z0).expand(num_images, -1, -1, -1)
-        extra = {"concat": torch.cat([small_mask, masked], dim=1)}
+        extra, wrapper = {"concat": torch.cat([small_mask, masked], dim=1)}, None
     else:  # any UNet: keep x0 = z_0 outside the (latent) mask at every step
+        extra = None
         keep = 1 - (F.interpolate(m, size=z0.shape[-2:], mode="area") > 0).to(z0)  # a latent pixel touched by the mask is repainted
 
         def wrapper(denoise):
