@@ -98,6 +98,9 @@ def _image_task(args: argparse.Namespace) -> None:
     elif args.command == "inpaint":
         images = pipe.inpaint(args.image, args.mask, args.prompt, strength=args.strength, resample=args.resample, **common)
         settings |= {"mask": str(args.mask), "strength": args.strength, "resample": args.resample}
+    elif args.command == "upscale":
+        images = pipe.upscale(args.image, args.prompt, noise_level=args.noise_level, **common)
+        settings["noise_level"] = args.noise_level if args.noise_level is not None else pipe.config.lowres.noise_level
     else:
         sides = {side: getattr(args, side) for side in ("left", "right", "top", "bottom")}
         images = pipe.outpaint(args.image, args.prompt, **sides, **common)
@@ -260,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("img2img", "redraw an image towards a prompt (SDEdit)"),
                             ("inpaint", "repaint the white part of a mask"),
-                            ("outpaint", "extend an image on any side")):
+                            ("outpaint", "extend an image on any side"),
+                            ("upscale", "super-resolution with an upscaler model (e.g. SD x4)")):
         task = commands.add_parser(name, help=help_text)
         task.add_argument("image", help="the input image (PNG, JPEG, ...)")
         if name == "inpaint":
@@ -271,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "outpaint":
             for side in ("left", "right", "top", "bottom"):
                 task.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+        elif name == "upscale":
+            task.add_argument("--noise-level", type=int, default=None,
+                              help="noise added to the input, 0..max (default: the model's, 20 for SD x4)")
         else:
             task.add_argument("--strength", type=float, default=0.6 if name == "img2img" else 1.0,
                               help="in (0, 1]: how far to noise the input (1 = from pure noise)")

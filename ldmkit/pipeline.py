@@ -297,6 +297,12 @@ class Pipeline:
 
         return outpaint(self, image, prompt, left, right, top, bottom, **options)
 
+    def upscale(self, image, prompt: str = "", **options):
+        """`image` at the first stage's factor times its size (an upscaler model, e.g. SD x4)."""
+        from .pipelines import upscale
+
+        return upscale(self, image, prompt, **options)
+
     def resolve_settings(self, steps=None, sampler=None, guidance=None) -> tuple[int, str, float]:
         """(steps, sampler, guidance), the model's defaults where None."""
         d = self.defaults

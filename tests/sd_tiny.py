@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ldmkit.io.sd_configs import SD_SCHEDULER_CONFIGS
+from ldmkit.io.sd_configs import SD_SCHEDULER_CONFIGS, SD_X4_SCHEDULER_CONFIG
 
 # A 32-token BPE vocabulary in CLIP's format: enough for the prompts the tests use.
 VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "a", "p", "h", "c", "k", "lo", "l</w>", "w</w>",
@@ -77,3 +77,40 @@ def save_reference(pipe, folder: Path, version: str):
     pipe.save_pretrained(folder)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER_CONFIGS[version]))
     return StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+
+
+# SD x4 upscaler's two schedulers (its released folder): v-prediction sampling, and the schedule
+# that noises the low-resolution input.
+UPSCALER_SCHEDULERS = {
+    "scheduler": SD_X4_SCHEDULER_CONFIG,
+    "low_res_scheduler": {"_class_name": "DDPMScheduler", "beta_end": 0.02, "beta_schedule": "scaled_linear",
+                          "beta_start": 0.0001, "clip_sample": False, "num_train_timesteps": 1000},
+}
+
+
+def tiny_upscaler(folder: Path):
+    """A tiny StableDiffusionUpscalePipeline (7-channel UNet, noise level as class label, an f = 4
+    VAE), saved as its released folder is laid out; returned as diffusers reads it back."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline,
+                           UNet2DConditionModel)
+
+    base = tiny_sd("v2")
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=7, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(1, 2), use_linear_projection=True, cross_attention_dim=64, norm_num_groups=32,
+        num_class_embeds=1000,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=32, scaling_factor=0.08333)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler.from_config(UPSCALER_SCHEDULERS["low_res_scheduler"]),
+        scheduler=DDIMScheduler.from_config(UPSCALER_SCHEDULERS["scheduler"]), max_noise_level=350,
+    )
+    pipe.save_pretrained(folder)
+    for name, config in UPSCALER_SCHEDULERS.items():
+        (folder / name / "scheduler_config.json").write_text(json.dumps(config))
+    return StableDiffusionUpscalePipeline.from_pretrained(folder, local_files_only=True)

@@ -228,3 +228,47 @@ def test_legacy_ckpt_loads_and_a_booby_trapped_one_runs_nothing(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "sd.safetensors").read_bytes()[:-1000])
     with pytest.raises(CheckpointError, match="truncated"):
         Pipeline.from_pretrained(tmp_path / "cut.safetensors")
+
+
+def test_x4_upscaler_matches_diffusers(tmp_path):
+    """SD x4 upscaler's structure: the noised low-res image joined to z_t, the noise level as
+    the class label, an f = 4 decoder; the same latents and image as StableDiffusionUpscalePipeline."""
+    from diffusers import EulerDiscreteScheduler
+    from PIL import Image
+
+    from sd_tiny import tiny_upscaler
+
+    ref = tiny_upscaler(tmp_path / "x4")
+    from_folder = Pipeline.from_pretrained(tmp_path / "x4")
+    from_file = Pipeline.from_pretrained(foreign_single_file(from_folder, tmp_path / "x4.safetensors"),
+                                         tokenizer=tmp_path / "x4" / "tokenizer")
+    for ours in (from_folder, from_file):
+        assert ours.config.lowres == from_folder.config.lowres and ours.config.schedule == from_folder.config.schedule
+        assert ours.config.lowres.channels == 3 and ours.config.lowres.max_noise_level == 350
+        assert ours.config.prediction == "v" and ours.vae.config.downsampling_factor == 4
+        assert ours.vae.config.scaling_factor == 0.08333
+    low = Image.fromarray(torch.randint(0, 255, (8, 8, 3), generator=torch.Generator().manual_seed(0)).byte().numpy())
+    z_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    runs = (("ddim", None, from_folder), ("euler", EulerDiscreteScheduler, from_folder), ("euler", None, from_file))
+    for name, scheduler, ours in runs:
+        if scheduler is not None:
+            ref.scheduler = scheduler.from_config(ref.scheduler.config)
+        kwargs = dict(num_inference_steps=5, guidance_scale=5.0, noise_level=40, latents=z_T,
+                      generator=torch.Generator().manual_seed(3))
+        expected = ref(PROMPT, image=low, negative_prompt=NEGATIVE, output_type="pt", **kwargs).images * 2 - 1
+        got = ours.upscale(low, PROMPT, negative_prompt=NEGATIVE, noise_level=40, steps=5, guidance=5.0,
+                           sampler=name, latents=z_T, seed=3, output="tensor")
+        assert got.shape == (1, 3, 32, 32)
+        assert rel_err(got, expected) < 1e-3, name
+    with pytest.raises(ValueError, match=r"noise_level must be a whole number in \[0, 350\]"):
+        from_folder.upscale(low, PROMPT, noise_level=351)
+    with pytest.raises(ValueError, match="is not an upscaler"):
+        Pipeline.from_pretrained("shapes").upscale(low)
+    from ldmkit.cli import main
+    from ldmkit.utils.images import read_png_metadata
+
+    low.save(tmp_path / "low.png")
+    assert main(["upscale", str(tmp_path / "low.png"), PROMPT, "--model", str(tmp_path / "x4"), "--steps", "2",
+                 "--num-images", "1", "--noise-level", "30", "--out", str(tmp_path / "out")]) == 0
+    meta = read_png_metadata(tmp_path / "out" / "00000_seed0.png")
+    assert meta["task"] == "upscale" and meta["noise_level"] == "30" and meta["size"] == "32x32"

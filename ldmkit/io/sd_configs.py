@@ -215,6 +215,14 @@ def schedule_from_diffusers(cfg: Mapping[str, Any]) -> tuple[ScheduleConfig, Sam
     return schedule, sampling, PREDICTION_FROM_DIFFUSERS[prediction]
 
 
+# SD x4 upscaler's released scheduler config (its low-resolution input has its own schedule,
+# LowResConfig's default) and its VAE's latent scale.
+SD_X4_SCHEDULER_CONFIG = {"_class_name": "DDIMScheduler", "beta_end": 0.02, "beta_schedule": "scaled_linear",
+                          "beta_start": 0.0001, "clip_sample": False, "num_train_timesteps": 1000,
+                          "prediction_type": "v_prediction", "set_alpha_to_one": False, "steps_offset": 1}
+SD_X4_VAE_SCALE = 0.08333
+
+
 def sd_schedule() -> tuple[ScheduleConfig, SamplingConfig]:
     """The schedule and timestep placement of SD v1/v2 (both share them; only prediction differs)."""
     schedule, sampling, _ = schedule_from_diffusers(SD_SCHEDULER_CONFIGS["v1"])

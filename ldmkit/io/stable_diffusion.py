@@ -227,20 +227,29 @@ def _ema_weights(parts, path) -> dict[str, torch.Tensor]:
 
 
 def _infer_configs(path: Path, parts, metadata, prediction):
-    from ..train.diffusion_config import LatentDiffusionConfig
+    """Configs of a foreign single file: SD v1 / v2 / inpainting, or the x4 upscaler (7 input
+    channels: z_t and the RGB low-resolution image), told apart by the UNet's input channels."""
+    from ..train.diffusion_config import LatentDiffusionConfig, LowResConfig
 
     if not parts[VAE]:
         raise CheckpointError(f"{path} has no first-stage autoencoder ('{VAE}' keys)")
     v2 = bool(parts[OPEN_CLIP])
     unet_config = cfgs.unet_config_from_ldm(parts[UNET], v2)
     vae_config = cfgs.vae_config_from_ldm(parts[VAE])
+    extra_channels = unet_config.in_channels - vae_config.z_channels
+    if extra_channels == 3 and unet_config.num_classes:  # x4 upscaler: noise level as class label
+        schedule, sampling, inferred = cfgs.schedule_from_diffusers(cfgs.SD_X4_SCHEDULER_CONFIG)
+        vae_config = replace(vae_config, scaling_factor=cfgs.SD_X4_VAE_SCALE)
+        return LatentDiffusionConfig(
+            unet=unet_config, schedule=schedule, prediction=prediction or inferred, conditioning="text",
+            text_encoder="clip", image_size=128, sampling=sampling, lowres=LowResConfig(channels=3),
+        ), vae_config
     if prediction is None:
-        prediction = _v2_prediction(path, metadata) if v2 else "eps"
-    inpainting = unet_config.in_channels != vae_config.z_channels
+        prediction = _v2_prediction(path, metadata) if v2 and extra_channels == 0 else "eps"
     schedule, sampling = cfgs.sd_schedule()
     config = LatentDiffusionConfig(
         unet=unet_config, schedule=schedule, prediction=prediction, conditioning="text",
-        text_encoder="clip", image_size=768 if v2 and prediction == "v" and not inpainting else 512,
+        text_encoder="clip", image_size=768 if v2 and prediction == "v" and extra_channels == 0 else 512,
         sampling=sampling,
     )
     return config, vae_config
@@ -331,10 +340,11 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         unet_cfg = _read_json(path / "unet" / "config.json")
         schedule, sampling, inferred = cfgs.schedule_from_diffusers(_read_json(path / "scheduler" / "scheduler_config.json"))
         vae_config = cfgs.vae_config_from_diffusers(_read_json(path / "vae" / "config.json"))
+        unet_config = cfgs.unet_config_from_diffusers(unet_cfg)
         config = LatentDiffusionConfig(
-            unet=cfgs.unet_config_from_diffusers(unet_cfg), schedule=schedule, prediction=inferred,
-            conditioning="text", text_encoder="clip", sampling=sampling,
-            image_size=unet_cfg.get("sample_size", 64) * vae_config.downsampling_factor,
+            unet=unet_config, schedule=schedule, prediction=inferred, conditioning="text", text_encoder="clip",
+            sampling=sampling, image_size=unet_cfg.get("sample_size", 64) * vae_config.downsampling_factor,
+            lowres=_upscaler(path, unet_config.in_channels - vae_config.z_channels),
         )
     if prediction is not None:
         config = replace(config, prediction=prediction)
@@ -346,6 +356,17 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         folder = _tokenizer_folder(tokenizer, {}, path / "tokenizer", str(path))
         text_encoder = clip_text_encoder(text_cfg, _read_component(path / "text_encoder", "text encoder"), folder)
     return _assemble(config, unet, autoencoder, text_encoder, ours, path.name, path, "diffusers folder")
+
+
+def _upscaler(path: Path, image_channels: int):
+    """The LowResConfig of a diffusers upscaler folder (SD x4: a low_res_scheduler/), else None."""
+    from ..train.diffusion_config import LowResConfig
+
+    if not (path / "low_res_scheduler").is_dir():
+        return None
+    schedule, _, _ = cfgs.schedule_from_diffusers(_read_json(path / "low_res_scheduler" / "scheduler_config.json"))
+    max_level = _read_json(path / "model_index.json").get("max_noise_level", 350)
+    return LowResConfig(channels=image_channels, schedule=schedule, max_noise_level=max_level)
 
 
 def save_diffusers_folder(pipe, folder: str | Path) -> Path:

@@ -16,6 +16,19 @@ LDM_DATASETS = ("fashion-mnist", "shapes", "folder")
 
 
 @dataclass(frozen=True)
+class LowResConfig:
+    """Super-resolution by concatenation (LDM sec. 4.4; SD's x4 upscaler): the low-resolution
+    image, noised to a chosen level of its own schedule, is joined to z_t as input channels at
+    the latent's size, and that noise level is the UNet's class label."""
+
+    channels: int = 3
+    # SD x4's: LDM's "linear" schedule (linear in sqrt(beta)), diffusers' "scaled_linear"
+    schedule: ScheduleConfig = ScheduleConfig(kind="scaled_linear", beta_start=0.0001, beta_end=0.02)
+    max_noise_level: int = 350
+    noise_level: int = 20  # the default at sampling time
+
+
+@dataclass(frozen=True)
 class LatentDiffusionConfig:
     """What a trained model is: saved in its config.json beside the weights."""
 
@@ -27,6 +40,7 @@ class LatentDiffusionConfig:
     image_size: int = 32  # pixels; latents are image_size / f on a side
     text_encoder: str = "minilm"
     sampling: SamplingConfig = SamplingConfig()
+    lowres: LowResConfig | None = None  # set for super-resolution models
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
