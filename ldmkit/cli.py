@@ -182,11 +182,12 @@ def _evaluate_tasks(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from .evaluate_tasks import evaluate_image_tasks
+    from .evaluate_tasks import evaluate_image_tasks, evaluate_upscaling
     from .pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model)
-    result = {"model": pipe.name, **evaluate_image_tasks(pipe, per_class=args.size, seed=args.seed, steps=args.steps)}
+    measure = evaluate_upscaling if pipe.config.lowres else evaluate_image_tasks
+    result = {"model": pipe.name, **measure(pipe, per_class=args.size, seed=args.seed, steps=args.steps)}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     model_help = "a shipped model (fashion-mnist, shapes), a model folder, an SD .safetensors/.ckpt or a diffusers folder"
-    tasks = commands.add_parser("evaluate-tasks", help="img2img and inpainting on held-out Fashion-MNIST images")
+    tasks = commands.add_parser("evaluate-tasks", help="img2img and inpainting (or an upscaler's super-resolution) on held-out Fashion-MNIST images")
     tasks.add_argument("--model", default="fashion-mnist")
     tasks.add_argument("--size", type=int, default=20, help="test images per class")
     tasks.add_argument("--steps", type=int, default=None)

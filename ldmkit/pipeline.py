@@ -33,7 +33,7 @@ from .train.diffusion_config import LatentDiffusionConfig
 from .utils.images import to_pil
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the models shipped in the repository
-BUNDLED = ("fashion-mnist", "shapes")
+BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4")
 OUTPUTS = ("pil", "tensor", "latent")
 
 

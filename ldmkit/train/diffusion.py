@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..config import to_dict
 from ..data import ImageFolder, fashion_mnist, load_fashion_mnist
 from ..data import shapes
-from ..diffusion import diffusion_loss, make_schedule
+from ..diffusion import diffusion_loss, make_schedule, q_sample
 from ..io import save_checkpoint
 from ..nets import UNet
 from ..pipeline import MODELS_DIR, GenerationDefaults, Pipeline
@@ -84,6 +84,11 @@ def load_captioned_images(config: DiffusionTrainConfig, channels: int) -> tuple[
     return torch.stack([x for x, _, _ in items]), [t for _, t, _ in items], labels
 
 
+def low_resolution(images: torch.Tensor, size) -> torch.Tensor:
+    """The low-resolution inputs of a super-resolution model: area-averaged to the latent size."""
+    return torch.nn.functional.interpolate(images, size=tuple(size), mode="area")
+
+
 @torch.no_grad()
 def encode_dataset(autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Latents z0 = s * E(x) of every image, computed once: (N, c, H/f, W/f)."""
@@ -109,11 +114,15 @@ def train_diffusion(
         )
     latents = encode_dataset(autoencoder, images.to(device))  # (N, c, h, w)
     model_cfg = config.model
-    if latents.shape[1] != model_cfg.unet.in_channels:
+    low_channels = model_cfg.lowres.channels if model_cfg.lowres else 0
+    if latents.shape[1] + low_channels != model_cfg.unet.in_channels:
         raise ValueError(
-            f"the autoencoder's latents have {latents.shape[1]} channels but unet.in_channels is "
-            f"{model_cfg.unet.in_channels}"
+            f"the autoencoder's latents have {latents.shape[1]} channels (+ {low_channels} low-resolution "
+            f"image channels) but unet.in_channels is {model_cfg.unet.in_channels}"
         )
+
+    lowres = low_resolution(images, latents.shape[-2:]).to(device) if model_cfg.lowres else None
+    low_alpha_bar = make_schedule(model_cfg.lowres.schedule).alpha_bar.float().to(device) if model_cfg.lowres else None
 
     encoder = None
     if model_cfg.conditioning == "text":  # each distinct caption once; "" is the null caption
@@ -165,11 +174,20 @@ def train_diffusion(
         elif model_cfg.conditioning == "class":
             null_class = model_cfg.unet.num_classes - 1
             cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
+        concat = None
+        if lowres is not None:  # noise augmentation: a random level per image, given as its class label
+            level = torch.randint(model_cfg.lowres.max_noise_level + 1, (config.batch_size,), generator=gen)
+            noise = torch.randn(lowres[index].shape, generator=gen).to(device)
+            concat = q_sample(lowres[index], low_alpha_bar[level.to(device)].view(-1, 1, 1, 1), noise)
+            cond = {**cond, "class_labels": level.to(device)}
         for group in opt.param_groups:
             group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
 
+        def model(x_t, t):
+            return unet(x_t if concat is None else torch.cat([x_t, concat], dim=1), t, **cond)
+
         loss = diffusion_loss(
-            lambda x_t, t: unet(x_t, t, **cond), latents[index], sched, model_cfg.prediction,
+            model, latents[index], sched, model_cfg.prediction,
             min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen,
         )
         opt.zero_grad(set_to_none=True)
@@ -187,7 +205,11 @@ def train_diffusion(
             bar.set_postfix(loss=f"{loss.item():.4f}", img_per_s=f"{speed:.0f}")
         if done % config.sample_every == 0 or done == end:
             ema.copy_to(pipeline.unet)
-            save_sample_grid(pipeline, preview_prompts(config, captions), run_dir / "samples" / f"step_{done:06d}.png", done)
+            grid_path = run_dir / "samples" / f"step_{done:06d}.png"
+            if lowres is not None:
+                save_upscale_grid(pipeline, images[:8], grid_path, done)
+            else:
+                save_sample_grid(pipeline, preview_prompts(config, captions), grid_path, done)
         if done % config.checkpoint_every == 0 or done == end:
             seconds = seconds_before + time.perf_counter() - t0
             meta = {"type": "diffusion-run", "train": to_dict(config)}
@@ -213,3 +235,16 @@ def save_sample_grid(pipeline: Pipeline, prompts: list[str], path: Path, step: i
     images = pipeline.generate(prompts, num_images=per_prompt, seed=0)
     grid = image_grid([im.resize((64, 64), 0) for im in images], columns=per_prompt, row_labels=prompts)
     save_png(grid, path, {"step": step, "guidance": pipeline.defaults.guidance, "prompts": prompts})
+
+
+@torch.no_grad()
+def save_upscale_grid(pipeline: Pipeline, images: torch.Tensor, path: Path, step: int) -> None:
+    """Rows: the low-resolution input (enlarged), the model's upscaling, the original."""
+    from ..utils.images import to_pil
+
+    size = images.shape[-1]
+    small = low_resolution(images, (size // pipeline.autoencoder.config.downsampling_factor,) * 2)
+    upscaled = [pipeline.upscale(to_pil(x), seed=k, output="tensor")[0] for k, x in enumerate(small)]
+    rows = [[to_pil(x).resize((64, 64), 0) for x in batch] for batch in (small, upscaled, images)]
+    grid = image_grid([im for row in rows for im in row], columns=len(images), row_labels=["input", "ldmkit", "original"])
+    save_png(grid, path, {"step": step, "noise_level": pipeline.config.lowres.noise_level})

@@ -109,6 +109,14 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
         model=COMPACT, autoencoder="models/autoencoders/shapes-kl-f4",
         data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=6000, lr=3e-4, min_snr_gamma=5.0,
     ),
+    # 4x super-resolution, 8x8 -> 32x32: the low-res image joined to the 8x8 latents (LDM sec. 4.4)
+    "fashion-mnist-x4": DiffusionTrainConfig(
+        model=LatentDiffusionConfig(
+            unet=replace(UNET_PRESETS["compact"], in_channels=5, context_dim=None, num_classes=351),
+            conditioning="none", lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0),
+        ),
+        steps=4000, lr=3e-4, min_snr_gamma=5.0, guidance=1.0,
+    ),
     "tiny": DiffusionTrainConfig(
         model=LatentDiffusionConfig(unet=TINY_UNET),
         data=DiffusionDataConfig(limit=64),
