@@ -186,8 +186,11 @@ def _evaluate_tasks(args: argparse.Namespace) -> None:
     from .pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model)
-    measure = evaluate_upscaling if pipe.config.lowres else evaluate_image_tasks
-    result = {"model": pipe.name, **measure(pipe, per_class=args.size, seed=args.seed, steps=args.steps)}
+    if pipe.config.lowres:
+        measured = evaluate_upscaling(pipe, per_class=args.size, seed=args.seed, steps=args.steps)
+    else:
+        measured = evaluate_image_tasks(pipe, per_class=args.size, seed=args.seed, steps=args.steps, resample=args.resample)
+    result = {"model": pipe.name, **measured}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--size", type=int, default=20, help="test images per class")
     tasks.add_argument("--steps", type=int, default=None)
     tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--resample", type=int, default=0, help="RePaint passes per inpainting step")
     tasks.add_argument("--out", default=None, help="JSON file for the results")
     tasks.set_defaults(run=_evaluate_tasks)
 

@@ -30,7 +30,8 @@ def held_out_images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images[index], labels[index]
 
 
-def evaluate_image_tasks(pipe: Pipeline, per_class: int = 20, low_strength: float = 0.3, seed: int = 0, **settings) -> dict:
+def evaluate_image_tasks(pipe: Pipeline, per_class: int = 20, low_strength: float = 0.3, seed: int = 0,
+                         resample: int = 0, **settings) -> dict:
     if pipe.meta.get("dataset") != "fashion-mnist":
         raise ValueError("ldmkit evaluate-tasks measures the fashion-mnist model (its classifier is the judge)")
     classifier = load_fmnist_classifier(device=pipe.device)
@@ -46,7 +47,8 @@ def evaluate_image_tasks(pipe: Pipeline, per_class: int = 20, low_strength: floa
         options = dict(seed=seed + k, output="tensor", **settings)
         outputs["low"].append(pipe.img2img(picture, fashion_mnist.caption(int(y)), strength=low_strength, **options))
         outputs["full"].append(pipe.img2img(picture, fashion_mnist.caption(int(z)), strength=1.0, **options))
-        [completed] = pipe.inpaint(picture, Image.fromarray(mask), fashion_mnist.caption(int(y)), seed=seed + k, **settings)
+        [completed] = pipe.inpaint(picture, Image.fromarray(mask), fashion_mnist.caption(int(y)), seed=seed + k,
+                                   resample=resample, **settings)
         kept += np.array_equal(np.asarray(completed)[:, :16], np.asarray(picture)[:, :16])
         outputs["inpaint"].append(from_pil(completed, 1)[None])
     seconds = time.perf_counter() - start
@@ -60,6 +62,7 @@ def evaluate_image_tasks(pipe: Pipeline, per_class: int = 20, low_strength: floa
         "img2img_low_class_kept": agree(low, labels),
         "img2img_full_follows_prompt": agree(full, other),
         "img2img_full_keeps_input_class": agree(full, labels),
+        "inpaint_resample": resample,
         "inpaint_right_half_class_agreement": agree(completed, labels),
         "inpaint_unmasked_pixels_identical": kept / len(images),
         "classifier_on_the_inputs": agree(images, labels),

@@ -370,6 +370,8 @@ class Pipeline:
         )
 
     def _check(self, prompts, num_images, steps, sampler, guidance, output, latents, shape) -> None:
+        if self.config.lowres is not None:
+            raise ValueError(f"{self.name} is an upscaler: it needs a low-resolution image, use upscale(image)")
         if self.unet.config.in_channels != self.autoencoder.config.z_channels:
             raise ValueError(
                 f"this model's UNet takes {self.unet.config.in_channels} input channels, the latents have "

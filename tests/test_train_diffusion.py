@@ -64,5 +64,7 @@ def test_super_resolution_run_trains_and_upscales(tmp_path):
     assert (tmp_path / "samples" / "step_000003.png").is_file()
     [image] = pipe.upscale(torch.zeros(1, 8, 8) - 1, steps=2)
     assert image.size == (32, 32)
+    with pytest.raises(ValueError, match="is an upscaler"):
+        pipe.generate("", steps=2)
     result = evaluate_upscaling(pipe, per_class=1, steps=2)
     assert result["images"] == 10 and result["factor"] == 4 and result["bicubic_psnr_db"] > 10
