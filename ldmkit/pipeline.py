@@ -271,9 +271,17 @@ class Pipeline:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             z_T = latents[start : start + len(chunk)].to(self.device, torch.float32)
-            gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+            gens = self.generators(seed + start, len(chunk))
             results.append(self._sample(chunk, negative_prompt, z_T, steps, sampler, guidance, guidance_rescale, gens, progress))
-        z0 = torch.cat(results)
+        return self.finish(torch.cat(results), output, vae_tile)
+
+    @staticmethod
+    def generators(seed: int, count: int) -> list[torch.Generator]:
+        """One generator per image, seeded seed, seed + 1, ...: image k's noise depends on its seed only."""
+        return [torch.Generator().manual_seed(seed + k) for k in range(count)]
+
+    def finish(self, z0: torch.Tensor, output: str, vae_tile: int | None = None):
+        """Final latents as asked: "latent" as they are, "tensor" decoded, "pil" as images."""
         if output == "latent":
             return z0
         images = self.decode(z0, tile=vae_tile)
@@ -312,7 +320,7 @@ class Pipeline:
     def initial_latents(self, count: int, seed: int = 0, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
         """z_T for images seed, seed + 1, ...: (count, c, h, w) float32 on the CPU."""
         shape = shape or self.latent_shape
-        return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed + k)) for k in range(count)])
+        return torch.cat([torch.randn((1, *shape), generator=g) for g in self.generators(seed, count)])
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -351,15 +359,21 @@ class Pipeline:
         return self.unet(x.to(self.dtype), t, **cond).to(x.dtype)
 
     @torch.no_grad()
-    def _sample(self, prompts, negative_prompt, z_T, steps, sampler, guidance, rescale, gens, progress,
-                timesteps=None, denoiser_wrapper=None, extra: dict | None = None):
-        """Sample from z_T (pure noise) over the model's timesteps, or from a partly noised
-        latent over `timesteps` (image-to-image). `extra`: inputs given to the network under
-        both the prompt and the negative prompt (e.g. concat=...)."""
+    def network_inputs(self, prompts, negative_prompt, guidance, extra: dict | None = None):
+        """(cond, uncond) for the sampler: the prompts' and, under guidance, the negative prompt's
+        conditioning; `extra` (e.g. concat=...) goes to the network under both."""
         cond = self.encode_prompts(prompts)
         uncond = self.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
         cond = {**cond, **(extra or {})}
-        uncond = None if uncond is None else {**uncond, **(extra or {})}
+        return cond, None if uncond is None else {**uncond, **(extra or {})}
+
+    @torch.no_grad()
+    def _sample(self, prompts, negative_prompt, z_T, steps, sampler, guidance, rescale, gens, progress,
+                timesteps=None, denoiser_wrapper=None, extra: dict | None = None, inputs=None):
+        """Sample from z_T (pure noise) over the model's timesteps, or from a partly noised
+        latent over `timesteps` (image-to-image). `inputs`: (cond, uncond) from network_inputs,
+        when the caller samples step by step and encodes the prompts once."""
+        cond, uncond = inputs or self.network_inputs(prompts, negative_prompt, guidance, extra)
         if timesteps is None:
             timesteps = sampler_timesteps(self.schedule, sampler, steps, self.config.sampling)
             z_T = z_T * start_scale(self.schedule, sampler, timesteps, self.config.sampling)

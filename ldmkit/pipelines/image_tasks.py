@@ -65,11 +65,11 @@ def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_promp
     x, _ = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
     timesteps = partial_timesteps(pipe, sampler, steps, strength)
     z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
-    gens = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
+    gens = pipe.generators(seed, num_images)
     z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise_like(z0, gens))
     z = pipe._sample([prompt] * num_images, negative_prompt, z_t, steps, sampler, guidance, 0.0, gens, progress,
                      timesteps=timesteps)
-    return _finish(pipe, z, output)
+    return pipe.finish(z, output)
 
 
 @torch.no_grad()
@@ -90,7 +90,7 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
     m = mask_tensor(mask, tuple(x.shape[-2:]))
     timesteps = partial_timesteps(pipe, sampler, steps, strength)
     z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
-    gens = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
+    gens = pipe.generators(seed, num_images)
     noise = noise_like(z0, gens)
     if strength == 1:  # pure noise, as from text: nothing of the masked content leaks in
         z_t = noise * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)
@@ -107,8 +107,9 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
         def wrapper(denoise):
             return lambda x_t, t: keep * z0 + (1 - keep) * denoise(x_t, t)
 
+    inputs = pipe.network_inputs([prompt] * num_images, negative_prompt, guidance, extra)  # once, for every step
     run = lambda z, ts: pipe._sample([prompt] * num_images, negative_prompt, z, steps, sampler, guidance, 0.0, gens,  # noqa: E731
-                                     progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, extra=extra)
+                                     progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, inputs=inputs)
     z = run(z_t, timesteps) if not resample else _resampled(pipe, run, z_t, timesteps, resample, gens)
     if output == "latent":
         return z
@@ -147,9 +148,3 @@ def outpaint(pipe, image, prompt: str = "", left: int = 0, right: int = 0, top: 
     mask = np.pad(mask, ((top, bottom), (left, right)), constant_values=255)
     return inpaint(pipe, canvas, Image.fromarray(mask), prompt, **options)
 
-
-def _finish(pipe, z: torch.Tensor, output: str):
-    if output == "latent":
-        return z
-    images = pipe.decode(z)
-    return images if output == "tensor" else [to_pil(x) for x in images]

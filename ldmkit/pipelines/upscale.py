@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from ..diffusion import make_schedule, noise_like, q_sample
-from ..utils.images import to_pil
 from .inputs import image_tensor
 
 
@@ -33,14 +32,11 @@ def upscale(pipe, image, prompt: str = "", negative_prompt: str = "", noise_leve
     shape = (num_images, pipe.autoencoder.config.z_channels, *y.shape[-2:])
     if latents is not None and tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} for this image, got {tuple(latents.shape)}")
-    gens = [torch.Generator().manual_seed(seed + k) for k in range(num_images)]
+    gens = pipe.generators(seed, num_images)
     y = y.to(pipe.device).expand(num_images, -1, -1, -1)
     alpha_bar = float(make_schedule(lowres.schedule).alpha_bar[noise_level])
     y_noisy = q_sample(y, alpha_bar, noise_like(y, gens))
     z_T = noise_like(torch.empty(shape, device=pipe.device), gens) if latents is None else latents.to(pipe.device).float()
     extra = {"concat": y_noisy, "class_labels": torch.full((num_images,), noise_level, device=pipe.device)}
     z = pipe._sample([prompt] * num_images, negative_prompt, z_T, steps, sampler, guidance, 0.0, gens, progress, extra=extra)
-    if output == "latent":
-        return z
-    images = pipe.decode(z)
-    return images if output == "tensor" else [to_pil(x) for x in images]
+    return pipe.finish(z, output)

@@ -177,8 +177,9 @@ def train_diffusion(
         concat = None
         if lowres is not None:  # noise augmentation: a random level per image, given as its class label
             level = torch.randint(model_cfg.lowres.max_noise_level + 1, (config.batch_size,), generator=gen)
-            noise = torch.randn(lowres[index].shape, generator=gen).to(device)
-            concat = q_sample(lowres[index], low_alpha_bar[level.to(device)].view(-1, 1, 1, 1), noise)
+            low = lowres[index]
+            noise = torch.randn(low.shape, generator=gen).to(device)
+            concat = q_sample(low, low_alpha_bar[level.to(device)].view(-1, 1, 1, 1), noise)
             cond = {**cond, "class_labels": level.to(device)}
         for group in opt.param_groups:
             group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
