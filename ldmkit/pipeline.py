@@ -198,6 +198,11 @@ class Pipeline:
         return self
 
     @property
+    def inpainting(self) -> bool:
+        """An inpainting UNet (SD inpainting's 9 channels): z_t, the mask, the masked image's latent."""
+        return self.config.lowres is None and self.unet.config.in_channels == 2 * self.autoencoder.config.z_channels + 1
+
+    @property
     def vae(self) -> Autoencoder:
         """The first stage, under the name diffusers users look for."""
         return self.autoencoder

@@ -38,6 +38,15 @@ def _encode(pipe, x: torch.Tensor) -> torch.Tensor:
     return ae.to_latent(x.to(pipe.device, next(ae.parameters()).dtype)).float()
 
 
+def inpainting_inputs(autoencoder, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What a 9-channel inpainting UNet takes beside z_t (SD's order): the mask at the latent's
+    size (nearest), then the latent of the image with the masked pixels set to 0 (mid-grey).
+    x: (B, C, H, W) in [-1, 1]; mask: (B, 1, H, W), 1 = repaint. The trainer uses it too."""
+    masked = autoencoder.to_latent((x * (1 - mask)).to(next(autoencoder.parameters()).dtype))
+    small_mask = F.interpolate(mask, size=masked.shape[-2:]).to(masked)
+    return torch.cat([small_mask, masked], dim=1)
+
+
 def partial_timesteps(pipe, sampler: str, steps: int, strength: float) -> torch.Tensor:
     """The last int(steps * strength) steps of the model's `steps`-step schedule (as diffusers'
     image-to-image pipelines take them)."""
@@ -82,8 +91,7 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
     if not isinstance(resample, int) or resample < 0:
         raise ValueError(f"resample must be a whole number >= 0 (extra passes per step), got {resample!r}")
     steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
-    z_channels = pipe.autoencoder.config.z_channels
-    nine_channel = pipe.unet.config.in_channels == 2 * z_channels + 1
+    nine_channel = pipe.inpainting
     if not nine_channel:
         pipe._check([prompt], num_images, steps, sampler, guidance, output, None, pipe.latent_shape)
     x, pil = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
@@ -97,9 +105,8 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
     else:
         z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise)
     if nine_channel:  # SD inpainting: z_t, the mask, the masked image's latent
-        masked = _encode(pipe, x * (1 - m)).expand(num_images, -1, -1, -1)
-        small_mask = F.interpolate(m, size=z0.shape[-2:]).to(z0).expand(num_images, -1, -1, -1)
-        extra, wrapper = {"concat": torch.cat([small_mask, masked], dim=1)}, None
+        concat = inpainting_inputs(pipe.autoencoder, x.to(pipe.device), m.to(pipe.device))
+        extra, wrapper = {"concat": concat.float().expand(num_images, -1, -1, -1)}, None
     else:  # any UNet: keep x0 = z_0 outside the (latent) mask at every step
         extra = None
         keep = 1 - (F.interpolate(m, size=z0.shape[-2:], mode="area") > 0).to(z0)  # a latent pixel touched by the mask is repainted

@@ -1,7 +1,10 @@
 """Training the second stage: diffusion in the latent space of a frozen autoencoder.
 
 The data are encoded once: latents z0 = s * E(x) (posterior means) and, for text conditioning,
-the MiniLM states of each distinct caption. Each step then draws a batch, replaces the
+the MiniLM states of each distinct caption. An inpainting model (UNet input: z_t, mask, masked
+image's latent, as SD inpainting) draws random masks at every step and encodes its masked
+images then; it can start from a text-to-image model (`init_from`), the new input channels
+zero, as SD inpainting started from SD. Each step then draws a batch, replaces the
 conditioning of a `cond_dropout` share by the null one (the empty caption, or the null class)
 so that classifier-free guidance has an unconditional model to subtract, and takes an AdamW
 step on the objective of LDM eq. 2. All randomness of a step comes from a generator seeded by
@@ -21,19 +24,21 @@ from ..config import to_dict
 from ..data import ImageFolder, fashion_mnist, load_fashion_mnist
 from ..data import shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
-from ..io import save_checkpoint
+from ..io import load_checkpoint, save_checkpoint
 from ..nets import UNet
 from ..pipeline import MODELS_DIR, GenerationDefaults, Pipeline
+from ..pipelines import inpainting_inputs
 from ..utils.images import image_grid, save_png
 from .autoencoder import load_autoencoder
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .diffusion_config import DiffusionTrainConfig
 from .ema import EMA
 from .logging import JsonlLog, plot_losses
+from .masks import random_masks
 from .steps import learning_rate, step_generator
 
 
-def resolve_autoencoder(path: str) -> Path:
+def resolve_repo_path(path: str) -> Path:
     """The path as given, or, when relative and not found here, inside the repository."""
     found = Path(path)
     if not found.is_dir() and not found.is_absolute() and (MODELS_DIR.parent / found).is_dir():
@@ -105,7 +110,7 @@ def train_diffusion(
 ) -> dict[str, float]:
     """Train, or resume, a latent diffusion model in `run_dir`."""
     run_dir, device = Path(run_dir), torch.device(device)
-    autoencoder = load_autoencoder(resolve_autoencoder(config.autoencoder), device)
+    autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
     images, captions, labels = load_captioned_images(config, autoencoder.config.in_channels)
     if images.shape[1] != autoencoder.config.in_channels:
         raise ValueError(
@@ -114,12 +119,14 @@ def train_diffusion(
         )
     latents = encode_dataset(autoencoder, images.to(device))  # (N, c, h, w)
     model_cfg = config.model
-    low_channels = model_cfg.lowres.channels if model_cfg.lowres else 0
-    if latents.shape[1] + low_channels != model_cfg.unet.in_channels:
-        raise ValueError(
-            f"the autoencoder's latents have {latents.shape[1]} channels (+ {low_channels} low-resolution "
-            f"image channels) but unet.in_channels is {model_cfg.unet.in_channels}"
-        )
+    z, unet_in = latents.shape[1], model_cfg.unet.in_channels
+    inpainting = model_cfg.lowres is None and unet_in == 2 * z + 1
+    if model_cfg.lowres is not None and unet_in != z + model_cfg.lowres.channels:
+        raise ValueError(f"an upscaler's unet.in_channels must be the latent channels ({z}) + the low-resolution "
+                         f"image's ({model_cfg.lowres.channels}), got {unet_in}")
+    if model_cfg.lowres is None and unet_in not in (z, 2 * z + 1):
+        raise ValueError(f"the autoencoder's latents have {z} channels, so unet.in_channels must be {z} "
+                         f"(text-to-image) or {2 * z + 1} (inpainting: + mask + masked image's latent), got {unet_in}")
 
     lowres = low_resolution(images, latents.shape[-2:]).to(device) if model_cfg.lowres else None
     low_alpha_bar = make_schedule(model_cfg.lowres.schedule).alpha_bar.float().to(device) if model_cfg.lowres else None
@@ -137,6 +144,8 @@ def train_diffusion(
 
     torch.manual_seed(config.seed)
     unet = UNet(model_cfg.unet).to(device)
+    if config.init_from:
+        start_from(unet, config.init_from)
     ema = EMA(unet, config.ema_decay)
     # generates with the EMA weights: the sample grids during training and the final model
     pipeline = Pipeline(
@@ -181,6 +190,10 @@ def train_diffusion(
             noise = torch.randn(low.shape, generator=gen).to(device)
             concat = q_sample(low, low_alpha_bar[level.to(device)].view(-1, 1, 1, 1), noise)
             cond = {**cond, "class_labels": level.to(device)}
+        if inpainting:
+            repaint = random_masks(config.batch_size, images.shape[-2:], gen).to(device)
+            with torch.no_grad():
+                concat = inpainting_inputs(autoencoder, images[index].to(device), repaint)
         for group in opt.param_groups:
             group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
 
@@ -209,6 +222,8 @@ def train_diffusion(
             grid_path = run_dir / "samples" / f"step_{done:06d}.png"
             if lowres is not None:
                 save_upscale_grid(pipeline, images[:8], grid_path, done)
+            elif inpainting:
+                save_inpainting_grid(pipeline, images[:8], captions[:8], grid_path, done)
             else:
                 save_sample_grid(pipeline, preview_prompts(config, captions), grid_path, done)
         if done % config.checkpoint_every == 0 or done == end:
@@ -230,6 +245,28 @@ def train_diffusion(
     return summary
 
 
+def start_from(unet: UNet, folder: str) -> None:
+    """Load another model's UNet weights into `unet`; a conv_in with more input channels keeps
+    the given ones and gets zeros for the rest, so training starts from that model's behaviour."""
+    states, _, _ = load_checkpoint(resolve_repo_path(folder))
+    if "unet" not in states:
+        raise ValueError(f"init_from {folder} holds no UNet (an ldmkit model folder is needed)")
+    given, own = states["unet"], unet.state_dict()
+    for key, value in own.items():
+        if key not in given:
+            raise ValueError(f"init_from {folder} has no {key}: its UNet has another architecture")
+        weight = given[key]
+        if key == "conv_in.weight" and weight.shape[1] < value.shape[1] and weight.shape[2:] == value.shape[2:] \
+                and weight.shape[0] == value.shape[0]:
+            weight = torch.cat([weight, weight.new_zeros(value.shape[0], value.shape[1] - weight.shape[1],
+                                                         *value.shape[2:])], dim=1)
+        if weight.shape != value.shape:
+            raise ValueError(f"init_from {folder}: {key} has shape {tuple(weight.shape)}, this UNet's "
+                             f"{tuple(value.shape)}")
+        own[key] = weight
+    unet.load_state_dict(own)
+
+
 @torch.no_grad()
 def save_sample_grid(pipeline: Pipeline, prompts: list[str], path: Path, step: int, per_prompt: int = 8) -> None:
     """A row of `per_prompt` samples (seeds 0..) for each prompt, labelled with it."""
@@ -249,3 +286,22 @@ def save_upscale_grid(pipeline: Pipeline, images: torch.Tensor, path: Path, step
     rows = [[to_pil(x).resize((64, 64), 0) for x in batch] for batch in (small, upscaled, images)]
     grid = image_grid([im for row in rows for im in row], columns=len(images), row_labels=["input", "ldmkit", "original"])
     save_png(grid, path, {"step": step, "noise_level": pipeline.config.lowres.noise_level})
+
+
+@torch.no_grad()
+def save_inpainting_grid(pipeline: Pipeline, images: torch.Tensor, captions: list[str], path: Path, step: int) -> None:
+    """Rows: the input with its right half masked (grey), the model's completion, the original."""
+    from PIL import Image
+
+    from ..utils.images import to_pil
+
+    width = images.shape[-1]
+    mask = Image.new("L", tuple(images.shape[-2:][::-1]), 0)
+    mask.paste(255, (width // 2, 0, width, images.shape[-2]))
+    masked = images.clone()
+    masked[..., width // 2:] = 0
+    completed = [pipeline.inpaint(to_pil(x), mask, caption, seed=k)[0] for k, (x, caption) in enumerate(zip(images, captions))]
+    rows = [[to_pil(x) for x in masked], completed, [to_pil(x) for x in images]]
+    grid = image_grid([im.resize((64, 64), 0) for row in rows for im in row], columns=len(images),
+                      row_labels=["masked", "ldmkit", "original"])
+    save_png(grid, path, {"step": step, "task": "inpaint right half", "prompts": captions})

@@ -73,6 +73,7 @@ class DiffusionDataConfig:
 class DiffusionTrainConfig:
     model: LatentDiffusionConfig = LatentDiffusionConfig()
     autoencoder: str = "models/autoencoders/fmnist-kl-f4"  # the frozen first stage
+    init_from: str | None = None  # a model folder whose UNet starts this run (inpainting: conv_in widened)
     data: DiffusionDataConfig = DiffusionDataConfig()
     steps: int = 10_000
     batch_size: int = 64
@@ -116,6 +117,12 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
             conditioning="none", lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0),
         ),
         steps=4000, lr=3e-4, min_snr_gamma=5.0, guidance=1.0,
+    ),
+    # 9-channel inpainting (z_t, mask, masked image's latent) started from the shipped model
+    "fashion-mnist-inpaint": DiffusionTrainConfig(
+        model=replace(COMPACT, unet=replace(UNET_PRESETS["compact"], in_channels=9)),
+        autoencoder="models/autoencoders/fmnist-kl-f4-gan-decoder", init_from="models/fashion-mnist",
+        steps=3000, lr=1e-4, warmup_steps=100, min_snr_gamma=5.0,
     ),
     "tiny": DiffusionTrainConfig(
         model=LatentDiffusionConfig(unet=TINY_UNET),
