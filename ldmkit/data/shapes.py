@@ -19,6 +19,8 @@ import itertools
 import torch
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
+# never in the training data: the concepts fine-tuning teaches (ldmkit.finetune.concepts)
+UNSEEN_COLOURS = {"orange": (1.0, 0.5, 0.0), "purple": (0.5, 0.0, 1.0)}
 SHAPES = ("circle", "square", "triangle")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 COMBINATIONS = list(itertools.product(COLOURS, SHAPES, QUADRANTS))  # 48
@@ -29,7 +31,8 @@ DEFAULT_HOLDOUT = (("red", "triangle", "bottom right"), ("green", "circle", "top
 
 
 def caption(colour: str, shape: str, quadrant: str) -> str:
-    return f"a {colour} {shape} in the {quadrant}"
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {shape} in the {quadrant}"
 
 
 def render(colour: str, shape: str, quadrant: str, size: int = 32, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -48,7 +51,7 @@ def render(colour: str, shape: str, quadrant: str, size: int = 32, gen: torch.Ge
         mask = (dx.abs() <= r * 0.9) & (dy.abs() <= r * 0.9)
     else:  # upright triangle: apex at the top, base at the bottom
         mask = (dy <= r * 0.9) & (dy >= -r * 0.9) & (dx.abs() <= (dy + r * 0.9) / 2)
-    rgb = torch.tensor(COLOURS[colour]).view(3, 1, 1)
+    rgb = torch.tensor({**COLOURS, **UNSEEN_COLOURS}[colour]).view(3, 1, 1)
     return torch.where(mask, rgb, torch.zeros(())) * 2 - 1
 
 
@@ -81,17 +84,18 @@ class ShapesDataset(torch.utils.data.Dataset):
         return torch.stack([self[i][0] for i in range(len(self))])
 
 
-def read_attributes(image: torch.Tensor) -> tuple[str | None, str | None, str | None]:
+def read_attributes(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] = COLOURS
+                    ) -> tuple[str | None, str | None, str | None]:
     """(colour, shape, quadrant) of a (3, H, W) image in [-1, 1]; None where it cannot tell
-    (no bright pixels, a colour far from all four)."""
+    (no bright pixels, a colour far from every one of the palette's)."""
     x = (image.float().clamp(-1, 1) + 1) / 2  # (3, H, W) in [0, 1]
     mask = x.max(dim=0).values > 0.5
     if mask.sum() < 4:
         return None, None, None
     mean = x[:, mask].mean(dim=1)  # (3,)
-    names = list(COLOURS)
-    distances = [torch.dist(mean, torch.tensor(COLOURS[n])).item() for n in names]
-    colour = names[min(range(4), key=distances.__getitem__)] if min(distances) < 0.5 else None
+    names = list(palette)
+    distances = [torch.dist(mean, torch.tensor(palette[n])).item() for n in names]
+    colour = names[min(range(len(names)), key=distances.__getitem__)] if min(distances) < 0.5 else None
     H, W = mask.shape
     ys, xs = torch.nonzero(mask, as_tuple=True)
     cy, cx = ys.float().mean().item() + 0.5, xs.float().mean().item() + 0.5
@@ -102,11 +106,12 @@ def read_attributes(image: torch.Tensor) -> tuple[str | None, str | None, str | 
     return colour, shape, quadrant
 
 
-def attribute_accuracy(images: torch.Tensor, combos: list[tuple[str, str, str]]) -> dict[str, float]:
+def attribute_accuracy(images: torch.Tensor, combos: list[tuple[str, str, str]],
+                       palette: dict[str, tuple[float, float, float]] = COLOURS) -> dict[str, float]:
     """Share of images whose colour, shape, quadrant, and all three, match the prompt's."""
     hits = {"colour": 0, "shape": 0, "quadrant": 0, "all": 0}
     for image, combo in zip(images, combos):
-        read = read_attributes(image)
+        read = read_attributes(image, palette)
         matches = [a == b for a, b in zip(read, combo)]
         for key, ok in zip(("colour", "shape", "quadrant"), matches):
             hits[key] += ok
