@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .finetune.cli import adapters, add_adapter_arguments, add_finetune_commands
+
 
 def _forward_demo(args: argparse.Namespace) -> None:
     from .demos import forward_diffusion_strip
@@ -74,7 +76,8 @@ def _generate(args: argparse.Namespace) -> None:
         args.prompt, args.out, model=args.model, negative_prompt=args.negative_prompt,
         num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
         seed=args.seed, device=args.device, grid=not args.no_grid, autoencoder=args.autoencoder,
-        dtype=_dtype(args.dtype), height=args.height, width=args.width, vae_tile=args.vae_tile, **_sd_options(args),
+        dtype=_dtype(args.dtype), height=args.height, width=args.width, vae_tile=args.vae_tile,
+        adapters=adapters(args), **_sd_options(args),
     )
     print("\n".join(f"wrote {p}" for p in paths))
 
@@ -83,15 +86,17 @@ def _image_task(args: argparse.Namespace) -> None:
     """img2img, inpaint and outpaint: load, run, save PNGs carrying every setting."""
     import torch
 
+    from .finetune.apply import apply_adapters
     from .generate import save_images
     from .pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), dtype=_dtype(args.dtype), **_sd_options(args))
+    applied = apply_adapters(pipe, **adapters(args))
     steps, sampler, guidance = pipe.resolve_settings(args.steps, args.sampler, args.guidance)
     common = dict(negative_prompt=args.negative_prompt, num_images=args.num_images, steps=steps, sampler=sampler,
                   guidance=guidance, seed=args.seed, progress=True)
     settings = {"task": args.command, "prompt": args.prompt, "negative_prompt": args.negative_prompt, "sampler": sampler,
-                "steps": steps, "guidance": guidance, "model": pipe.name, "input": str(args.image)}
+                "steps": steps, "guidance": guidance, "model": pipe.name, "input": str(args.image), **applied}
     if args.command == "img2img":
         images = pipe.img2img(args.image, args.prompt, strength=args.strength, **common)
         settings["strength"] = args.strength
@@ -122,6 +127,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, model_help: str) ->
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-grid", action="store_true")
     _add_sd_arguments(parser)
+    add_adapter_arguments(parser)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -295,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output format (default: single-file for .safetensors, else ldmkit)")
     _add_sd_arguments(conv)
     conv.set_defaults(run=_convert)
+    add_finetune_commands(commands)
     return parser
 
 

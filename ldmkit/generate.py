@@ -37,18 +37,23 @@ def generate_to_folder(
     height: int | None = None,
     width: int | None = None,
     vae_tile: int | None = None,
+    adapters: dict | None = None,
     **load_options,
 ) -> list[Path]:
     """Write out/NNNNN_seedS.png for each image (PNG text: prompt, negative_prompt, seed, sampler,
     steps, guidance, size, model) and out/grid_NNNNN.png. Returns the paths written.
-    load_options: tokenizer=, prediction=, use_ema= for Stable Diffusion files."""
+    load_options: tokenizer=, prediction=, use_ema= for Stable Diffusion files. adapters: files to
+    apply first, {"loras": ["FILE:SCALE"], "embeddings": ["FILE[:TOKEN]"], "hypernetworks": [...]}."""
+    from .finetune.apply import apply_adapters
+
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
                                                 autoencoder=autoencoder, **load_options)
+    applied = apply_adapters(pipe, **(adapters or {}))
     steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
     images = pipe.generate(prompt, negative_prompt, num_images, steps, sampler, guidance, seed, progress=True,
                            height=height, width=width, vae_tile=vae_tile, batch_size=_batch_size(pipe))
     settings = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": sampler, "steps": steps,
-                "guidance": guidance, "model": pipe.name}
+                "guidance": guidance, "model": pipe.name, **applied}
     return save_images(images, out, settings, seed, grid)
 
 

@@ -1,0 +1,103 @@
+"""What each fine-tuning method trains, how it encodes captions, and what it saves.
+
+A prepared method has `module` (an nn.Module whose trainable parameters the optimizer takes
+and whose state_dict the checkpoints keep), `conditioning(captions)` (the UNet's conditioning
+inputs) and `save(run_dir)` (writes the file other tools read; returns its path).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import FinetuneConfig
+
+
+@dataclass
+class PreparedMethod:
+    module: nn.Module
+    conditioning: Callable[[list[str]], dict]
+    save: Callable[[Path], Path]
+
+
+def frozen_conditioning(pipe) -> Callable[[list[str]], dict]:
+    """The frozen text encoder's states, each distinct caption encoded once."""
+    cache: dict[str, dict] = {}
+
+    def conditioning(captions: list[str]) -> dict:
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            encoded = pipe.encode_prompts(missing)
+            for k, caption in enumerate(missing):
+                cache[caption] = {key: value[k] for key, value in encoded.items()}
+        return {key: torch.stack([cache[c][key] for c in captions]) for key in cache[captions[0]]}
+
+    return conditioning
+
+
+def prepare_method(pipe, config: FinetuneConfig) -> PreparedMethod:
+    pipe.unet.requires_grad_(config.method == "dreambooth")
+    if config.method == "dreambooth":
+        return _dreambooth(pipe, config)
+    if config.method == "lora":
+        return _lora(pipe, config)
+    if config.method == "textual-inversion":
+        return _textual_inversion(pipe, config)
+    return _hypernetwork(pipe, config)
+
+
+def _dreambooth(pipe, config: FinetuneConfig) -> PreparedMethod:
+    def save(run_dir: Path) -> Path:
+        return pipe.save_pretrained(run_dir / "model", extra={"finetuned": {"method": "dreambooth", "data": config.data}})
+
+    return PreparedMethod(pipe.unet, frozen_conditioning(pipe), save)
+
+
+def _lora(pipe, config: FinetuneConfig) -> PreparedMethod:
+    from .lora import LoRANetwork
+    from .lora_formats import save_lora
+
+    network = LoRANetwork.create({"unet": pipe.unet}, rank=config.rank, alpha=config.alpha,
+                                 dropout=config.lora_dropout, targets=config.lora_targets)
+    network.attach({"unet": pipe.unet})
+
+    def save(run_dir: Path) -> Path:
+        return save_lora(network, run_dir / "lora.safetensors", layout=config.lora_layout)
+
+    return PreparedMethod(network, frozen_conditioning(pipe), save)
+
+
+def _textual_inversion(pipe, config: FinetuneConfig) -> PreparedMethod:
+    from .textual_inversion import TextualInversion
+
+    if not config.initializer:
+        raise ValueError("textual inversion needs an initializer: one word near the concept that the new "
+                         "token starts from (e.g. --initializer red)")
+    inversion = TextualInversion(pipe.text_encoder, config.token, config.initializer, config.vectors)
+
+    def conditioning(captions: list[str]) -> dict:
+        states, mask = inversion.conditioning(captions)
+        cond = {"context": states.to(pipe.device, pipe.dtype)}
+        return cond if mask is None else cond | {"context_mask": mask.to(pipe.device)}
+
+    def save(run_dir: Path) -> Path:
+        # A1111 names an embedding by its file: the token, less what file names cannot hold
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "", config.token) or "embedding"
+        name = f"{stem}.pt" if config.embedding_layout == "a1111" else "learned_embeds.safetensors"
+        return inversion.save(run_dir / name, layout=config.embedding_layout)
+
+    return PreparedMethod(nn.ParameterDict({"vectors": inversion.vectors}), conditioning, save)
+
+
+def _hypernetwork(pipe, config: FinetuneConfig) -> PreparedMethod:
+    from .hypernetwork import Hypernetwork, save_hypernetwork
+
+    network = Hypernetwork.create([pipe.unet.config.context_dim], config.layer_structure, config.activation,
+                                  name=Path(config.data).name)
+    network.attach(pipe.unet, strength=1.0, self_attention=True)  # as apply_hypernetwork will
+    return PreparedMethod(network, frozen_conditioning(pipe), lambda run_dir: save_hypernetwork(network, run_dir / "hypernetwork.pt"))
