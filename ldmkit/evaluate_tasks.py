@@ -71,6 +71,8 @@ def evaluate_image_tasks(pipe: Pipeline, per_class: int = 20, low_strength: floa
         "inpaint_method": "9-channel inpainting UNet" if pipe.inpainting else "x0 blending",
         "inpaint_resample": resample,
         "inpaint_right_half_class_agreement": agree(completed, labels),
+        # how near the completion comes to the hidden half (one plausible answer of many)
+        "inpaint_right_half_psnr_db": psnr(completed[..., 16:], images[..., 16:]).mean().item(),
         "inpaint_unmasked_pixels_identical": kept / len(images),
         "classifier_on_the_inputs": agree(images, labels),
         "seconds": seconds,

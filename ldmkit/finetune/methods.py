@@ -25,40 +25,48 @@ class PreparedMethod:
     save: Callable[[Path], Path]
 
 
-def frozen_conditioning(pipe) -> Callable[[list[str]], dict]:
-    """The frozen text encoder's states, each distinct caption encoded once."""
-    cache: dict[str, dict] = {}
+def frozen_conditioning(pipe, captions: list[str]) -> Callable[[list[str]], dict]:
+    """The frozen text encoder's states of every caption the run will use, encoded once, in a
+    fixed order: encoding them batch by batch would make a resumed run differ in the last bits
+    (a matmul's rounding depends on its batch size)."""
+    vocabulary = sorted(set(captions))
+    encoded = pipe.encode_prompts(vocabulary)
+    row = {caption: k for k, caption in enumerate(vocabulary)}
 
-    def conditioning(captions: list[str]) -> dict:
-        missing = [c for c in dict.fromkeys(captions) if c not in cache]
-        if missing:
-            encoded = pipe.encode_prompts(missing)
-            for k, caption in enumerate(missing):
-                cache[caption] = {key: value[k] for key, value in encoded.items()}
-        return {key: torch.stack([cache[c][key] for c in captions]) for key in cache[captions[0]]}
+    def conditioning(batch: list[str]) -> dict:
+        index = torch.tensor([row[c] for c in batch], device=pipe.device)
+        return {key: value[index] for key, value in encoded.items()}
 
     return conditioning
 
 
-def prepare_method(pipe, config: FinetuneConfig) -> PreparedMethod:
+def prepare_method(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMethod:
+    """The method's trainable part on `pipe`, initialised from config.seed alone; `captions`:
+    every caption the run will encode."""
     pipe.unet.requires_grad_(config.method == "dreambooth")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _prepare(pipe, config, captions)
+
+
+def _prepare(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMethod:
     if config.method == "dreambooth":
-        return _dreambooth(pipe, config)
+        return _dreambooth(pipe, config, captions)
     if config.method == "lora":
-        return _lora(pipe, config)
+        return _lora(pipe, config, captions)
     if config.method == "textual-inversion":
         return _textual_inversion(pipe, config)
-    return _hypernetwork(pipe, config)
+    return _hypernetwork(pipe, config, captions)
 
 
-def _dreambooth(pipe, config: FinetuneConfig) -> PreparedMethod:
+def _dreambooth(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMethod:
     def save(run_dir: Path) -> Path:
         return pipe.save_pretrained(run_dir / "model", extra={"finetuned": {"method": "dreambooth", "data": config.data}})
 
-    return PreparedMethod(pipe.unet, frozen_conditioning(pipe), save)
+    return PreparedMethod(pipe.unet, frozen_conditioning(pipe, captions), save)
 
 
-def _lora(pipe, config: FinetuneConfig) -> PreparedMethod:
+def _lora(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMethod:
     from .lora import LoRANetwork
     from .lora_formats import save_lora
 
@@ -69,7 +77,7 @@ def _lora(pipe, config: FinetuneConfig) -> PreparedMethod:
     def save(run_dir: Path) -> Path:
         return save_lora(network, run_dir / "lora.safetensors", layout=config.lora_layout)
 
-    return PreparedMethod(network, frozen_conditioning(pipe), save)
+    return PreparedMethod(network, frozen_conditioning(pipe, captions), save)
 
 
 def _textual_inversion(pipe, config: FinetuneConfig) -> PreparedMethod:
@@ -94,10 +102,10 @@ def _textual_inversion(pipe, config: FinetuneConfig) -> PreparedMethod:
     return PreparedMethod(nn.ParameterDict({"vectors": inversion.vectors}), conditioning, save)
 
 
-def _hypernetwork(pipe, config: FinetuneConfig) -> PreparedMethod:
+def _hypernetwork(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMethod:
     from .hypernetwork import Hypernetwork, save_hypernetwork
 
     network = Hypernetwork.create([pipe.unet.config.context_dim], config.layer_structure, config.activation,
                                   name=Path(config.data).name)
     network.attach(pipe.unet, strength=1.0, self_attention=True)  # as apply_hypernetwork will
-    return PreparedMethod(network, frozen_conditioning(pipe), lambda run_dir: save_hypernetwork(network, run_dir / "hypernetwork.pt"))
+    return PreparedMethod(network, frozen_conditioning(pipe, captions), lambda run_dir: save_hypernetwork(network, run_dir / "hypernetwork.pt"))

@@ -32,9 +32,7 @@ from .methods import prepare_method
 def read_teaching_images(pipe, folder: str | Path) -> tuple[torch.Tensor, list[str]]:
     """(images (N, C, H, W) in [-1, 1] at the model's size, captions) of a captioned folder."""
     found = ImageFolder(Path(folder), size=pipe.config.image_size, channels=pipe.autoencoder.config.in_channels)
-    if len(found) == 0:
-        raise ValueError(f"{folder} holds no readable captioned images ({found.summary()})")
-    print(found.summary())
+    print(found.summary())  # an empty or unreadable folder is refused by ImageFolder itself
     items = [found[i] for i in range(len(found))]
     return torch.stack([x for x, _ in items]), [caption for _, caption in items]
 
@@ -65,7 +63,7 @@ def finetune(pipe, config: FinetuneConfig, run_dir: str | Path, resume: bool = T
         prior = class_latents(pipe, config.class_prompts, config.class_images, config.seed)
         save_png(image_grid(pipe.finish(prior[0][:32], "pil"), columns=8), run_dir / "class_images.png",
                  {"prompts": list(config.class_prompts)})
-    method = prepare_method(pipe, config)
+    method = prepare_method(pipe, config, captions + (prior[1] if prior else []))
     params = [p for p in method.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
 
