@@ -193,7 +193,8 @@ def _evaluate_tasks(args: argparse.Namespace) -> None:
 
     pipe = Pipeline.from_pretrained(args.model)
     if pipe.config.lowres:
-        measured = evaluate_upscaling(pipe, per_class=args.size, seed=args.seed, steps=args.steps)
+        levels = {} if args.noise_level is None else {"noise_level": args.noise_level}
+        measured = evaluate_upscaling(pipe, per_class=args.size, seed=args.seed, steps=args.steps, **levels)
     else:
         measured = evaluate_image_tasks(pipe, per_class=args.size, seed=args.seed, steps=args.steps, resample=args.resample)
     result = {"model": pipe.name, **measured}
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--steps", type=int, default=None)
     tasks.add_argument("--seed", type=int, default=0)
     tasks.add_argument("--resample", type=int, default=0, help="RePaint passes per inpainting step")
+    tasks.add_argument("--noise-level", type=int, default=None, help="an upscaler's noise level (default: the model's)")
     tasks.add_argument("--out", default=None, help="JSON file for the results")
     tasks.set_defaults(run=_evaluate_tasks)
 

@@ -33,7 +33,7 @@ from .train.diffusion_config import LatentDiffusionConfig
 from .utils.images import to_pil
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the models shipped in the repository
-BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4")
+BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint")
 OUTPUTS = ("pil", "tensor", "latent")
 
 
@@ -214,6 +214,26 @@ class Pipeline:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    # ---- shared fine-tuning files (ldmkit.finetune) -------------------------------------------
+    def load_lora(self, path: str | Path, scale: float = 1.0, merge: bool = False):
+        """A LoRA file (kohya or diffusers layout) on the UNet (and CLIP); several stack. Returns
+        the network: .set_scale(s), .detach() (or .unmerge() when merged)."""
+        from .finetune.lora_formats import apply_lora
+
+        return apply_lora(self, path, scale=scale, merge=merge)
+
+    def load_embedding(self, path: str | Path, token: str | None = None) -> str:
+        """A textual-inversion embedding (A1111 or diffusers file); returns its prompt token."""
+        from .finetune.textual_inversion import apply_embedding
+
+        return apply_embedding(self, path, token=token)
+
+    def load_hypernetwork(self, path: str | Path, strength: float = 1.0):
+        """An A1111 hypernetwork on the attention context; returns it (.set_strength, .detach)."""
+        from .finetune.hypernetwork import apply_hypernetwork
+
+        return apply_hypernetwork(self, path, strength=strength)
 
     # ---- conditioning ------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:

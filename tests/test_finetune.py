@@ -13,43 +13,53 @@ from ldmkit import Pipeline
 from ldmkit.cli import main
 from ldmkit.data import shapes
 from ldmkit.finetune.apply import apply_adapters, split_option
-from ldmkit.finetune.concepts import PALETTE, concept_caption, write_concept_images
+from ldmkit.finetune.concepts import PALETTE, concept_accuracy, concept_caption, write_concept_images
 from ldmkit.finetune.config import FinetuneConfig
 from ldmkit.finetune.train import finetune
 from ldmkit.utils.images import from_pil, read_png_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-PROMPT = "a purple circle in the top left"
+PROMPT = "a red ring in the top left"
 SMALL = dict(steps=3, batch_size=4, checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")
 def teaching(tmp_path_factory):
-    return write_concept_images(tmp_path_factory.mktemp("purple"), "purple", count=6)
+    return write_concept_images(tmp_path_factory.mktemp("ring"), "ring", count=6)
 
 
 def test_teaching_images_and_the_measurement_agree(teaching):
-    """The rendered purple shapes are read as purple (with the new palette) and never as one of
-    the four known colours' exact match; captions name the colour by the chosen word."""
+    """Rendered rings are read as rings, the known shapes never; captions name the concept by
+    the chosen word; a new colour is read with the wider palette."""
     pngs = sorted(teaching.glob("*.png"))
     assert len(pngs) == 6
-    assert (teaching / "000.txt").read_text().strip() == "a purple circle in the top left"
+    assert (teaching / "000.txt").read_text().strip() == "a red ring in the top left"
     for png in pngs:
-        image = from_pil(Image.open(png), 3)
-        assert shapes.read_attributes(image, PALETTE)[0] == "purple"
-        assert shapes.read_attributes(image)[0] is None  # 0.5 from blue: no known colour fits
-    assert concept_caption("<purple>", "square", "top right") == "a <purple> square in the top right"
-    assert concept_caption("orange", "square", "top right").startswith("an orange")
+        assert shapes.read_attributes(from_pil(Image.open(png), 3), rings=True)[1] == "ring"
+    for k, combo in enumerate(shapes.COMBINATIONS):
+        assert shapes.read_attributes(shapes.render(*combo, gen=torch.Generator().manual_seed(k)), rings=True) == combo
+    purple = shapes.render("purple", "square", "top right", gen=torch.Generator().manual_seed(0))
+    assert shapes.read_attributes(purple, PALETTE)[0] == "purple" and shapes.read_attributes(purple)[0] is None
+    assert concept_caption(("blue", "ring", "top right"), "ring", "<ring>") == "a blue <ring> in the top right"
+    assert concept_caption(("orange", "square", "top right"), "orange").startswith("an orange square")
+    with pytest.raises(ValueError, match="unknown concept 'star'"):
+        write_concept_images(teaching, "star")
+
+
+def test_the_shipped_model_does_not_know_rings():
+    """The baseline the fine-tuning results are measured against: rings are drawn as circles."""
+    result = concept_accuracy(Pipeline.from_pretrained("shapes"), "ring", per_combination=1, steps=8)
+    assert result["images"] == 16 and result["shows_concept"] == 0 and result["colour"] >= 0.9
 
 
 def _generate(pipe):
-    return pipe.generate(PROMPT.replace("purple", "<purple>") if "<purple>" in pipe.text_encoder.tokenizer.get_vocab()
-                         else PROMPT, seed=0, steps=4, output="tensor")
+    prompt = PROMPT.replace("ring", "<ring>") if "<ring>" in pipe.text_encoder.tokenizer.get_vocab() else PROMPT
+    return pipe.generate(prompt, seed=0, steps=4, output="tensor")
 
 
 @pytest.mark.parametrize("method", ["lora", "hypernetwork", "textual-inversion"])
 def test_each_method_trains_and_its_file_reloads(method, teaching, tmp_path):
-    extra = {"token": "<purple>", "initializer": "red"} if method == "textual-inversion" else {}
+    extra = {"token": "<ring>", "initializer": "circle"} if method == "textual-inversion" else {}
     pipe = Pipeline.from_pretrained("shapes")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     summary = finetune(pipe, FinetuneConfig(method=method, data=str(teaching), **SMALL, **extra), tmp_path,
@@ -59,7 +69,7 @@ def test_each_method_trains_and_its_file_reloads(method, teaching, tmp_path):
     fresh = Pipeline.from_pretrained("shapes")
     plain = _generate(fresh) if method != "textual-inversion" else None
     option = {"lora": "loras", "hypernetwork": "hypernetworks", "textual-inversion": "embeddings"}[method]
-    saved = summary["saved"] + (":<purple>" if method == "textual-inversion" else "")
+    saved = summary["saved"] + (":<ring>" if method == "textual-inversion" else "")
     apply_adapters(fresh, **{option: [saved]})
     assert torch.equal(_generate(fresh), tuned)  # the file carries all that was learned
     if plain is not None:

@@ -19,8 +19,9 @@ import itertools
 import torch
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
-# never in the training data: the concepts fine-tuning teaches (ldmkit.finetune.concepts)
+# never in the training data: what fine-tuning can try to teach (ldmkit.finetune.concepts)
 UNSEEN_COLOURS = {"orange": (1.0, 0.5, 0.0), "purple": (0.5, 0.0, 1.0)}
+UNSEEN_SHAPES = ("ring",)  # a circle with a hole of 0.55 its radius
 SHAPES = ("circle", "square", "triangle")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 COMBINATIONS = list(itertools.product(COLOURS, SHAPES, QUADRANTS))  # 48
@@ -49,6 +50,8 @@ def render(colour: str, shape: str, quadrant: str, size: int = 32, gen: torch.Ge
         mask = dx**2 + dy**2 <= r**2
     elif shape == "square":
         mask = (dx.abs() <= r * 0.9) & (dy.abs() <= r * 0.9)
+    elif shape == "ring":
+        mask = (dx**2 + dy**2 <= r**2) & (dx**2 + dy**2 >= (0.55 * r) ** 2)
     else:  # upright triangle: apex at the top, base at the bottom
         mask = (dy <= r * 0.9) & (dy >= -r * 0.9) & (dx.abs() <= (dy + r * 0.9) / 2)
     rgb = torch.tensor({**COLOURS, **UNSEEN_COLOURS}[colour]).view(3, 1, 1)
@@ -84,10 +87,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         return torch.stack([self[i][0] for i in range(len(self))])
 
 
-def read_attributes(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] = COLOURS
-                    ) -> tuple[str | None, str | None, str | None]:
+def read_attributes(image: torch.Tensor, palette: dict[str, tuple[float, float, float]] = COLOURS,
+                    rings: bool = False) -> tuple[str | None, str | None, str | None]:
     """(colour, shape, quadrant) of a (3, H, W) image in [-1, 1]; None where it cannot tell
-    (no bright pixels, a colour far from every one of the palette's)."""
+    (no bright pixels, a colour far from every one of the palette's). rings: also tell a ring,
+    whose centroid, unlike that of the three filled shapes, lies in a dark hole."""
     x = (image.float().clamp(-1, 1) + 1) / 2  # (3, H, W) in [0, 1]
     mask = x.max(dim=0).values > 0.5
     if mask.sum() < 4:
@@ -103,15 +107,18 @@ def read_attributes(image: torch.Tensor, palette: dict[str, tuple[float, float, 
     box = (ys.max() - ys.min() + 1).item() * (xs.max() - xs.min() + 1).item()
     fill = mask.sum().item() / box
     shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+    y0, x0 = int(cy), int(cx)  # the centroid's pixel and its 8 neighbours all dark: a hole
+    if rings and not mask[max(0, y0 - 1): y0 + 2, max(0, x0 - 1): x0 + 2].any():
+        shape = "ring"
     return colour, shape, quadrant
 
 
 def attribute_accuracy(images: torch.Tensor, combos: list[tuple[str, str, str]],
-                       palette: dict[str, tuple[float, float, float]] = COLOURS) -> dict[str, float]:
+                       palette: dict[str, tuple[float, float, float]] = COLOURS, rings: bool = False) -> dict[str, float]:
     """Share of images whose colour, shape, quadrant, and all three, match the prompt's."""
     hits = {"colour": 0, "shape": 0, "quadrant": 0, "all": 0}
     for image, combo in zip(images, combos):
-        read = read_attributes(image, palette)
+        read = read_attributes(image, palette, rings)
         matches = [a == b for a, b in zip(read, combo)]
         for key, ok in zip(("colour", "shape", "quadrant"), matches):
             hits[key] += ok

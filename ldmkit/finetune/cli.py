@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .concepts import CONCEPTS
 from .config import METHODS
 
 
@@ -52,8 +53,8 @@ def _finetune(args: argparse.Namespace) -> None:
 def _concept_images(args: argparse.Namespace) -> None:
     from .concepts import write_concept_images
 
-    folder = write_concept_images(args.out, args.colour, args.count, args.word, args.seed)
-    print(f"wrote {args.count} captioned images of {args.colour} shapes to {folder}")
+    folder = write_concept_images(args.out, args.concept, args.count, args.word, args.seed)
+    print(f"wrote {args.count} captioned images of the concept {args.concept!r} to {folder}")
 
 
 def _evaluate_concept(args: argparse.Namespace) -> None:
@@ -65,7 +66,7 @@ def _evaluate_concept(args: argparse.Namespace) -> None:
     pipe = Pipeline.from_pretrained(args.model)
     applied = apply_adapters(pipe, **adapters(args))
     result = {"model": pipe.name, **applied,
-              "concept": concept_accuracy(pipe, args.colour, args.word, per_combination=args.size),
+              "concept": concept_accuracy(pipe, args.concept, args.word, per_combination=args.size),
               "shapes": evaluate_shapes(pipe, per_combination=args.size)}
     print(json.dumps(result, indent=2))
     if args.out:
@@ -93,18 +94,18 @@ def add_finetune_commands(commands) -> None:
     ft.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
     ft.set_defaults(run=_finetune)
 
-    data = commands.add_parser("concept-images", help="write teaching images of a colour the shapes model never saw")
+    data = commands.add_parser("concept-images", help="write teaching images of a concept the shapes model never saw")
     data.add_argument("--out", required=True)
-    data.add_argument("--colour", default="purple")
-    data.add_argument("--word", default=None, help="what the captions call the colour (default: its name)")
+    data.add_argument("--concept", default="ring", choices=CONCEPTS)
+    data.add_argument("--word", default=None, help="what the captions call the concept (default: its name)")
     data.add_argument("--count", type=int, default=20)
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(run=_concept_images)
 
-    ev = commands.add_parser("evaluate-concept", help="how often a (fine-tuned) shapes model draws a colour, and its old prompts")
+    ev = commands.add_parser("evaluate-concept", help="how often a (fine-tuned) shapes model draws a concept, and its old prompts")
     ev.add_argument("--model", default="shapes")
-    ev.add_argument("--colour", default="purple")
-    ev.add_argument("--word", default=None, help="what the prompts call the colour (default: its name)")
+    ev.add_argument("--concept", default="ring", choices=CONCEPTS)
+    ev.add_argument("--word", default=None, help="what the prompts call the concept (default: its name)")
     ev.add_argument("--size", type=int, default=10, help="images per prompt")
     ev.add_argument("--out", default=None, help="JSON file for the results")
     add_adapter_arguments(ev)

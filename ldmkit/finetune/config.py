@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 METHODS = ("lora", "textual-inversion", "dreambooth", "hypernetwork")
-# AdamW learning rates that teach the shapes model a colour in a few hundred steps
-DEFAULT_LR = {"lora": 1e-3, "textual-inversion": 5e-3, "dreambooth": 5e-5, "hypernetwork": 5e-4}
+# AdamW learning rates measured on the shapes model (docs/finetune.md); higher ones broke it
+DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "dreambooth": 1e-4, "hypernetwork": 2e-4}
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class FinetuneConfig:
     initializer: str | None = None  # a word whose embedding the new token starts from
     vectors: int = 1
     embedding_layout: str = "a1111"  # a1111 | diffusers
-    # DreamBooth: the prior-preservation loss on images the model generates first
+    # the prior-preservation loss on images the model generates first (DreamBooth's; any method)
     class_prompts: tuple[str, ...] = ()
     class_images: int = 48
     prior_weight: float = 1.0

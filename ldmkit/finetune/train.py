@@ -5,7 +5,8 @@ captions through the method (textual inversion's new vectors need gradients thro
 encoder; the others use the frozen encoder's states), and takes an AdamW step on LDM eq. 2
 over the method's parameters only. DreamBooth adds its prior-preservation term: the same loss
 on latents the model generated itself for the class prompts before training, weighted by
-`prior_weight` (Ruiz et al. 2023, eq. 2). Randomness comes from (seed, step), and the
+`prior_weight` (Ruiz et al. 2023, eq. 2); the other methods can take the same term (kohya's
+"regularization images"), which keeps what the old prompts draw. Randomness comes from (seed, step), and the
 trainable weights and optimizer are checkpointed, so a killed run resumes exactly.
 """
 
@@ -59,7 +60,7 @@ def finetune(pipe, config: FinetuneConfig, run_dir: str | Path, resume: bool = T
         latents = torch.cat([pipe.autoencoder.to_latent(chunk.to(device, pipe.dtype)).float()
                              for chunk in images.split(64)])
     prior = None
-    if config.method == "dreambooth" and config.prior_weight > 0:
+    if config.class_prompts and config.prior_weight > 0:  # DreamBooth's prior; kohya's regularization images
         prior = class_latents(pipe, config.class_prompts, config.class_images, config.seed)
         save_png(image_grid(pipe.finish(prior[0][:32], "pil"), columns=8), run_dir / "class_images.png",
                  {"prompts": list(config.class_prompts)})
