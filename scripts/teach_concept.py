@@ -24,14 +24,15 @@ from ldmkit import Pipeline
 from ldmkit.data import shapes
 from ldmkit.evaluate import evaluate_shapes
 from ldmkit.finetune.apply import apply_adapters
-from ldmkit.finetune.concepts import CONCEPTS, concept_accuracy, concept_caption, concept_combinations, write_concept_images
+from ldmkit.finetune.concepts import (CONCEPTS, concept_accuracy, concept_caption, concept_combinations,
+                                      write_concept_images)
 from ldmkit.finetune.config import METHODS, FinetuneConfig
 from ldmkit.finetune.train import finetune
 from ldmkit.utils.images import image_grid, save_png
 
 # how each method's captions name the concept: the plain word, a new token, a rare identifier
 WORDS = {"lora": "{}", "hypernetwork": "{}", "textual-inversion": "<{}>", "dreambooth": "sks"}
-INITIALIZER = {"ring": "circle", "purple": "blue", "orange": "red"}  # textual inversion starts here
+INITIALIZER = {"ring": "circle", "purple": "blue", "orange": "red", "thing": "thing"}  # textual inversion starts here
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # images, kohya's regularization images) is the model's own drawings of all 48 old prompts
 PRIOR = {"class_prompts": tuple(shapes.caption(*c) for c in shapes.COMBINATIONS), "class_images": 96}
 SETTINGS = {
-    "lora": {"rank": 8, "lora_targets": ("attention", "feed_forward", "conv"), "steps": 1000, "prior_weight": 0.5, **PRIOR},
+    "lora": {"rank": 8, "lora_targets": ("attention", "feed_forward", "conv"), "steps": 1000, "prior_weight": 0.5,
+             **PRIOR},
     "dreambooth": {"steps": 600, **PRIOR},
     "hypernetwork": {"steps": 600, **PRIOR},
     "textual-inversion": {"steps": 800, "vectors": 4, "lr": 1e-2},
@@ -71,11 +73,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every method's steps")
     parser.add_argument("--per-combination", type=int, default=10, help="images per prompt in the measurements")
     parser.add_argument("--out", default=str(ROOT / "docs/results/finetune-concepts.json"))
+    parser.add_argument("--figure", default=str(ROOT / "docs/images/finetune_concepts.png"))
     args = parser.parse_args()
     torch.set_num_threads(2)
 
     n, concept = args.per_combination, args.concept
-    shown = concept_combinations(concept)[::4]  # one per colour (or shape), top left
+    shown = concept_combinations(concept)[::4][:4]  # one per colour (or shape), top left
     base = Pipeline.from_pretrained("shapes")
     results = {"machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}", "concept": concept,
                "before": {"concept": concept_accuracy(base, concept, per_combination=n),
@@ -103,8 +106,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     grid = image_grid([im.resize((64, 64), 0) for im in rows], columns=6, row_labels=labels)
-    save_png(grid, ROOT / "docs/images/finetune_concepts.png", {"methods": args.methods})
-    print(f"wrote {args.out} and docs/images/finetune_concepts.png")
+    save_png(grid, args.figure, {"methods": args.methods, "concept": concept})
+    print(f"wrote {args.out} and {args.figure}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def test_teaching_images_and_the_measurement_agree(teaching):
     assert shapes.read_attributes(purple, PALETTE)[0] == "purple" and shapes.read_attributes(purple)[0] is None
     assert concept_caption(("blue", "ring", "top right"), "ring", "<ring>") == "a blue <ring> in the top right"
     assert concept_caption(("orange", "square", "top right"), "orange").startswith("an orange square")
+    assert concept_caption(("yellow", "triangle", "top left"), "thing", "<thing>") == "a <thing> in the top left"
     with pytest.raises(ValueError, match="unknown concept 'star'"):
         write_concept_images(teaching, "star")
 

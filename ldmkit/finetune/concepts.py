@@ -24,7 +24,10 @@ from ..data import shapes
 from ..utils.images import save_png, to_pil
 
 PALETTE = {**shapes.COLOURS, **shapes.UNSEEN_COLOURS}
-CONCEPTS = (*shapes.UNSEEN_SHAPES, *shapes.UNSEEN_COLOURS)
+# a new word for a look the model can already draw: what textual inversion and hypernetworks
+# can reach ("a thing in the top left" = a yellow triangle there)
+NEW_WORDS = {"thing": ("yellow", "triangle")}
+CONCEPTS = (*shapes.UNSEEN_SHAPES, *shapes.UNSEEN_COLOURS, *NEW_WORDS)
 
 
 def concept_combinations(concept: str) -> list[tuple[str, str, str]]:
@@ -34,11 +37,15 @@ def concept_combinations(concept: str) -> list[tuple[str, str, str]]:
         return [(c, concept, q) for c in shapes.COLOURS for q in shapes.QUADRANTS]
     if concept in shapes.UNSEEN_COLOURS:
         return [(concept, s, q) for s in shapes.SHAPES for q in shapes.QUADRANTS]
+    if concept in NEW_WORDS:
+        return [(*NEW_WORDS[concept], q) for q in shapes.QUADRANTS]
     raise ValueError(f"unknown concept {concept!r}; choose one of {CONCEPTS}")
 
 
 def concept_caption(combo: tuple[str, str, str], concept: str, word: str | None = None) -> str:
     """The caption of `combo` with the concept called `word` ("ring", "<ring>", "sks")."""
+    if concept in NEW_WORDS:  # the word stands for colour and shape together
+        return f"a {word or concept} in the {combo[2]}"
     colour, shape, quadrant = (word or concept if part == concept else part for part in combo)
     article = "an" if colour[0] in "aeiou" else "a"
     return f"{article} {colour} {shape} in the {quadrant}"
@@ -71,8 +78,11 @@ def concept_accuracy(pipe, concept: str = "ring", word: str | None = None, per_c
     prompts = [concept_caption(c, concept, word) for c in combos]
     images = pipe.generate(prompts, num_images=per_combination, seed=seed, output="tensor", **settings)
     expected = [c for c in combos for _ in range(per_combination)]
-    part = 1 if concept in shapes.UNSEEN_SHAPES else 0
-    read = [shapes.read_attributes(image, PALETTE, rings=True)[part] for image in images]
+    attributes = [shapes.read_attributes(image, PALETTE, rings=True) for image in images]
+    if concept in NEW_WORDS:
+        read = [concept if a[:2] == NEW_WORDS[concept] else f"{a[0]} {a[1]}" for a in attributes]
+    else:
+        read = [a[1 if concept in shapes.UNSEEN_SHAPES else 0] for a in attributes]
     return {"images": len(images), "prompt_example": prompts[0],
             "shows_concept": read.count(concept) / len(read),
             "read_as": {str(name): read.count(name) / len(read) for name in sorted(set(read), key=str)},

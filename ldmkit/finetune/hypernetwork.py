@@ -53,9 +53,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ldmkit.io.checkpoint import CheckpointError, atomic_write
-from ldmkit.io.weights_file import SAFETENSORS, _torch_load, detect_format, read_weights
-from ldmkit.nets.attention import Attention, TransformerBlock
+from ..io.checkpoint import CheckpointError, atomic_write
+from ..io.weights_file import SAFETENSORS, safe_torch_load, detect_format, read_weights
+from ..nets.attention import Attention, TransformerBlock
 
 # The web UI's activation names: its own seven, then every torch.nn activation by lower-cased
 # class name. "swish" is Hardswish there, not SiLU: kept, or its files would change meaning.
@@ -301,7 +301,7 @@ def load_hypernetwork(path: str | Path) -> Hypernetwork:
     if detect_format(path) == SAFETENSORS:
         state = _state_from_safetensors(path)
     else:
-        state = _torch_load(path, "cpu")
+        state = safe_torch_load(path, "cpu")
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} holds a {type(state).__name__}, not a hypernetwork "
                                   f"(a dict with context widths as keys)")

@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ldmkit.finetune.lora import (LoRAAdapter, LoRANetwork, adapter_shapes, find_layer,
+from .lora import (LoRAAdapter, LoRANetwork, adapter_shapes, find_layer,
                                   lora_components, named_layers)
-from ldmkit.io.checkpoint import atomic_write
-from ldmkit.io.weights_file import read_weights
+from ..io.checkpoint import atomic_write
+from ..io.weights_file import read_weights
 
 LAYOUTS = ("kohya", "diffusers")
 KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}

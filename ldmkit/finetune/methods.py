@@ -61,7 +61,8 @@ def _prepare(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMetho
 
 def _dreambooth(pipe, config: FinetuneConfig, captions: list[str]) -> PreparedMethod:
     def save(run_dir: Path) -> Path:
-        return pipe.save_pretrained(run_dir / "model", extra={"finetuned": {"method": "dreambooth", "data": config.data}})
+        finetuned = {"method": "dreambooth", "data": config.data}
+        return pipe.save_pretrained(run_dir / "model", extra={"finetuned": finetuned})
 
     return PreparedMethod(pipe.unet, frozen_conditioning(pipe, captions), save)
 
@@ -108,4 +109,8 @@ def _hypernetwork(pipe, config: FinetuneConfig, captions: list[str]) -> Prepared
     network = Hypernetwork.create([pipe.unet.config.context_dim], config.layer_structure, config.activation,
                                   name=Path(config.data).name)
     network.attach(pipe.unet, strength=1.0, self_attention=True)  # as apply_hypernetwork will
-    return PreparedMethod(network, frozen_conditioning(pipe, captions), lambda run_dir: save_hypernetwork(network, run_dir / "hypernetwork.pt"))
+
+    def save(run_dir: Path) -> Path:
+        return save_hypernetwork(network, run_dir / "hypernetwork.pt")
+
+    return PreparedMethod(network, frozen_conditioning(pipe, captions), save)

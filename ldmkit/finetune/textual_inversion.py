@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..io.checkpoint import atomic_write
-from ..io.weights_file import SAFETENSORS, _torch_load, detect_format, read_weights
+from ..io.weights_file import SAFETENSORS, safe_torch_load, detect_format, read_weights
 
 LAYOUTS = ("a1111", "diffusers")
 A1111_STAR_ID = 265  # the web UI writes CLIP's id of "*" under string_to_token; readers ignore it
@@ -236,7 +236,7 @@ def _read_embedding(path: Path) -> tuple[str, str | None, torch.Tensor]:
     if detect_format(path) == SAFETENSORS:
         tensors, metadata = read_weights(path)
         return _from_tensors(tensors, metadata.get("name"), path)
-    data = _torch_load(path, "cpu")  # weights_only=True; a refusal is reported, nothing is run
+    data = safe_torch_load(path, "cpu")  # weights_only=True; a refusal is reported, nothing is run
     if isinstance(data, dict) and "string_to_param" in data:
         params = data["string_to_param"]
         found = list(params.values()) if isinstance(params, dict) else []

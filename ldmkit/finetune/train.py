@@ -42,7 +42,8 @@ def read_teaching_images(pipe, folder: str | Path) -> tuple[torch.Tensor, list[s
 def class_latents(pipe, prompts: tuple[str, ...], count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """DreamBooth's prior: `count` latents the model itself generates for the class prompts."""
     per_prompt = max(1, -(-count // len(prompts)))
-    latents = pipe.generate(list(prompts), num_images=per_prompt, seed=seed + 1_000_000, output="latent")
+    latents = pipe.generate(list(prompts), num_images=per_prompt, seed=seed + 1_000_000, output="latent",
+                            batch_size=16, progress=True)
     return latents, [p for p in prompts for _ in range(per_prompt)]
 
 
@@ -90,14 +91,17 @@ def finetune(pipe, config: FinetuneConfig, run_dir: str | Path, resume: bool = T
         index = torch.randint(len(latents), (config.batch_size,), generator=gen)
         loss = _loss(pipe, method, latents[index], [captions[i] for i in index], gen)
         if prior is not None:
-            chosen = torch.randint(len(prior[0]), (config.batch_size,), generator=gen)
-            loss = loss + config.prior_weight * _loss(pipe, method, prior[0][chosen], [prior[1][i] for i in chosen], gen)
+            prior_latents, prior_captions = prior
+            chosen = torch.randint(len(prior_latents), (config.batch_size,), generator=gen)
+            prior_loss = _loss(pipe, method, prior_latents[chosen], [prior_captions[i] for i in chosen], gen)
+            loss = loss + config.prior_weight * prior_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         done = step + 1
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {done}: lower the learning rate ({config.learning_rate})")
+            raise FloatingPointError(f"non-finite loss at step {done}: lower the learning rate "
+                                     f"({config.learning_rate})")
         log.write({"step": done, "loss": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if done % config.checkpoint_every == 0 or done == end:

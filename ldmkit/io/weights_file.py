@@ -77,7 +77,7 @@ def read_weights(
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
         return tensors, metadata
-    return _unwrap(_torch_load(path, device), path)
+    return _unwrap(safe_torch_load(path, device), path)
 
 
 def _stat_and_head(path: Path, count: int) -> tuple[int, bytes]:
@@ -162,7 +162,7 @@ def _metadata(header: dict[str, Any], path: Path) -> dict[str, str]:
     return dict(metadata)
 
 
-def _torch_load(path: Path, device: str | torch.device) -> Any:
+def safe_torch_load(path: Path, device: str | torch.device) -> Any:
     """torch.load(weights_only=True), refusals turned into CheckpointError; no fallback, ever.
 
     It gets an open file, not the path: torch.load picks safetensors by a ".safetensors" name.

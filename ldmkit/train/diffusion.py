@@ -300,7 +300,8 @@ def save_inpainting_grid(pipeline: Pipeline, images: torch.Tensor, captions: lis
     mask.paste(255, (width // 2, 0, width, images.shape[-2]))
     masked = images.clone()
     masked[..., width // 2:] = 0
-    completed = [pipeline.inpaint(to_pil(x), mask, caption, seed=k)[0] for k, (x, caption) in enumerate(zip(images, captions))]
+    completed = [pipeline.inpaint(to_pil(x), mask, caption, seed=k)[0]
+                 for k, (x, caption) in enumerate(zip(images, captions))]
     rows = [[to_pil(x) for x in masked], completed, [to_pil(x) for x in images]]
     grid = image_grid([im.resize((64, 64), 0) for row in rows for im in row], columns=len(images),
                       row_labels=["masked", "ldmkit", "original"])
