@@ -51,7 +51,8 @@ def _train(args: argparse.Namespace) -> None:
     from .train.diffusion_config import DIFFUSION_PRESETS
 
     summary = train_diffusion(_run_config(DIFFUSION_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
-    print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
+    if summary.get("rank", 0) == 0:  # under torchrun, one process reports
+        print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
 
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

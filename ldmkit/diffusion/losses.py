@@ -40,18 +40,23 @@ def diffusion_loss(
     min_snr_gamma: float | None = None,
     offset_noise: float = 0.0,
     gen: torch.Generator | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """Mean loss over the batch. model_fn(x_t, t) takes t as a (B,) long tensor and returns a
-    tensor shaped like x_t; conditioning is bound into it by the caller."""
+    tensor shaped like x_t; conditioning is bound into it by the caller. shard = (rank, world):
+    x0 is rows rank*B .. (rank+1)*B of a global batch of world*B, and t and eps are drawn for
+    the global batch and cut the same way, so data-parallel processes together draw exactly
+    what one process would."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}")
-    B = x0.shape[0]
+    B, (rank, world) = x0.shape[0], shard
+    rows = slice(rank * B, (rank + 1) * B)
     device = gen.device if gen is not None else x0.device
-    t = torch.randint(0, sched.num_timesteps, (B,), generator=gen, device=device).to(x0.device)
-    eps = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype).to(x0.device)
+    t = torch.randint(0, sched.num_timesteps, (world * B,), generator=gen, device=device)[rows].to(x0.device)
+    eps = torch.randn((world * B, *x0.shape[1:]), generator=gen, device=device, dtype=x0.dtype)[rows].to(x0.device)
     if offset_noise:
-        shift = torch.randn((B, x0.shape[1]) + (1,) * (x0.ndim - 2), generator=gen, device=device)
-        eps = eps + offset_noise * shift.to(x0)
+        shift = torch.randn((world * B, x0.shape[1]) + (1,) * (x0.ndim - 2), generator=gen, device=device)
+        eps = eps + offset_noise * shift[rows].to(x0)
     alpha_bar = sched.alpha_bar.to(x0.device)[t].to(x0.dtype).view(B, *([1] * (x0.ndim - 1)))
     x_t = q_sample(x0, alpha_bar, eps)
     target = training_target(x0, eps, alpha_bar, prediction)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import to_dict
@@ -30,6 +31,7 @@ from ..pipeline import MODELS_DIR, GenerationDefaults, Pipeline
 from ..pipelines import inpainting_inputs
 from ..utils.images import image_grid, save_png
 from .autoencoder import load_autoencoder
+from . import distributed
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .diffusion_config import DiffusionTrainConfig
 from .ema import EMA
@@ -108,8 +110,9 @@ def train_diffusion(
     progress: bool = True,
     max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Train, or resume, a latent diffusion model in `run_dir`."""
-    run_dir, device = Path(run_dir), torch.device(device)
+    """Train, or resume, a latent diffusion model in `run_dir` (under torchrun: data-parallel)."""
+    rank, device = distributed.start(device, config.batch_size)
+    run_dir = Path(run_dir)
     autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
     images, captions, labels = load_captioned_images(config, autoencoder.config.in_channels)
     if images.shape[1] != autoencoder.config.in_channels:
@@ -147,6 +150,7 @@ def train_diffusion(
     if config.init_from:
         start_from(unet, config.init_from)
     ema = EMA(unet, config.ema_decay)
+    net = unet if rank.world == 1 else DistributedDataParallel(unet, device_ids=[device] if device.type == "cuda" else None)
     # generates with the EMA weights: the sample grids during training and the final model
     pipeline = Pipeline(
         UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
@@ -154,7 +158,7 @@ def train_diffusion(
     )
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    log = JsonlLog(run_dir / "log.jsonl")
+    log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
     start, seconds_before = 0, 0.0
     point = resume_point(run_dir, to_dict(config)) if resume else None
     if point is not None:
@@ -163,19 +167,21 @@ def train_diffusion(
         ema.load_state_dict(stored["ema_unet"])
         opt.load_state_dict(train_state["optimizer"])
         start, seconds_before = train_state["step"], train_state["seconds"]
-        log.truncate_after(start)
-        print(f"resuming from {found} (step {start})")
-    elif resume is False and (run_dir / "log.jsonl").exists():
+        if rank.is_main:
+            log.truncate_after(start)
+            print(f"resuming from {found} (step {start})")
+    elif resume is False and rank.is_main and (run_dir / "log.jsonl").exists():
         (run_dir / "log.jsonl").unlink()
 
     end = config.steps if max_steps is None else min(config.steps, max_steps)
-    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion", disable=not progress)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion", disable=not (progress and rank.is_main))
+    mine = rank.rows(config.batch_size)  # every process draws the global batch, then keeps its rows
     t0 = time.perf_counter()
     for step in bar:
         unet.train()
         gen = step_generator(config.seed, step)
-        index = torch.randint(len(latents), (config.batch_size,), generator=gen)
-        drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout  # (B,) unconditional
+        index = torch.randint(len(latents), (config.batch_size,), generator=gen)[mine]
+        drop = (torch.rand(config.batch_size, generator=gen) < config.cond_dropout)[mine]  # (B,) unconditional
         cond = {}
         if model_cfg.conditioning == "text":
             rows = torch.where(drop, null_index, caption_index[index])
@@ -185,24 +191,24 @@ def train_diffusion(
             cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
         concat = None
         if lowres is not None:  # noise augmentation: a random level per image, given as its class label
-            level = torch.randint(model_cfg.lowres.max_noise_level + 1, (config.batch_size,), generator=gen)
+            level = torch.randint(model_cfg.lowres.max_noise_level + 1, (config.batch_size,), generator=gen)[mine]
             low = lowres[index]
-            noise = torch.randn(low.shape, generator=gen).to(device)
+            noise = torch.randn((config.batch_size, *low.shape[1:]), generator=gen)[mine].to(device)
             concat = q_sample(low, low_alpha_bar[level.to(device)].view(-1, 1, 1, 1), noise)
             cond = {**cond, "class_labels": level.to(device)}
         if inpainting:
-            repaint = random_masks(config.batch_size, images.shape[-2:], gen).to(device)
+            repaint = random_masks(config.batch_size, images.shape[-2:], gen)[mine].to(device)
             with torch.no_grad():
                 concat = inpainting_inputs(autoencoder, images[index].to(device), repaint)
         for group in opt.param_groups:
             group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
 
         def model(x_t, t):
-            return unet(x_t if concat is None else torch.cat([x_t, concat], dim=1), t, **cond)
+            return net(x_t if concat is None else torch.cat([x_t, concat], dim=1), t, **cond)
 
         loss = diffusion_loss(
             model, latents[index], sched, model_cfg.prediction,
-            min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen,
+            min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen, shard=rank.shard,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,8 +217,11 @@ def train_diffusion(
         ema.update(unet, step)
 
         done = step + 1
+        loss = distributed.mean_over_processes(loss, rank)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite loss at step {done}")
+        if not rank.is_main:
+            continue  # rank 0 alone logs, samples and writes checkpoints
         if done % config.log_every == 0 or done == end:
             speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
             log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed})
@@ -233,6 +242,9 @@ def train_diffusion(
             save_checkpoint(checkpoint_dir(run_dir, done), {"unet": unet.state_dict(), "ema_unet": ema.state_dict()}, meta, train_state)
             prune_checkpoints(run_dir, config.keep_checkpoints)
     bar.close()
+    if not rank.is_main:
+        distributed.finish(rank)
+        return {"steps": end, "train_minutes": (seconds_before + time.perf_counter() - t0) / 60, "rank": rank.rank}
     records = log.read()
     plot_losses(records, ["loss", "grad_norm"], run_dir / "loss.png", title=run_dir.name)
     speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
@@ -242,6 +254,7 @@ def train_diffusion(
         ema.copy_to(pipeline.unet)
         pipeline.save_pretrained(run_dir / "model", extra={
             "dataset": config.data.dataset, "train": to_dict(config), "training": summary})
+    distributed.finish(rank)
     return summary
 
 
