@@ -1,5 +1,6 @@
 """The latent diffusion training loop (stage 2): tiny runs, exact resume, bad input."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -68,3 +69,38 @@ def test_super_resolution_run_trains_and_upscales(tmp_path):
         pipe.generate("", steps=2)
     result = evaluate_upscaling(pipe, per_class=1, steps=2)
     assert result["images"] == 10 and result["factor"] == 4 and result["bicubic_psnr_db"] > 10
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    """Steps 2 and 3 of 8 give a NaN loss: skipped and counted, weights untouched; a later
+    streak of 3 (the limit) stops the run with the weights from before it saved."""
+    import ldmkit.train.diffusion as trainer
+
+    real_loss = trainer.diffusion_loss
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) in (2, 3) or len(calls) >= 6 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", sometimes_nan)
+    config = replace(TINY, steps=10, max_nonfinite_steps=3, log_every=1, checkpoint_every=5, sample_every=100)
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
+        train_diffusion(config, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_nonfinite"] for r in records] == [0, 1, 2, 2, 2, 3, 4]
+    after_five, _, _ = load_checkpoint(tmp_path / "checkpoints" / "step-00000005")
+    stopped, _, state = load_checkpoint(tmp_path / "checkpoints" / "step-00000008", with_train_state=True)
+    assert state["skipped_nonfinite"] == 5
+    for part in ("unet", "ema_unet"):  # steps 6-8 were skipped: the weights from before the streak
+        assert all(torch.equal(value, stopped[part][key]) for key, value in after_five[part].items())
+
+
+def test_bf16_autocast_trains(tmp_path):
+    summary = train_diffusion(replace(TINY, mixed_precision="bf16"), tmp_path, progress=False)
+    assert summary["steps"] == 4
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA device"):
+        train_diffusion(replace(TINY, mixed_precision="fp16"), tmp_path / "fp16", progress=False)
+    with pytest.raises(ValueError, match="mixed_precision must be"):
+        replace(TINY, mixed_precision="fp8")

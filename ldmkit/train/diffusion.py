@@ -13,6 +13,7 @@ step on the objective of LDM eq. 2. All randomness of a step comes from a genera
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -159,7 +160,7 @@ def train_diffusion(
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
-    start, seconds_before = 0, 0.0
+    start, seconds_before, skipped = 0, 0.0, 0
     point = resume_point(run_dir, to_dict(config)) if resume else None
     if point is not None:
         found, stored, train_state = point
@@ -167,6 +168,7 @@ def train_diffusion(
         ema.load_state_dict(stored["ema_unet"])
         opt.load_state_dict(train_state["optimizer"])
         start, seconds_before = train_state["step"], train_state["seconds"]
+        skipped = train_state.get("skipped_nonfinite", 0)
         if rank.is_main:
             log.truncate_after(start)
             print(f"resuming from {found} (step {start})")
@@ -177,6 +179,18 @@ def train_diffusion(
     bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion", disable=not (progress and rank.is_main))
     mine = rank.rows(config.batch_size)  # every process draws the global batch, then keeps its rows
     t0 = time.perf_counter()
+    autocast = mixed_precision(config.mixed_precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
+    streak = 0  # non-finite steps in a row
+
+    def save_state(done: int) -> None:
+        seconds = seconds_before + time.perf_counter() - t0
+        meta = {"type": "diffusion-run", "train": to_dict(config)}
+        train_state = {"step": done, "optimizer": opt.state_dict(), "seconds": seconds, "skipped_nonfinite": skipped}
+        save_checkpoint(checkpoint_dir(run_dir, done), {"unet": unet.state_dict(), "ema_unet": ema.state_dict()},
+                        meta, train_state)
+        prune_checkpoints(run_dir, config.keep_checkpoints)
+
     for step in bar:
         unet.train()
         gen = step_generator(config.seed, step)
@@ -206,25 +220,37 @@ def train_diffusion(
         def model(x_t, t):
             return net(x_t if concat is None else torch.cat([x_t, concat], dim=1), t, **cond)
 
-        loss = diffusion_loss(
-            model, latents[index], sched, model_cfg.prediction,
-            min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen, shard=rank.shard,
-        )
+        with autocast:
+            loss = diffusion_loss(
+                model, latents[index], sched, model_cfg.prediction,
+                min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen, shard=rank.shard,
+            )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip or math.inf)
-        opt.step()
-        ema.update(unet, step)
-
         done = step + 1
-        loss = distributed.mean_over_processes(loss, rank)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss at step {done}")
+        loss = distributed.mean_over_processes(loss.detach(), rank)  # the same on every process
+        if math.isfinite(loss.item()) and math.isfinite(grad_norm.item()):
+            scaler.step(opt)
+            ema.update(unet, step)
+            streak = 0
+        else:  # skip the step, weights untouched; too many in a row end the run
+            skipped, streak = skipped + 1, streak + 1
+            if streak >= config.max_nonfinite_steps:
+                if rank.is_main:  # the weights are still those from before the streak began
+                    save_state(done)
+                raise FloatingPointError(
+                    f"{streak} steps in a row had a non-finite loss or gradient (up to step {done}); the "
+                    f"weights from before them are in {checkpoint_dir(run_dir, done)}. Lower lr ({config.lr}) "
+                    "or check the data, then resume")
+        scaler.update()
         if not rank.is_main:
             continue  # rank 0 alone logs, samples and writes checkpoints
         if done % config.log_every == 0 or done == end:
             speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
-            log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed})
+            log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed,
+                       "skipped_nonfinite": skipped})
             bar.set_postfix(loss=f"{loss.item():.4f}", img_per_s=f"{speed:.0f}")
         if done % config.sample_every == 0 or done == end:
             ema.copy_to(pipeline.unet)
@@ -236,11 +262,7 @@ def train_diffusion(
             else:
                 save_sample_grid(pipeline, preview_prompts(config, captions), grid_path, done)
         if done % config.checkpoint_every == 0 or done == end:
-            seconds = seconds_before + time.perf_counter() - t0
-            meta = {"type": "diffusion-run", "train": to_dict(config)}
-            train_state = {"step": done, "optimizer": opt.state_dict(), "seconds": seconds}
-            save_checkpoint(checkpoint_dir(run_dir, done), {"unet": unet.state_dict(), "ema_unet": ema.state_dict()}, meta, train_state)
-            prune_checkpoints(run_dir, config.keep_checkpoints)
+            save_state(done)
     bar.close()
     if not rank.is_main:
         distributed.finish(rank)
@@ -256,6 +278,15 @@ def train_diffusion(
             "dataset": config.data.dataset, "train": to_dict(config), "training": summary})
     distributed.finish(rank)
     return summary
+
+
+def mixed_precision(kind: str, device: torch.device):
+    """The autocast context of a training step: bf16 anywhere, fp16 on CUDA (with a grad scaler)."""
+    if kind == "no":
+        return contextlib.nullcontext()
+    if kind == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 mixed precision needs a CUDA device (and its grad scaler); on CPU use bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
 
 
 def start_from(unet: UNet, folder: str) -> None:
