@@ -104,3 +104,29 @@ def test_bf16_autocast_trains(tmp_path):
         train_diffusion(replace(TINY, mixed_precision="fp16"), tmp_path / "fp16", progress=False)
     with pytest.raises(ValueError, match="mixed_precision must be"):
         replace(TINY, mixed_precision="fp8")
+
+
+def test_a_run_on_a_folder_of_broken_and_odd_images_finishes(tmp_path, capsys):
+    """Truncated, corrupt, tiny and odd-mode images and missing captions: converted or skipped
+    before the first step, named in the summary, and the run completes."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"good{k}.png")
+        (folder / f"good{k}.txt").write_text("a photo of a bag\n")
+    Image.fromarray(rng.integers(0, 255, (36, 36), dtype=np.uint8)).convert("P").save(folder / "palette.png")
+    Image.fromarray(rng.integers(0, 255, (36, 36, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.png")
+    Image.fromarray(rng.integers(0, 65535, (36, 36), dtype=np.uint16)).save(folder / "deep.png")
+    Image.new("RGB", (3, 3)).save(folder / "tiny.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (folder / "truncated.png").write_bytes((folder / "good0.png").read_bytes()[:150])
+    config = replace(TINY, data=DiffusionDataConfig(dataset="folder", path=str(folder)), steps=2, sample_every=2)
+    summary = train_diffusion(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "7 images" in out and "3 skipped" in out and "3 without a caption" in out
+    assert all(name in out for name in ("tiny.png", "corrupt.jpg", "truncated.png"))
