@@ -113,6 +113,9 @@ def train_diffusion(
 ) -> dict[str, float]:
     """Train, or resume, a latent diffusion model in `run_dir` (under torchrun: data-parallel)."""
     rank, device = distributed.start(device, config.batch_size)
+    if (config.batch_size // rank.world) % config.accumulate:
+        raise ValueError(f"each process's {config.batch_size // rank.world} images per step do not split into "
+                         f"accumulate={config.accumulate} equal micro-batches")
     run_dir = Path(run_dir)
     autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
     images, captions, labels = load_captioned_images(config, autoencoder.config.in_channels)
@@ -217,16 +220,8 @@ def train_diffusion(
         for group in opt.param_groups:
             group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
 
-        def model(x_t, t):
-            return net(x_t if concat is None else torch.cat([x_t, concat], dim=1), t, **cond)
-
-        with autocast:
-            loss = diffusion_loss(
-                model, latents[index], sched, model_cfg.prediction,
-                min_snr_gamma=config.min_snr_gamma, offset_noise=config.offset_noise, gen=gen, shard=rank.shard,
-            )
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss = backward_in_micro_batches(net, latents[index], cond, concat, sched, config, gen, rank, scaler, autocast)
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip or math.inf)
         done = step + 1
@@ -278,6 +273,36 @@ def train_diffusion(
             "dataset": config.data.dataset, "train": to_dict(config), "training": summary})
     distributed.finish(rank)
     return summary
+
+
+def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.Tensor | None, sched,
+                              config: DiffusionTrainConfig, gen: torch.Generator, rank, scaler, autocast) -> torch.Tensor:
+    """The loss of this process's rows, backpropagated in `config.accumulate` micro-batches
+    (DDP syncs gradients after the last only). Every micro-batch replays the step's generator
+    from the same point and keeps its rows of one draw of t and eps for the global batch, so
+    accumulation takes the same step as one big batch, up to float rounding."""
+    parts, start = config.accumulate, gen.get_state()
+    size = z0.shape[0] // parts
+    total = torch.zeros((), device=z0.device)
+    for m in range(parts):
+        rows = slice(m * size, (m + 1) * size)
+        part_cond = {key: value[rows] for key, value in cond.items()}
+        part_concat = None if concat is None else concat[rows]
+
+        def model(x_t, t, part_cond=part_cond, part_concat=part_concat):
+            return net(x_t if part_concat is None else torch.cat([x_t, part_concat], dim=1), t, **part_cond)
+
+        gen.set_state(start)
+        sync = net.no_sync() if rank.world > 1 and m < parts - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                loss = diffusion_loss(
+                    model, z0[rows], sched, config.model.prediction, min_snr_gamma=config.min_snr_gamma,
+                    offset_noise=config.offset_noise, gen=gen, shard=(rank.rank * parts + m, rank.world * parts),
+                ) / parts
+            scaler.scale(loss).backward()
+        total = total + loss.detach()
+    return total
 
 
 def mixed_precision(kind: str, device: torch.device):

@@ -91,10 +91,13 @@ class DiffusionTrainConfig:
     guidance: float = 3.0  # of those grids, and the default the model folder records
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    accumulate: int = 1  # micro-batches per step (gradient accumulation); batch_size is per step
     mixed_precision: str = "no"  # no | bf16 (CPU or GPU) | fp16 (GPU, with a grad scaler)
     max_nonfinite_steps: int = 20  # non-finite steps are skipped; this many in a row stop the run
 
     def __post_init__(self):
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1 (micro-batches per step), got {self.accumulate}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.steps < 1 or self.batch_size < 1:
