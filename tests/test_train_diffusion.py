@@ -132,14 +132,16 @@ def test_a_run_on_a_folder_of_broken_and_odd_images_finishes(tmp_path, capsys):
     assert all(name in out for name in ("tiny.png", "corrupt.jpg", "truncated.png"))
 
 
-def test_gradient_accumulation_takes_the_same_steps(tmp_path):
+def test_gradient_accumulation_and_checkpointing_take_the_same_steps(tmp_path):
     """Two micro-batches of 4 take the step one batch of 8 takes (the same samples, t and
-    noise), up to float rounding."""
+    noise), up to float rounding; so does a run with gradient checkpointing."""
     train_diffusion(TINY, tmp_path / "one", progress=False)
     train_diffusion(replace(TINY, accumulate=2), tmp_path / "two", progress=False)
+    train_diffusion(replace(TINY, gradient_checkpointing=True), tmp_path / "recomputed", progress=False)
     one, _, _ = load_checkpoint(tmp_path / "one" / "checkpoints" / "step-00000004")
-    two, _, _ = load_checkpoint(tmp_path / "two" / "checkpoints" / "step-00000004")
-    for key, value in one["unet"].items():
-        torch.testing.assert_close(two["unet"][key], value, rtol=0, atol=1e-6, msg=key)
+    for run in ("two", "recomputed"):  # also: activations recomputed in backward change nothing
+        other, _, _ = load_checkpoint(tmp_path / run / "checkpoints" / "step-00000004")
+        for key, value in one["unet"].items():
+            torch.testing.assert_close(other["unet"][key], value, rtol=0, atol=1e-6, msg=f"{run}: {key}")
     with pytest.raises(ValueError, match="do not split into accumulate=3"):
         train_diffusion(replace(TINY, accumulate=3), tmp_path / "three", progress=False)

@@ -150,7 +150,7 @@ def train_diffusion(
     sched = make_schedule(model_cfg.schedule)
 
     torch.manual_seed(config.seed)
-    unet = UNet(model_cfg.unet).to(device)
+    unet = UNet(model_cfg.unet, gradient_checkpointing=config.gradient_checkpointing).to(device)
     if config.init_from:
         start_from(unet, config.init_from)
     ema = EMA(unet, config.ema_decay)

@@ -92,6 +92,7 @@ class DiffusionTrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     accumulate: int = 1  # micro-batches per step (gradient accumulation); batch_size is per step
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     mixed_precision: str = "no"  # no | bf16 (CPU or GPU) | fp16 (GPU, with a grad scaler)
     max_nonfinite_steps: int = 20  # non-finite steps are skipped; this many in a row stop the run
 
