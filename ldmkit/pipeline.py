@@ -240,14 +240,17 @@ class Pipeline:
         """The UNet's conditioning inputs for each prompt; "" is the null (unconditional) one."""
         kind = self.config.conditioning
         if kind == "text":
-            states, mask = self.text_encoder(list(prompts))
-            cond = {"context": states.to(self.device, self.dtype)}
-            if mask is not None:  # CLIP (SD) attends to every position, padding included
-                cond["context_mask"] = mask.to(self.device)
-            return cond
+            return self.text_conditioning(*self.text_encoder(list(prompts)))
         if kind == "class":
             return {"class_labels": torch.tensor([self.class_index(p) for p in prompts], device=self.device)}
         return {}
+
+    def text_conditioning(self, states: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """A text encoder's (states, mask) as the UNet's inputs, on its device and in its dtype."""
+        cond = {"context": states.to(self.device, self.dtype)}
+        if mask is not None:  # CLIP (SD) attends to every position, padding included
+            cond["context_mask"] = mask.to(self.device)
+        return cond
 
     def class_index(self, prompt: str) -> int:
         """A class model reads its prompt as a class name (or "a photo of a {name}"); "" is the

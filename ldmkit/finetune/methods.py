@@ -90,9 +90,7 @@ def _textual_inversion(pipe, config: FinetuneConfig) -> PreparedMethod:
     inversion = TextualInversion(pipe.text_encoder, config.token, config.initializer, config.vectors)
 
     def conditioning(captions: list[str]) -> dict:
-        states, mask = inversion.conditioning(captions)
-        cond = {"context": states.to(pipe.device, pipe.dtype)}
-        return cond if mask is None else cond | {"context_mask": mask.to(pipe.device)}
+        return pipe.text_conditioning(*inversion.conditioning(captions))
 
     def save(run_dir: Path) -> Path:
         # A1111 names an embedding by its file: the token, less what file names cannot hold

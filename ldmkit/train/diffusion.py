@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import to_dict
@@ -154,7 +153,7 @@ def train_diffusion(
     if config.init_from:
         start_from(unet, config.init_from)
     ema = EMA(unet, config.ema_decay)
-    net = unet if rank.world == 1 else DistributedDataParallel(unet, device_ids=[device] if device.type == "cuda" else None)
+    net = distributed.data_parallel(unet, rank, device)
     # generates with the EMA weights: the sample grids during training and the final model
     pipeline = Pipeline(
         UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
@@ -306,11 +305,11 @@ def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.T
 
 
 def mixed_precision(kind: str, device: torch.device):
-    """The autocast context of a training step: bf16 anywhere, fp16 on CUDA (with a grad scaler)."""
+    """The autocast context of a training step: bf16 anywhere, fp16 on a GPU (with a grad scaler)."""
     if kind == "no":
         return contextlib.nullcontext()
-    if kind == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs a CUDA device (and its grad scaler); on CPU use bf16")
+    if kind == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 mixed precision needs a GPU (and its grad scaler); on CPU use bf16")
     return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
 
 

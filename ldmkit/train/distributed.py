@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class Rank:
 
 
 def start(device: str | torch.device, global_batch: int) -> tuple[Rank, torch.device]:
-    """Join the process group torchrun describes (or run alone); on CUDA each process takes
-    the GPU of its local rank."""
+    """Join the process group torchrun describes (or run alone), with torch's backend for the
+    device type (gloo on CPU, nccl on CUDA); on an accelerator each process takes the one of
+    its local rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Rank(), torch.device(device)
@@ -48,12 +50,19 @@ def start(device: str | torch.device, global_batch: int) -> tuple[Rank, torch.de
         raise ValueError(f"batch_size {global_batch} does not split over {world} processes: make it a multiple of {world}")
     device = torch.device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(dist.get_default_backend_for_device(device))
     rank = Rank(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        device = torch.device("cuda", rank.local_rank)
-        torch.cuda.set_device(device)
+    if device.type != "cpu":
+        device = torch.device(device.type, rank.local_rank)
+        torch.accelerator.set_device_index(rank.local_rank)
     return rank, device
+
+
+def data_parallel(module: torch.nn.Module, rank: Rank, device: torch.device) -> torch.nn.Module:
+    """The module itself alone, else wrapped in DistributedDataParallel (gradients averaged)."""
+    if rank.world == 1:
+        return module
+    return DistributedDataParallel(module, device_ids=None if device.type == "cpu" else [device])
 
 
 def mean_over_processes(value: torch.Tensor, rank: Rank) -> torch.Tensor:
