@@ -43,7 +43,9 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
 
     config = _run_config(TRAIN_PRESETS, args)
     metrics = train_autoencoder(config, args.out, device=args.device, resume=not args.no_resume)
-    print(f"done: {args.out}/model; held-out " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    if metrics.get("rank", 0) == 0:  # under torchrun, one process reports
+        print(f"done: {args.out}/model; held-out "
+              + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -114,3 +114,34 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path):
     other = replace(TINY, model=replace(TINY.model, base_channels=8), init_from=str(tmp_path / "base" / "model"))
     with pytest.raises(ValueError, match="another model config"):
         train_autoencoder(other, tmp_path / "other", progress=False)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    """Steps 2 and 3 give a NaN reconstruction loss: skipped and counted, the weights untouched;
+    a later streak of 3 (the limit) stops the run, saving the weights from before it."""
+    import ldmkit.train.autoencoder as trainer
+
+    real_loss, calls = trainer.reconstruction_loss, []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) in (2, 3) or len(calls) >= 6 else loss
+
+    monkeypatch.setattr(trainer, "reconstruction_loss", sometimes_nan)
+    config = replace(TINY, steps=10, max_nonfinite_steps=3, checkpoint_every=5, image_every=100)
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
+        train_autoencoder(config, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_nonfinite"] for r in records] == [0, 1, 2, 2, 2, 3, 4]
+    after_five, _, _ = load_checkpoint(tmp_path / "checkpoints" / "step-00000005")
+    stopped, _, state = load_checkpoint(tmp_path / "checkpoints" / "step-00000008", with_train_state=True)
+    assert state["skipped_nonfinite"] == 5
+    assert all(torch.equal(value, stopped["autoencoder"][key]) for key, value in after_five["autoencoder"].items())
+
+
+def test_bf16_autocast_trains_and_fp16_wants_a_gpu(tmp_path):
+    metrics = train_autoencoder(replace(TINY, mixed_precision="bf16"), tmp_path, progress=False)
+    assert metrics["psnr"] > 0
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU"):
+        train_autoencoder(replace(TINY, mixed_precision="fp16"), tmp_path / "fp16", progress=False)

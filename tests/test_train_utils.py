@@ -1,4 +1,4 @@
-"""EMA, logs, plots and checkpoint rotation."""
+"""EMA, logs, plots, checkpoint rotation and the choice of a checkpoint to resume."""
 
 import torch
 
@@ -55,3 +55,29 @@ def test_rotation_keeps_the_newest_and_skips_incomplete(tmp_path):
     prune_checkpoints(tmp_path, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-00000200", "step-00000300", "step-00000500"]
+
+
+def test_resume_takes_options_added_since_at_their_defaults_and_refuses_other_configs(tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    from ldmkit.config import to_dict
+    from ldmkit.io import CheckpointError
+    from ldmkit.train.checkpoints import resume_point
+    from ldmkit.train.diffusion_config import DIFFUSION_PRESETS
+
+    config = DIFFUSION_PRESETS["tiny"]
+    written = to_dict(config)
+    del written["parallel"], written["accumulate"]  # a run from before these options existed
+    save_checkpoint(checkpoint_dir(tmp_path, 2), {"m": {"w": torch.ones(1)}}, {"train": written}, {"step": 2})
+    found, _, train_state = resume_point(tmp_path, config)
+    assert found.name == "step-00000002" and train_state["step"] == 2
+    with pytest.raises(CheckpointError, match="another config"):
+        resume_point(tmp_path, replace(config, lr=config.lr * 2))
+    with pytest.raises(CheckpointError, match="another config"):
+        resume_point(tmp_path, replace(config, accumulate=2))  # not the default the old run used
+    written["no_such_option"] = 1
+    save_checkpoint(checkpoint_dir(tmp_path, 4), {"m": {"w": torch.ones(1)}}, {"train": written}, {"step": 4})
+    with pytest.raises(CheckpointError, match="cannot read"):
+        resume_point(tmp_path, config)

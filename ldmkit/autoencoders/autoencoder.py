@@ -76,14 +76,14 @@ class Autoencoder(nn.Module):
         return self.decoder(self.post_quant_conv(z))
 
     def forward(self, x: torch.Tensor, gen: torch.Generator | None = None,
-                sample_posterior: bool = True) -> AutoencoderOutput:
+                sample_posterior: bool = True, eps: torch.Tensor | None = None) -> AutoencoderOutput:
         """Reconstruct x and return the regulariser's terms. kl: z is a posterior sample (the
-        mean if sample_posterior=False); vq: z is quantised and, in training mode, the codebook's
+        mean if sample_posterior=False), with noise eps if given, else drawn from gen; vq: z is quantised and, in training mode, the codebook's
         EMA, usage and dead codes are updated."""
         enc = self.encode(x)
         posterior, kl, vq = enc.posterior, None, None
         if posterior is not None:
-            z = posterior.sample(gen) if sample_posterior else posterior.mode()  # (B, c, H/f, W/f)
+            z = posterior.sample(gen, eps) if sample_posterior else posterior.mode()  # (B, c, H/f, W/f)
             kl = posterior.kl()                                                # (B,)
         elif self.config.kind == "vq":
             vq = self.quantizer(enc.h)

@@ -30,14 +30,14 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-        bias = norm != "batch"                                 # BatchNorm's shift makes a bias moot
         layers = [nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1                  # the last block keeps the size
-            layers += [nn.Conv2d(base_channels * prev, base_channels * mult, 4, stride, 1,
-                                 bias=bias),
+            # no bias: the norm's shift makes it moot (an inert parameter that Adam would
+            # only move by the noise in its ~0 gradient)
+            layers += [nn.Conv2d(base_channels * prev, base_channels * mult, 4, stride, 1, bias=False),
                        _norm(norm, base_channels * mult), nn.LeakyReLU(0.2, True)]
         layers.append(nn.Conv2d(base_channels * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*layers)

@@ -23,10 +23,12 @@ class DiagonalGaussian:
         mean, logvar = moments.chunk(2, dim=1)                                 # 2 x (B, c, h, w)
         return cls(mean, logvar)
 
-    def sample(self, gen: torch.Generator | None = None) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): differentiable in mu and sigma (reparameterised)."""
-        device = gen.device if gen is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=gen, device=device, dtype=self.mean.dtype)
+    def sample(self, gen: torch.Generator | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): differentiable in mu and sigma (reparameterised).
+        eps may be given (data-parallel training draws it for the global batch)."""
+        if eps is None:
+            device = gen.device if gen is not None else self.mean.device
+            eps = torch.randn(self.mean.shape, generator=gen, device=device, dtype=self.mean.dtype)
         return self.mean + self.std * eps.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:

@@ -8,6 +8,8 @@ detached reconstruction with a d_loss. Losses are means over all elements, so th
 not depend on the image size (LDM sums pixels instead, which multiplies weights like the KL's).
 """
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -54,12 +56,17 @@ GAN_LOSSES = {"hinge": (hinge_d_loss, hinge_g_loss),
 
 
 def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor,
-                        last_layer_weight: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
+                        last_layer_weight: torch.Tensor, max_weight: float = 1e4,
+                        average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """lambda = ||grad_L rec_loss|| / (||grad_L gan_loss|| + 1e-4), L the decoder's last layer
     (VQGAN eq. 7): the GAN term gets the gradient scale of the reconstruction term. Clamped to
-    [0, max_weight] and detached. Both graphs are kept (retain_graph) for the real backward."""
+    [0, max_weight] and detached. Both graphs are kept (retain_graph) for the real backward.
+    `average` maps a gradient to its mean over data-parallel processes: the norms are then
+    those of the global batch's gradients, as one process would compute them."""
     g_rec, = torch.autograd.grad(rec_loss, last_layer_weight, retain_graph=True)
     g_gan, = torch.autograd.grad(gan_loss, last_layer_weight, retain_graph=True)
+    if average is not None:
+        g_rec, g_gan = average(torch.stack([g_rec, g_gan])).unbind()
     weight = g_rec.norm() / (g_gan.norm() + 1e-4)                              # eq. 7
     return weight.clamp(0.0, max_weight).detach()
 

@@ -10,14 +10,17 @@ learned by gradient, and only the commitment term remains.
 With `restart_dead_codes`, codes whose moving-average count N_i falls below a threshold are
 re-seeded with random encoder vectors of the batch (as in Jukebox, Dhariwal et al. 2020).
 Note: taming/LDM's "legacy" VQ puts beta on the codebook term by mistake; this follows the paper.
-Multi-process training would need counts and sums all-reduced and restarts broadcast from one
-rank, or the ranks' codebooks drift apart; not done here.
+Under data-parallel training (torch.distributed initialised) a training step's counts and sums
+are summed over the processes and restarts pick from all of their vectors, as SyncBatchNorm
+does for its statistics: every process then makes the update one process would make on the
+global batch, and the codebooks stay equal.
 """
 
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
@@ -100,6 +103,8 @@ class VectorQuantizer(nn.Module):
             codebook_loss = F.mse_loss(e, z.detach())                          # eq. 3, 2nd term
         z_q = e.detach() + (z - z.detach())     # straight-through: z + sg[e - z], exact value e
         counts = torch.bincount(codes.flatten(), minlength=self.codebook_size)  # (K,)
+        if self.training:
+            counts = _summed_over_processes(counts)                            # the global batch's
         perplexity, usage = code_stats(counts)
         restarted = self._update(z, codes, counts) if self.training else 0
         return VQOutput(z_q, codes, codebook_loss, commitment_loss,
@@ -115,6 +120,7 @@ class VectorQuantizer(nn.Module):
         if self.ema:
             sums = torch.zeros_like(self.embed_sum).index_add_(0, codes.flatten(),
                                                                flat.to(self.embed_sum.dtype))
+            sums = _summed_over_processes(sums)
             self.embed_sum.mul_(gamma).add_(sums, alpha=1 - gamma)            # A.1: m_i
             n, K = self.cluster_size.sum(), self.codebook_size
             smoothed = (self.cluster_size + self.eps) / (n + K * self.eps) * n  # Laplace smoothing
@@ -124,6 +130,7 @@ class VectorQuantizer(nn.Module):
         dead = self.cluster_size < self.dead_code_threshold                   # (K,) bool
         num_dead = int(dead.sum())
         if num_dead:
+            flat = _gathered_from_processes(flat)  # the same picks on every process (same RNG)
             picks = flat[torch.randint(len(flat), (num_dead,), device=flat.device)]  # (dead, D)
             self.codebook.weight[dead] = picks.to(self.codebook.weight.dtype)
             # A fresh code gets the threshold count: it survives while it wins that many per batch.
@@ -135,3 +142,24 @@ class VectorQuantizer(nn.Module):
     def used_share(self, window: int = 100) -> float:
         """Share of the codebook picked at least once in the last `window` training steps."""
         return (self.steps_unused < window).float().mean().item()
+
+
+def _data_parallel() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _summed_over_processes(t: torch.Tensor) -> torch.Tensor:
+    if _data_parallel():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _gathered_from_processes(flat: torch.Tensor) -> torch.Tensor:
+    """The rows of every process's (N, D) in rank order: the global batch's, as rows are
+    split contiguously."""
+    if not _data_parallel():
+        return flat
+    parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, flat.contiguous())
+    return torch.cat(parts)

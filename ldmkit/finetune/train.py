@@ -71,7 +71,7 @@ def finetune(pipe, config: FinetuneConfig, run_dir: str | Path, resume: bool = T
 
     log = JsonlLog(run_dir / "log.jsonl")
     start, meta = 0, {"type": "finetune-run", "train": to_dict(config), "model": pipe.name}
-    point = resume_point(run_dir, to_dict(config)) if resume else None
+    point = resume_point(run_dir, config) if resume else None
     if point is not None:
         found, stored, train_state = point
         method.module.load_state_dict(stored["trainable"])

@@ -3,7 +3,10 @@
 One readable loop. Each step: the generator (autoencoder) step, then, once the GAN is on, the
 discriminator step on the detached reconstruction. All randomness of a step (the batch, the KL
 sample) comes from generators seeded by (seed, step), so a run resumed from a checkpoint takes
-exactly the steps an uninterrupted run would.
+exactly the steps an uninterrupted run would. Under torchrun every process draws the global
+batch and keeps its rows; DDP averages the gradients, the adaptive GAN weight compares the
+global batch's gradients and a VQ codebook learns from all processes' vectors (vq.py), so N
+processes take the steps of one.
 
 A run folder holds log.jsonl, loss.png, samples/ (originals above reconstructions),
 checkpoints/ (the last few, for --resume) and, at the end, model/ (the trained autoencoder,
@@ -38,9 +41,10 @@ from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..metrics import gradient_energy_ratio, psnr, ssim
 from ..utils.images import image_grid, save_png, to_pil
 from .autoencoder_config import AutoencoderTrainConfig, DataConfig
+from . import distributed
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .logging import JsonlLog, plot_losses
-from .steps import learning_rate, step_generator
+from .steps import NonFiniteSteps, learning_rate, mixed_precision, step_generator
 
 
 def load_images(data: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,10 +150,11 @@ def train_autoencoder(
     progress: bool = True,
     max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Train, or resume, a first-stage model in `run_dir`; returns the held-out metrics.
-    max_steps stops early (for tests of resume); the run is then unfinished but resumable."""
+    """Train, or resume, a first-stage model in `run_dir` (under torchrun: data-parallel); returns
+    the held-out metrics. max_steps stops early (for tests of resume); the run is then
+    unfinished but resumable."""
+    rank, device = distributed.start(device, config.batch_size)
     run_dir = Path(run_dir)
-    device = torch.device(device)
     train_images, eval_images = load_images(config.data, config.model.in_channels)
     if len(train_images) < 1:
         raise ValueError("no training images")
@@ -163,8 +168,13 @@ def train_autoencoder(
     loss_cfg = config.loss
     disc = None
     if loss_cfg.gan_weight > 0:
-        disc = PatchDiscriminator(config.model.out_channels, loss_cfg.disc_channels, loss_cfg.disc_layers).to(device)
+        disc = PatchDiscriminator(config.model.out_channels, loss_cfg.disc_channels, loss_cfg.disc_layers,
+                                  loss_cfg.disc_norm)
+        disc = distributed.synchronised_batch_norm(disc, rank, device).to(device)
         d_loss_fn, g_loss_fn = GAN_LOSSES[loss_cfg.gan_loss]
+        if rank.world > 1 and device.type == "cpu" and loss_cfg.disc_norm == "batch" and rank.is_main:
+            print("note: on CPU each process's discriminator BatchNorm sees its own share of the batch; "
+                  "set loss.disc_norm=group for results equal to one process")
     perceptual_name = loss_cfg.perceptual
     if perceptual_name == "auto":  # the measured default: feature matching whenever D exists
         perceptual_name = "disc_features" if disc is not None else "none"
@@ -181,10 +191,13 @@ def train_autoencoder(
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=config.lr, betas=config.adam_betas)
     disc_opt = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
+    net = distributed.data_parallel(model, rank, device)
+    disc_net = distributed.data_parallel(disc, rank, device) if disc is not None else None
 
-    log = JsonlLog(run_dir / "log.jsonl")
+    log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
     start, seconds_before = 0, 0.0
-    point = resume_point(run_dir, to_dict(config)) if resume else None
+    nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
+    point = resume_point(run_dir, config) if resume else None
     if point is not None:
         found, states, train_state = point
         model.load_state_dict(states["autoencoder"])
@@ -193,78 +206,110 @@ def train_autoencoder(
             disc.load_state_dict(states["discriminator"])
             disc_opt.load_state_dict(train_state["disc_optimizer"])
         start, seconds_before = train_state["step"], train_state["seconds"]
+        nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
         torch.set_rng_state(train_state["torch_rng"])
-        log.truncate_after(start)
-        print(f"resuming from {found} (step {start})")
-    elif resume is False and (run_dir / "log.jsonl").exists():
+        if rank.is_main:
+            log.truncate_after(start)
+            print(f"resuming from {found} (step {start})")
+    elif resume is False and rank.is_main and (run_dir / "log.jsonl").exists():
         (run_dir / "log.jsonl").unlink()
 
     preview = eval_images[:8].to(device)
     end = config.steps if max_steps is None else min(config.steps, max_steps)
-    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="autoencoder", disable=not progress)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="autoencoder",
+               disable=not (progress and rank.is_main))
+    mine = rank.rows(config.batch_size)  # every process draws the global batch, then keeps its rows
+    latent_shape = (config.batch_size, config.model.z_channels, size // f, size // f)
+    autocast = mixed_precision(config.mixed_precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
+    gradient_mean = (lambda g: distributed.mean_over_processes(g, rank)) if rank.world > 1 else None
     t0 = time.perf_counter()
+
+    def save_state(done: int) -> None:
+        seconds = seconds_before + time.perf_counter() - t0
+        states, meta, train_state = _train_state(done, model, disc, opt, disc_opt, config, seconds)
+        train_state["skipped_nonfinite"] = nonfinite.skipped
+        save_checkpoint(checkpoint_dir(run_dir, done), states, meta, train_state)
+        prune_checkpoints(run_dir, config.keep_checkpoints)
+
     for step in bar:
         model.train()
         gen = step_generator(config.seed, step)
-        x = _batch(train_images, config.batch_size, config.seed, step).to(device)
+        x = _batch(train_images, config.batch_size, config.seed, step)[mine].to(device)
+        # the posterior noise of the global batch, so that a process's rows get what they would alone
+        eps = torch.randn(latent_shape, generator=gen)[mine].to(device) if config.model.kind == "kl" else None
         for group in opt.param_groups:
             group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps, config.lr_schedule)
-
-        # generator step: reconstruction + regulariser + perceptual (+ adversarial)
-        out = model(x, gen=gen)
-        rec_loss = reconstruction_loss(x, out.reconstruction, loss_cfg.l1, loss_cfg.l2)
-        nll = rec_loss + loss_cfg.perceptual_weight * perceptual(x, out.reconstruction).mean()
-        if out.kl is not None:  # KL / pixels: as LDM's weight on a summed-over-pixels loss
-            reg = loss_cfg.kl_weight * out.kl.mean() / x[0].numel()
-        elif out.vq is not None:
-            reg = loss_cfg.codebook_weight * out.vq.loss
-        else:
-            reg = nll.new_zeros(())
-        loss = nll + reg
         gan_on = disc is not None and step >= loss_cfg.disc_start
-        record = {"step": step + 1, "rec": rec_loss.item(), "reg": reg.item()}
-        if gan_on:
-            g_loss = g_loss_fn(disc(out.reconstruction))
-            weight = adaptive_gan_weight(nll, g_loss, model.last_layer) if loss_cfg.adaptive_weight else 1.0
-            loss = loss + loss_cfg.gan_weight * weight * g_loss
-            record.update(g_loss=g_loss.item(), gan_weight=float(weight))
+
+        # generator step: reconstruction + regulariser + perceptual (+ adversarial); D is only
+        # looked through here (its gradients would be thrown away), so it is frozen meanwhile
+        if disc is not None:
+            disc.requires_grad_(False)
+        with autocast:
+            out = net(x, eps=eps)
+            rec_loss = reconstruction_loss(x, out.reconstruction, loss_cfg.l1, loss_cfg.l2)
+            nll = rec_loss + loss_cfg.perceptual_weight * perceptual(x, out.reconstruction).mean()
+            if out.kl is not None:  # KL / pixels: as LDM's weight on a summed-over-pixels loss
+                reg = loss_cfg.kl_weight * out.kl.mean() / x[0].numel()
+            elif out.vq is not None:
+                reg = loss_cfg.codebook_weight * out.vq.loss
+            else:
+                reg = nll.new_zeros(())
+            loss = nll + reg
+            record = {"rec": rec_loss, "reg": reg}
+            if gan_on:
+                g_loss = g_loss_fn(disc(out.reconstruction))
+                weight = (adaptive_gan_weight(nll, g_loss, model.last_layer, average=gradient_mean)
+                          if loss_cfg.adaptive_weight else nll.new_ones(()))
+                loss = loss + loss_cfg.gan_weight * weight * g_loss
+                record.update(g_loss=g_loss, gan_weight=weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or math.inf)
+        record.update(loss=loss, grad_norm=grad_norm)
 
         # discriminator step on the detached reconstruction
         if gan_on:
+            disc.requires_grad_(True)
             for group in disc_opt.param_groups:
                 group["lr"] = learning_rate(
                     config.disc_lr, step - loss_cfg.disc_start, config.warmup_steps, config.steps, config.lr_schedule
                 )
-            d_loss = d_loss_fn(disc(x), disc(out.reconstruction.detach()))
+            with autocast:
+                d_loss = d_loss_fn(disc_net(x), disc_net(out.reconstruction.detach()))
             disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_opt.step()
-            record["d_loss"] = d_loss.item()
-
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss at step {step + 1}: {record}")
-        record["loss"] = loss.item()
-        if out.vq is not None:
-            record.update(perplexity=out.vq.perplexity.item(), batch_usage=out.vq.usage.item())
+            scaler.scale(d_loss).backward()
+            record["d_loss"] = d_loss
+        if out.vq is not None:  # already the global batch's statistics
+            record.update(perplexity=out.vq.perplexity, batch_usage=out.vq.usage)
+        record = {"step": step + 1, **distributed.mean_of_each(record, rank)}  # one sync a step
         done = step + 1
+        if nonfinite.finite(record["loss"], record["grad_norm"], record.get("d_loss", 0.0)):
+            scaler.step(opt)
+            if gan_on:
+                scaler.step(disc_opt)
+        elif nonfinite.too_many:
+            if rank.is_main:  # the weights are still those from before the streak began
+                save_state(done)
+            raise nonfinite.error(done, checkpoint_dir(run_dir, done), config.lr)
+        scaler.update()
+        if not rank.is_main:
+            continue  # rank 0 alone logs, samples and writes checkpoints
         if done % config.log_every == 0 or done == end:
             record["images_per_s"] = (done - start) * config.batch_size / (time.perf_counter() - t0)
+            record["skipped_nonfinite"] = nonfinite.skipped
             log.write(record)
             bar.set_postfix(rec=f"{record['rec']:.4f}", reg=f"{record['reg']:.2e}")
         if done % config.image_every == 0:
             _save_reconstructions(model, preview, run_dir / "samples" / f"step-{done:08d}.png", done)
         if done % config.checkpoint_every == 0 or done == end:
-            seconds = seconds_before + time.perf_counter() - t0
-            save_checkpoint(checkpoint_dir(run_dir, done), *_train_state(done, model, disc, opt, disc_opt, config, seconds))
-            prune_checkpoints(run_dir, config.keep_checkpoints)
+            save_state(done)
     bar.close()
-    if end < config.steps:
-        return {}
+    if not rank.is_main or end < config.steps:
+        distributed.finish(rank)
+        return {} if rank.is_main else {"rank": rank.rank}
 
     # the finished model: measured scale factor, held-out metrics, plots
     train_minutes = (seconds_before + time.perf_counter() - t0) / 60
@@ -283,6 +328,7 @@ def train_autoencoder(
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_losses(records, ["rec", "reg", "g_loss", "d_loss", "perplexity"], run_dir / "loss.png", title=str(run_dir.name))
     _save_reconstructions(model, preview, run_dir / "reconstructions.png", config.steps)
+    distributed.finish(rank)
     return metrics
 
 

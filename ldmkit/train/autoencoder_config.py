@@ -41,6 +41,9 @@ class AutoencoderLossConfig:
     adaptive_weight: bool = True  # VQGAN eq. 7
     disc_channels: int = 64
     disc_layers: int = 2
+    # batch: taming's BatchNorm (synchronised over GPUs under torchrun; on CPU each process
+    # normalises its own share) | group: GroupNorm, the same for any split of the batch
+    disc_norm: str = "batch"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class AutoencoderTrainConfig:
     # freeze the encoder: the latent space, and every diffusion model trained in it, stays
     # valid while the decoder learns to draw sharper (SD's fine-tuned VAE decoders)
     train_decoder_only: bool = False
+    mixed_precision: str = "no"  # no | bf16 (CPU or GPU) | fp16 (GPU, with a grad scaler)
+    max_nonfinite_steps: int = 20  # non-finite steps are skipped; this many in a row stop the run
 
     def __post_init__(self):
         if self.lr_schedule not in ("cosine", "constant"):
@@ -77,6 +82,10 @@ class AutoencoderTrainConfig:
                 f"an autoencoder reconstructs its input: model.out_channels ({self.model.out_channels}) "
                 f"must equal model.in_channels ({self.model.in_channels})"
             )
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.loss.disc_norm not in ("batch", "group"):
+            raise ValueError(f"loss.disc_norm must be 'batch' or 'group', got {self.loss.disc_norm!r}")
         if self.loss.perceptual not in ("auto", "none", "disc_features", "lpips"):
             raise ValueError(f"unknown perceptual loss {self.loss.perceptual!r}; choose auto, none, disc_features or lpips")
         if self.train_decoder_only and not self.init_from:

@@ -40,16 +40,23 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def resume_point(run_dir: str | Path, config: dict) -> tuple[Path, dict, dict] | None:
+def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:
     """(folder, state dicts, train state) of the run's newest complete checkpoint, or None for a
-    fresh run. A checkpoint written under another config is refused, not silently continued."""
+    fresh run. A checkpoint written under another config is refused, not silently continued;
+    options added to ldmkit since it was written count at their defaults."""
+    from ..config import from_dict, to_dict
     from ..io.checkpoint import CheckpointError, load_checkpoint
 
     found = latest_checkpoint(run_dir)
     if found is None:
         return None
     states, meta, train_state = load_checkpoint(found, with_train_state=True)
-    if meta.get("train") != config:
+    try:
+        written = to_dict(from_dict(type(config), meta.get("train") or {}))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{found} holds a config this ldmkit cannot read ({error}); "
+                              "use a new run folder or --no-resume") from None
+    if written != to_dict(config):
         raise CheckpointError(
             f"{found} was written by a run with another config; use a new run folder or --no-resume"
         )

@@ -13,7 +13,6 @@ step on the objective of LDM eq. 2. All randomness of a step comes from a genera
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from ..data import shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
 from ..io import load_checkpoint, save_checkpoint
 from ..nets import UNet
+from ..nets.attention import SpatialTransformer
+from ..nets.unet import ResBlock
 from ..pipeline import MODELS_DIR, GenerationDefaults, Pipeline
 from ..pipelines import inpainting_inputs
 from ..utils.images import image_grid, save_png
@@ -37,7 +38,7 @@ from .diffusion_config import DiffusionTrainConfig
 from .ema import EMA
 from .logging import JsonlLog, plot_losses
 from .masks import random_masks
-from .steps import learning_rate, step_generator
+from .steps import NonFiniteSteps, learning_rate, mixed_precision, step_generator
 
 
 def resolve_repo_path(path: str) -> Path:
@@ -152,8 +153,14 @@ def train_diffusion(
     unet = UNet(model_cfg.unet, gradient_checkpointing=config.gradient_checkpointing).to(device)
     if config.init_from:
         start_from(unet, config.init_from)
-    ema = EMA(unet, config.ema_decay)
-    net = distributed.data_parallel(unet, rank, device)
+    point = resume_point(run_dir, config) if resume else None
+    if point is not None:  # before FSDP shards the weights
+        unet.load_state_dict(point[1]["unet"])
+    if config.parallel == "fsdp":
+        net = distributed.fully_sharded(unet, rank, device, units=(ResBlock, SpatialTransformer))
+    else:
+        net = distributed.data_parallel(unet, rank, device)
+    ema = EMA(unet, config.ema_decay)  # under FSDP, sharded as the weights are
     # generates with the EMA weights: the sample grids during training and the final model
     pipeline = Pipeline(
         UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
@@ -162,15 +169,15 @@ def train_diffusion(
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
-    start, seconds_before, skipped = 0, 0.0, 0
-    point = resume_point(run_dir, to_dict(config)) if resume else None
+    start, seconds_before = 0, 0.0
+    nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
     if point is not None:
         found, stored, train_state = point
-        unet.load_state_dict(stored["unet"])
-        ema.load_state_dict(stored["ema_unet"])
-        opt.load_state_dict(train_state["optimizer"])
+        ema.load_state_dict({key: distributed.shard_like(value, ema.shadow[key])
+                             for key, value in stored["ema_unet"].items()})
+        distributed.load_optimizer_state(opt, train_state["optimizer"])
         start, seconds_before = train_state["step"], train_state["seconds"]
-        skipped = train_state.get("skipped_nonfinite", 0)
+        nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
         if rank.is_main:
             log.truncate_after(start)
             print(f"resuming from {found} (step {start})")
@@ -183,14 +190,18 @@ def train_diffusion(
     t0 = time.perf_counter()
     autocast = mixed_precision(config.mixed_precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
-    streak = 0  # non-finite steps in a row
 
     def save_state(done: int) -> None:
+        """Called by every process: FSDP's shards are gathered whole, then rank 0 writes."""
+        weights = {"unet": distributed.full_state(unet.state_dict()),
+                   "ema_unet": distributed.full_state(ema.state_dict())}
+        optimizer = distributed.full_optimizer_state(opt)
+        if not rank.is_main:
+            return
         seconds = seconds_before + time.perf_counter() - t0
         meta = {"type": "diffusion-run", "train": to_dict(config)}
-        train_state = {"step": done, "optimizer": opt.state_dict(), "seconds": seconds, "skipped_nonfinite": skipped}
-        save_checkpoint(checkpoint_dir(run_dir, done), {"unet": unet.state_dict(), "ema_unet": ema.state_dict()},
-                        meta, train_state)
+        train_state = {"step": done, "optimizer": optimizer, "seconds": seconds, "skipped_nonfinite": nonfinite.skipped}
+        save_checkpoint(checkpoint_dir(run_dir, done), weights, meta, train_state)
         prune_checkpoints(run_dir, config.keep_checkpoints)
 
     for step in bar:
@@ -222,32 +233,30 @@ def train_diffusion(
         opt.zero_grad(set_to_none=True)
         loss = backward_in_micro_batches(net, latents[index], cond, concat, sched, config, gen, rank, scaler, autocast)
         scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip or math.inf)
+        grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip or math.inf))
         done = step + 1
         loss = distributed.mean_over_processes(loss.detach(), rank)  # the same on every process
-        if math.isfinite(loss.item()) and math.isfinite(grad_norm.item()):
+        if nonfinite.finite(loss.item(), grad_norm.item()):
             scaler.step(opt)
             ema.update(unet, step)
-            streak = 0
-        else:  # skip the step, weights untouched; too many in a row end the run
-            skipped, streak = skipped + 1, streak + 1
-            if streak >= config.max_nonfinite_steps:
-                if rank.is_main:  # the weights are still those from before the streak began
-                    save_state(done)
-                raise FloatingPointError(
-                    f"{streak} steps in a row had a non-finite loss or gradient (up to step {done}); the "
-                    f"weights from before them are in {checkpoint_dir(run_dir, done)}. Lower lr ({config.lr}) "
-                    "or check the data, then resume")
+        elif nonfinite.too_many:
+            save_state(done)  # the weights are still those from before the streak began
+            raise nonfinite.error(done, checkpoint_dir(run_dir, done), config.lr)
         scaler.update()
+        sample = done % config.sample_every == 0 or done == end
+        if sample:
+            ema_weights = distributed.full_state(ema.state_dict())
+        if done % config.checkpoint_every == 0 or done == end:
+            save_state(done)
         if not rank.is_main:
             continue  # rank 0 alone logs, samples and writes checkpoints
         if done % config.log_every == 0 or done == end:
             speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
             log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed,
-                       "skipped_nonfinite": skipped})
+                       "skipped_nonfinite": nonfinite.skipped})
             bar.set_postfix(loss=f"{loss.item():.4f}", img_per_s=f"{speed:.0f}")
-        if done % config.sample_every == 0 or done == end:
-            ema.copy_to(pipeline.unet)
+        if sample:
+            pipeline.unet.load_state_dict(ema_weights)
             grid_path = run_dir / "samples" / f"step_{done:06d}.png"
             if lowres is not None:
                 save_upscale_grid(pipeline, images[:8], grid_path, done)
@@ -255,8 +264,6 @@ def train_diffusion(
                 save_inpainting_grid(pipeline, images[:8], captions[:8], grid_path, done)
             else:
                 save_sample_grid(pipeline, preview_prompts(config, captions), grid_path, done)
-        if done % config.checkpoint_every == 0 or done == end:
-            save_state(done)
     bar.close()
     if not rank.is_main:
         distributed.finish(rank)
@@ -266,8 +273,7 @@ def train_diffusion(
     speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
     summary = {"steps": end, "train_minutes": (seconds_before + time.perf_counter() - t0) / 60,
                "images_per_s": speeds[-1] if speeds else None}
-    if end == config.steps:  # the finished model: EMA weights, autoencoder, config, one folder
-        ema.copy_to(pipeline.unet)
+    if end == config.steps:  # the finished model: EMA weights (those of the last grid), autoencoder, config
         pipeline.save_pretrained(run_dir / "model", extra={
             "dataset": config.data.dataset, "train": to_dict(config), "training": summary})
     distributed.finish(rank)
@@ -292,8 +298,7 @@ def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.T
             return net(x_t if part_concat is None else torch.cat([x_t, part_concat], dim=1), t, **part_cond)
 
         gen.set_state(start)
-        sync = net.no_sync() if rank.world > 1 and m < parts - 1 else contextlib.nullcontext()
-        with sync:
+        with distributed.gradient_sync(net, enabled=m == parts - 1):
             with autocast:
                 loss = diffusion_loss(
                     model, z0[rows], sched, config.model.prediction, min_snr_gamma=config.min_snr_gamma,
@@ -302,15 +307,6 @@ def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.T
             scaler.scale(loss).backward()
         total = total + loss.detach()
     return total
-
-
-def mixed_precision(kind: str, device: torch.device):
-    """The autocast context of a training step: bf16 anywhere, fp16 on a GPU (with a grad scaler)."""
-    if kind == "no":
-        return contextlib.nullcontext()
-    if kind == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 mixed precision needs a GPU (and its grad scaler); on CPU use bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
 
 
 def start_from(unet: UNet, folder: str) -> None:

@@ -95,8 +95,13 @@ class DiffusionTrainConfig:
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     mixed_precision: str = "no"  # no | bf16 (CPU or GPU) | fp16 (GPU, with a grad scaler)
     max_nonfinite_steps: int = 20  # non-finite steps are skipped; this many in a row stop the run
+    # under torchrun: ddp (every process holds the whole model) | fsdp (weights, gradients and
+    # optimiser state sharded over the processes, for a model too large for one device)
+    parallel: str = "ddp"
 
     def __post_init__(self):
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.accumulate < 1:
             raise ValueError(f"accumulate must be >= 1 (micro-batches per step), got {self.accumulate}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

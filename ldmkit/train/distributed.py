@@ -7,15 +7,25 @@ from the step's generator and takes its own contiguous share of the rows, DDP av
 gradients, and only rank 0 logs, samples and writes checkpoints. With equal shares the average
 of the shares' mean losses is the global batch's mean loss, so N processes train as one with
 the same global batch, up to float rounding.
+
+With FSDP (torch's fully_shard) each process holds a shard of the weights, gradients and
+optimiser state; checkpoints gather them into the same full layout one process writes, so a run
+can be resumed with DDP, FSDP or alone.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
+
+import contextlib
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -62,16 +72,97 @@ def data_parallel(module: torch.nn.Module, rank: Rank, device: torch.device) -> 
     """The module itself alone, else wrapped in DistributedDataParallel (gradients averaged)."""
     if rank.world == 1:
         return module
+    # a conv with one input channel gets grads of equivalent but differently written strides
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return DistributedDataParallel(module, device_ids=None if device.type == "cpu" else [device])
 
 
+def fully_sharded(module: torch.nn.Module, rank: Rank, device: torch.device,
+                  units: tuple[type, ...]) -> torch.nn.Module:
+    """The module sharded in place with FSDP: each submodule of the `units` types is one unit
+    (its weights gathered just for its own forward and backward), the rest one more."""
+    if rank.world == 1:
+        return module
+    mesh = init_device_mesh(device.type, (rank.world,))
+    for part in list(module.modules())[1:]:
+        if isinstance(part, units):
+            fully_shard(part, mesh=mesh)
+    return fully_shard(module, mesh=mesh)
+
+
+def gradient_sync(net: torch.nn.Module, enabled: bool):
+    """A context in which backward does (or, to accumulate micro-batches, does not) average the
+    gradients over the processes."""
+    if not enabled and isinstance(net, DistributedDataParallel):
+        return net.no_sync()
+    if not enabled and isinstance(net, FSDPModule):
+        return _fsdp_without_sync(net)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_without_sync(net: FSDPModule):
+    net.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        net.set_requires_gradient_sync(True)
+
+
+def full(value: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole (collective: every process calls it), else the tensor."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def full_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: full(value) for key, value in state.items()}
+
+
+def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """The optimiser's state dict with sharded moments gathered: one process's layout."""
+    state = opt.state_dict()
+    state["state"] = {index: full_state(moments) for index, moments in state["state"].items()}
+    return state
+
+
+def shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A whole tensor cut as the sharded `like` is (every process passes the same whole tensor)."""
+    if isinstance(like, DTensor) and not isinstance(value, DTensor):
+        return distribute_tensor(value.to(like.device), like.device_mesh, like.placements)
+    return value
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a full (one-process layout) optimiser state, sharding moments like their parameters."""
+    opt.load_state_dict(state)
+    for param, moments in opt.state.items():
+        for key, value in moments.items():
+            if value.shape == param.shape:
+                moments[key] = shard_like(value, param)
+
+
+def synchronised_batch_norm(module: torch.nn.Module, rank: Rank, device: torch.device) -> torch.nn.Module:
+    """BatchNorm layers made SyncBatchNorm when several processes share a batch on an accelerator,
+    so they normalise with the global batch's statistics; torch has no CPU SyncBatchNorm, so on
+    CPU each process keeps normalising its own share."""
+    if rank.world == 1 or device.type == "cpu":
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
 def mean_over_processes(value: torch.Tensor, rank: Rank) -> torch.Tensor:
-    """The average of a scalar over all processes (for the log)."""
+    """The average of a tensor over all processes (the log's losses; the global batch's gradient)."""
     if rank.world == 1:
         return value
     total = value.detach().clone()
     dist.all_reduce(total)
     return total / rank.world
+
+
+def mean_of_each(record: dict[str, torch.Tensor], rank: Rank) -> dict[str, float]:
+    """Each scalar of a log record averaged over the processes, in one all-reduce."""
+    values = torch.stack([v.detach().float().reshape(()) for v in record.values()])
+    return dict(zip(record, mean_over_processes(values, rank).tolist()))
 
 
 def barrier(rank: Rank) -> None:
