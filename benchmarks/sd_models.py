@@ -8,7 +8,10 @@ vocabulary (ids < 49408, so it fits the real 49408-row embedding) padding to 77 
 
 size "full" is the real architecture (minutes, GBs); "tiny" keeps the layout (block types,
 head layout, projections, activations, scheduler) at widths of tens, so that a script can be
-checked in seconds. The tiny models follow tests/sd_tiny.py.
+checked in seconds. The tiny models follow tests/sd_tiny.py. "small" is the full layout (four
+UNet levels, two resnets each, the same block types and heads; the four-level VAE) at a fifth
+of SD's UNet widths and a quarter of its VAE's, with a 4-layer 256-wide CLIP: a CPU-sized SD
+whose layers are wide enough for the matmuls to be realistic (benchmarks/vs_diffusers.py).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ TINY_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
     scaling_factor=0.18215,
 )
+SMALL_VAE = SD_VAE | dict(block_out_channels=(32, 64, 128, 128), sample_size=256)
 TINY_BLOCKS = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
 
@@ -75,7 +79,7 @@ TINY_BLOCKS = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
 def model_shape(name: str, size: str = "full") -> SDShape:
     """SD v1.5 (8 heads, 1x1-conv projections, OpenAI CLIP ViT-L/14 with quick_gelu, eps) or
     SD v2.1-v (64-wide heads, linear projections, OpenCLIP ViT-H/14 text tower less its last
-    layer, gelu, v-prediction); size "tiny" keeps each layout at tiny widths."""
+    layer, gelu, v-prediction); sizes "small" and "tiny" keep each layout at smaller widths."""
     v2 = name == "sd-v2.1-v"
     if name not in SHAPES:
         raise ValueError(f"unknown model shape {name!r}; choose one of {SHAPES}")
@@ -87,6 +91,13 @@ def model_shape(name: str, size: str = "full") -> SDShape:
                     num_hidden_layers=23 if v2 else 12, num_attention_heads=16 if v2 else 12,
                     projection_dim=1024 if v2 else 768)
         vae = SD_VAE
+    elif size == "small":  # SD's layout and block types (diffusers' defaults) at CPU widths
+        unet = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, in_channels=4, out_channels=4,
+                    attention_head_dim=(1, 2, 4, 4) if v2 else 8, cross_attention_dim=256, sample_size=32,
+                    use_linear_projection=v2, upcast_attention=v2)
+        text = dict(vocab_size=len(VOCAB), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                    num_attention_heads=4, projection_dim=256)
+        vae = SMALL_VAE
     elif size == "tiny":
         unet = dict(block_out_channels=(64, 128) if v2 else (32, 64), layers_per_block=1, in_channels=4, out_channels=4,
                     attention_head_dim=(1, 2) if v2 else 8, cross_attention_dim=64, sample_size=8,
@@ -95,7 +106,7 @@ def model_shape(name: str, size: str = "full") -> SDShape:
                     num_attention_heads=1, projection_dim=64)
         vae = TINY_VAE
     else:
-        raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
+        raise ValueError(f"size must be 'full', 'small' or 'tiny', got {size!r}")
     text |= dict(max_position_embeddings=TEXT_LENGTH, hidden_act="gelu" if v2 else "quick_gelu",
                  bos_token_id=BOS, eos_token_id=EOS)  # the stand-in tokenizer's ids (pooled output only)
     return SDShape(name, "v2" if v2 else "v1", unet, vae, text)

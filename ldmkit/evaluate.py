@@ -23,28 +23,52 @@ from .pipeline import Pipeline
 
 def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, **settings) -> dict:
     classifier = load_fmnist_classifier(device=pipe.device)
-    test_features, _ = classify(classifier, load_fashion_mnist("test")[0])
+    test_features = fashion_mnist_test_features(classifier)
     real, _ = load_fashion_mnist("train", limit=10 * per_class)
-    floor = feature_frechet_distance(classify(classifier, real)[0], test_features)
+    floor = frechet_to_test(classifier, real, test_features)
     with torch.no_grad():  # what the first stage alone loses: its reconstructions of the same images
         rebuilt = pipe.decode(torch.cat([pipe.autoencoder.to_latent(x.to(pipe.device, pipe.dtype)) for x in real.split(250)]))
-    first_stage = feature_frechet_distance(classify(classifier, rebuilt)[0], test_features)
+    first_stage = frechet_to_test(classifier, rebuilt, test_features)
 
-    prompts = [fashion_mnist.caption(y) for y in range(10)]
     start = time.perf_counter()
-    images = pipe.generate(prompts, num_images=per_class, seed=seed, output="tensor", **settings)
+    images = pipe.generate(fashion_mnist_prompts(), num_images=per_class, seed=seed, output="tensor", **settings)
     seconds = time.perf_counter() - start
-    features, predicted = classify(classifier, images)
-    wanted = torch.arange(10).repeat_interleave(per_class)
-    hits = (predicted == wanted).float()
+    scores = score_class_images(classifier, images, test_features, per_class)
     return {
         "images": len(images),
-        "frechet_distance": feature_frechet_distance(features, test_features),
+        "frechet_distance": scores["frechet_distance"],
         "frechet_floor": floor,
         "frechet_first_stage": first_stage,
+        "class_agreement": scores["class_agreement"],
+        "class_agreement_by_class": scores["class_agreement_by_class"],
+        "seconds_per_image_batched": seconds / len(images),
+    }
+
+
+def fashion_mnist_prompts() -> list[str]:
+    """The 10 class prompts, "a photo of a {class}", in label order."""
+    return [fashion_mnist.caption(y) for y in range(10)]
+
+
+def fashion_mnist_test_features(classifier) -> torch.Tensor:
+    """The classifier's features of the 10,000 test images: what every distance is measured against."""
+    return classify(classifier, load_fashion_mnist("test")[0])[0]
+
+
+def frechet_to_test(classifier, images: torch.Tensor, test_features: torch.Tensor) -> float:
+    """The Frechet distance of images in [-1, 1] to the test set, on the classifier's features."""
+    return feature_frechet_distance(classify(classifier, images)[0], test_features)
+
+
+def score_class_images(classifier, images: torch.Tensor, test_features: torch.Tensor, per_class: int) -> dict:
+    """Frechet distance to the test set and class agreement of `per_class` images of each class
+    prompt, in label order (as generate() returns them for fashion_mnist_prompts())."""
+    features, predicted = classify(classifier, images)
+    hits = (predicted == torch.arange(10).repeat_interleave(per_class)).float()
+    return {
+        "frechet_distance": feature_frechet_distance(features, test_features),
         "class_agreement": hits.mean().item(),
         "class_agreement_by_class": dict(zip(fashion_mnist.CLASS_NAMES, hits.view(10, per_class).mean(1).tolist())),
-        "seconds_per_image_batched": seconds / len(images),
     }
 
 

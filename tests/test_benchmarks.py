@@ -1,0 +1,57 @@
+"""benchmarks/vs_diffusers.py on its tiny config: it runs, checks parity and writes every part."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+PARTS = ("unet forward", "unet training step", "vae encode", "vae decode", "generation (batch 1)")
+
+
+def test_vs_diffusers_tiny_writes_every_part(tmp_path):
+    out = tmp_path / "vs-diffusers-tiny.json"
+    # One thread, one round, a small matmul and no memory children (each one is a fresh
+    # torch + transformers import): the smoke run stays well under 30 s on a shared CPU.
+    command = [sys.executable, str(BENCHMARKS / "vs_diffusers.py"), "--config", "tiny", "--repeats", "1",
+               "--threads", "1", "--matmul-size", "256", "--no-rss", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    parity = report["results"]["parity"]
+    assert parity["passed"]
+    assert {"unet forward", "vae decode", "generation (batch 1)", "training loss"} <= set(parity["rel err"])
+    assert all(value <= parity["target"] for value in parity["rel err"].values())
+
+    parts = report["results"]["parts"]
+    assert set(parts) == set(PARTS)
+    for part in PARTS:
+        for library in ("ldmkit", "diffusers"):
+            assert len(parts[part][library]["seconds"]) == 1
+            assert parts[part][library]["median"] > 0, (part, library)
+        assert parts[part]["ratio diffusers/ldmkit"] > 0
+    training = parts["unet training step"]
+    assert training["flops"]["ldmkit"]["total"] == training["flops"]["diffusers"]["total"] > 0
+    assert all(training["gflop/s"][library] > 0 for library in ("ldmkit", "diffusers"))
+    assert report["matmul peak"]["gflop/s"] > 0
+    assert report["settings"]["threads"] == 1
+    assert report["settings"]["ldmkit options"] == {"channels_last": False,
+                                                    "compile": {"requested": False, "active": False}}
+    assert "ratio = diffusers time / ldmkit time" in done.stdout
+
+
+def test_parity_failure_stops_the_benchmark(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import vs_diffusers
+
+    assert vs_diffusers.require_parity({"unet forward": 1e-6, "vae decode": 0.0})
+    assert not vs_diffusers.require_parity({"unet forward": 1e-6, "vae decode": 0.5})
+    assert not vs_diffusers.require_parity({"generation (batch 1)": math.nan})  # NaN is no agreement
