@@ -18,34 +18,34 @@ COMMAND = [sys.executable, "-m", "ldmkit.cli", "train", "--preset", "tiny", "--s
            "--set", "checkpoint_every=1", "--set", "sample_every=1000"]
 
 
-def _run(out, kill_after: float | None = None) -> bool:
-    """Train in a child process; SIGKILL it after `kill_after` seconds. True if it finished."""
+def _run(out, kill_at_step: int | None = None, delay: float = 0.0) -> bool:
+    """Train in a child process; SIGKILL it `delay` seconds after its log reaches `kill_at_step`
+    steps (as logged: a resumed run's log already holds its earlier steps). True if it finished."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([*COMMAND, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    if kill_after is None:
+    if kill_at_step is None:
         return child.wait(timeout=300) == 0
-    try:
-        return child.wait(timeout=kill_after) == 0
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        return False
+    log, deadline = out / "log.jsonl", time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= kill_at_step:
+            time.sleep(delay)  # somewhere in the next step, or in its checkpoint's write
+            break
+        time.sleep(0.005)
+    if child.poll() is not None:
+        return child.returncode == 0
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return False
 
 
 def test_killed_and_resumed_run_ends_bit_identical(tmp_path):
     assert _run(tmp_path / "whole")
-    start = time.perf_counter()
-    assert _run(tmp_path / "probe")  # how long a run takes here, to place the kills
-    duration = time.perf_counter() - start
     rng = random.Random(0)
-    killed, attempts, finished = 0, 0, False
-    while not finished:
-        # a kill time in the second half of a fresh start's run: past the start-up, inside the
-        # steps (a resumed run has fewer steps left, so a late kill may find it finished)
-        kill_after = duration * rng.uniform(0.5, 0.95) if attempts < 3 else None
-        finished = _run(tmp_path / "killed", kill_after)
-        attempts, killed = attempts + 1, killed + (not finished)
+    # three kills at increasing steps, each at a random moment after that step was logged
+    kills = sorted(rng.sample(range(1, STEPS - 1), 3))
+    killed = sum(not _run(tmp_path / "killed", step, rng.uniform(0.0, 0.3)) for step in kills)
+    assert _run(tmp_path / "killed")  # the last resume runs to the end
     assert killed >= 1
     whole, _, _ = load_checkpoint(tmp_path / "whole" / "checkpoints" / f"step-{STEPS:08d}")
     resumed, _, _ = load_checkpoint(tmp_path / "killed" / "checkpoints" / f"step-{STEPS:08d}")

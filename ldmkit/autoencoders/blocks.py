@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
+from ldmkit.nets.inplace import silu_of_temporary
 
 
 
@@ -25,10 +26,10 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                                  # (B, C_out, H, W)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(silu_of_temporary(self.norm1(x)))                               # (B, C_out, H, W)
+        h = self.conv2(self.dropout(silu_of_temporary(self.norm2(h))))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)      # (B, C_out, H, W)
-        return skip + h
+        return h.add_(skip)  # in place: h is conv2's output, which backward does not need
 
 
 class Downsample(nn.Module):

@@ -11,11 +11,11 @@ Names: B batch, C channels, H W image size, f downsampling factor, c latent chan
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ldmkit.autoencoders.blocks import Downsample, MidAttention, ResnetBlock
 from ldmkit.nets.unet import Upsample  # nearest x2 then a 3x3 conv, the same in both stages
 from ldmkit.autoencoders.config import AutoencoderConfig
+from ldmkit.nets.inplace import silu_of_temporary
 
 
 class DownBlock(nn.Module):
@@ -86,7 +86,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             h = block(h)                                                   # ... (B, C_L, H/f, W/f)
         h = self.mid_block(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))                # (B, c or 2c, H/f, W/f)
+        return self.conv_out(silu_of_temporary(self.conv_norm_out(h)))                 # (B, c or 2c, H/f, W/f)
 
 
 class Decoder(nn.Module):
@@ -111,4 +111,4 @@ class Decoder(nn.Module):
         h = self.mid_block(h)
         for block in self.up_blocks:
             h = block(h)                                                       # ... (B, C_0, H, W)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))                    # (B, C_out, H, W)
+        return self.conv_out(silu_of_temporary(self.conv_norm_out(h)))                 # (B, C_out, H, W)

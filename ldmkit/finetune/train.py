@@ -24,7 +24,7 @@ from ..diffusion import diffusion_loss
 from ..io import save_checkpoint
 from ..train.checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from ..train.logging import JsonlLog, plot_losses
-from ..train.steps import step_generator
+from ..train.steps import fused_adam, step_generator
 from ..utils.images import image_grid, save_png
 from .config import FinetuneConfig
 from .methods import prepare_method
@@ -67,7 +67,7 @@ def finetune(pipe, config: FinetuneConfig, run_dir: str | Path, resume: bool = T
                  {"prompts": list(config.class_prompts)})
     method = prepare_method(pipe, config, captions + (prior[1] if prior else []))
     params = [p for p in method.module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    opt = fused_adam(params, lr=config.learning_rate)
 
     log = JsonlLog(run_dir / "log.jsonl")
     start, meta = 0, {"type": "finetune-run", "train": to_dict(config), "model": pipe.name}

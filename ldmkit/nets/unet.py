@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from ldmkit.nets.attention import SpatialTransformer
 from ldmkit.nets.config import UNetConfig
 from ldmkit.nets.embeddings import TimestepEmbedding, timestep_embedding
+from ldmkit.nets.inplace import silu_of_temporary
 
 
 class ResBlock(nn.Module):
@@ -36,11 +37,11 @@ class ResBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                                  # (B, C_out, H, W)
-        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]              # + (B, C_out, 1, 1)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(silu_of_temporary(self.norm1(x)))                               # (B, C_out, H, W)
+        h += self.time_emb_proj(F.silu(emb))[:, :, None, None]  # in place: no layer keeps a conv's output
+        h = self.conv2(self.dropout(silu_of_temporary(self.norm2(h))))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)      # (B, C_out, H, W)
-        return skip + h
+        return h.add_(skip)  # in place: h is conv2's output, which backward does not need
 
 
 class Downsample(nn.Module):
@@ -183,7 +184,7 @@ class UNet(nn.Module):
             if level.upsamplers is not None:
                 h = level.upsamplers[0](h)                             # (B, C_level, 2H', 2W')
 
-        h = F.silu(self.conv_norm_out(h))
+        h = silu_of_temporary(self.conv_norm_out(h))
         return self.conv_out(h)                                        # (B, out_channels, H, W)
 
 

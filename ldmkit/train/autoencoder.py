@@ -44,7 +44,7 @@ from .autoencoder_config import AutoencoderTrainConfig, DataConfig
 from . import distributed
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .logging import JsonlLog, plot_losses
-from .steps import NonFiniteSteps, learning_rate, mixed_precision, step_generator
+from .steps import NonFiniteSteps, fused_adam, learning_rate, mixed_precision, step_generator
 
 
 def load_images(data: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,8 +189,8 @@ def train_autoencoder(
         model.encoder.requires_grad_(False)
         model.quant_conv.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=config.lr, betas=config.adam_betas)
-    disc_opt = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
+    opt = fused_adam(trainable, lr=config.lr, betas=config.adam_betas)
+    disc_opt = fused_adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas) if disc else None
     net = distributed.data_parallel(model, rank, device)
     disc_net = distributed.data_parallel(disc, rank, device) if disc is not None else None
 

@@ -38,7 +38,7 @@ from .diffusion_config import DiffusionTrainConfig
 from .ema import EMA
 from .logging import JsonlLog, plot_losses
 from .masks import random_masks
-from .steps import NonFiniteSteps, learning_rate, mixed_precision, step_generator
+from .steps import NonFiniteSteps, fused_adam, learning_rate, mixed_precision, step_generator
 
 
 def resolve_repo_path(path: str) -> Path:
@@ -166,7 +166,7 @@ def train_diffusion(
         UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
         GenerationDefaults(guidance=config.guidance), name=run_dir.name,
     )
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = fused_adam(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
     start, seconds_before = 0, 0.0
