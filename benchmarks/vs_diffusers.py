@@ -51,8 +51,8 @@ Configs (--config):
   sd15   the real SD v1.5 shapes at 512 px: generation only (minutes per image on a CPU); the
          same code path as small.
 
-ldmkit options (ldmkit only; recorded in the JSON): --channels-last converts ldmkit's UNet and VAE
-and their inputs to torch.channels_last; --compile wraps ldmkit's UNet in torch.compile, falling
+ldmkit options (ldmkit only; recorded in the JSON): --channels-last converts ldmkit's UNet and its
+inputs to torch.channels_last too (ldmkit's VAE is channels_last by default); --compile wraps ldmkit's UNet in torch.compile, falling
 back to eager with a warning when compilation fails.
 """
 
@@ -389,7 +389,7 @@ def parse_args(argv=None):
     parser.add_argument("--generation-batches", default="1", help="comma-separated generation batch sizes")
     parser.add_argument("--steps", type=int, default=20, help="generation steps")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul peak")
-    parser.add_argument("--channels-last", action="store_true", help="ldmkit: channels_last UNet / VAE / inputs")
+    parser.add_argument("--channels-last", action="store_true", help="ldmkit: channels_last UNet and inputs too")
     parser.add_argument("--compile", action="store_true", help="ldmkit: torch.compile the UNet")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend ('eager': dynamo without inductor, to check the plumbing)")

@@ -98,13 +98,19 @@ def clip_text_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tenso
     elif pad_token is not None:
         tokenizer.pad_token = pad_token
     known = set(CLIPTextConfig().to_dict())
-    model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k in known}))
+    with torch.device("meta"):  # as build(): the file's tensors become the weights, no random init
+        model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k in known}))
     state = _clip_names_for(model, {k: v for k, v in state.items() if not k.endswith("position_ids")})
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise CheckpointError(f"the text encoder weights do not fit CLIPTextModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return CLIPTextEncoder(model, tokenizer)
+    for name, buffer in list(model.named_buffers()):  # position_ids, which files may leave out: 0, 1, ...
+        if buffer.is_meta and name.endswith("position_ids"):
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(
+                leaf, torch.arange(buffer.shape[-1]).expand(buffer.shape).clone(), persistent=False)
+    return CLIPTextEncoder(model.eval(), tokenizer)
 
 
 def _clip_names_for(model, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
