@@ -130,18 +130,6 @@ def _save_reconstructions(model: Autoencoder, images: torch.Tensor, path: Path, 
     save_png(grid, path, {"ldmkit": "autoencoder-reconstructions", "step": step})
 
 
-def _train_state(step, model, disc, opt, disc_opt, config, seconds) -> tuple[dict, dict, dict]:
-    states = {"autoencoder": model.state_dict()}
-    if disc is not None:
-        states["discriminator"] = disc.state_dict()
-    meta = {"type": "autoencoder-run", "train": to_dict(config)}
-    # the global RNG too: VQ dead-code restarts draw from it
-    train_state = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "seconds": seconds}
-    if disc_opt is not None:
-        train_state["disc_optimizer"] = disc_opt.state_dict()
-    return states, meta, train_state
-
-
 def train_autoencoder(
     config: AutoencoderTrainConfig,
     run_dir: str | Path,
@@ -226,9 +214,14 @@ def train_autoencoder(
     t0 = time.perf_counter()
 
     def save_state(done: int) -> None:
-        seconds = seconds_before + time.perf_counter() - t0
-        states, meta, train_state = _train_state(done, model, disc, opt, disc_opt, config, seconds)
-        train_state["skipped_nonfinite"] = nonfinite.skipped
+        states = {"autoencoder": model.state_dict()}
+        # the global RNG too: VQ dead-code restarts draw from it
+        train_state = {"step": done, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                       "seconds": seconds_before + time.perf_counter() - t0, "skipped_nonfinite": nonfinite.skipped}
+        if disc is not None:
+            states["discriminator"] = disc.state_dict()
+            train_state["disc_optimizer"] = disc_opt.state_dict()
+        meta = {"type": "autoencoder-run", "train": to_dict(config)}
         save_checkpoint(checkpoint_dir(run_dir, done), states, meta, train_state)
         prune_checkpoints(run_dir, config.keep_checkpoints)
 

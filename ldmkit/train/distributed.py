@@ -39,10 +39,6 @@ class Rank:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def shard(self) -> tuple[int, int]:
-        return self.rank, self.world
-
     def rows(self, global_batch: int) -> slice:
         """This process's rows of a global batch."""
         share = global_batch // self.world
@@ -163,11 +159,6 @@ def mean_of_each(record: dict[str, torch.Tensor], rank: Rank) -> dict[str, float
     """Each scalar of a log record averaged over the processes, in one all-reduce."""
     values = torch.stack([v.detach().float().reshape(()) for v in record.values()])
     return dict(zip(record, mean_over_processes(values, rank).tolist()))
-
-
-def barrier(rank: Rank) -> None:
-    if rank.world > 1:
-        dist.barrier()
 
 
 def finish(rank: Rank) -> None:
