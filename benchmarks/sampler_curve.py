@@ -1,16 +1,19 @@
 """Sampler efficiency curve of the shipped Fashion-MNIST model: image quality against sampling steps.
 
     python benchmarks/sampler_curve.py [--samplers ddim dpmpp_2m ...] [--steps 5 10 20 50 100]
-        [--per-class 100] [--reference-steps 1000] [--guidance G] [--seed 0] [--threads N]
-        [--out docs/results/sampler-curve.json] [--plot docs/images/sampler-curve.png] [--resume]
+        [--per-class 100] [--chunk 10] [--reference-steps 1000] [--guidance G] [--seed 0] [--threads N]
+        [--out docs/results/sampler-curve.json] [--plot docs/images/sampler-curve.png] [--cache DIR] [--resume]
 
 For every sampler and step count ("cell"), `--per-class` images of each of the 10 class prompts
 ("a photo of a {class}") are generated at the model's default guidance, image k from seed + k in
 every cell, and scored as `ldmkit evaluate` scores the model (ldmkit/evaluate.py): the squared
 Frechet distance (FD) of the shipped classifier's features against the 10,000 test images, and
-class agreement (the share the classifier puts in the prompt's class). Next to them: the UNet
-calls (counted by a hook on the UNet's forward; all images of a cell go through in one batch, so
-that count is the number of denoiser evaluations each image got, and each call carries the
+class agreement (the share the classifier puts in the prompt's class). At a few hundred images
+FD is dominated by its small-sample bias (real images score worse than some generators), so
+next to it stands FD_inf, the bias extrapolated away (Chong & Forsyth 2020), and FD_inf of each
+half of the images apart, which shows how much it moves with other images. Next to them: the UNet
+calls (counted by a hook on the UNet's forward; the images of a chunk go through in one batch,
+so that count is the number of denoiser evaluations each image got, and each call carries the
 conditional and unconditional halves of classifier-free guidance together) and the wall time of
 generation (prompt encoding, sampling, decoding; not the scoring).
 
@@ -19,13 +22,16 @@ from the same prompts and seeds; FD / FD_reference says how close a cell comes t
 is the FD of as many real training images (the first 10 x per-class, as `ldmkit evaluate`): what
 a perfect generator would score with this sample size.
 
-The JSON (--out) is rewritten after every cell and never overwritten: --resume keeps its cells and
-computes only the missing ones. The plot (--plot) shows FD against steps, one line per sampler, the
-reference with a band up to +10%, and the floor.
+Nothing is lost to a killed run: images are generated in chunks of `--chunk` per class, whose
+classifier features are kept in `--cache` (safetensors, checked against the cell and settings
+when read back); the JSON (--out) is rewritten after every cell and never overwritten, and
+--resume keeps its cells and the cached chunks and computes only what is missing. The plot
+(--plot) shows FD and FD_inf against steps, one line per sampler, the reference with a band up
+to +10%, and the floor.
 
 Cost: ~3.5 ms per image and UNet evaluation on one CPU thread, plus ~15 ms per image and cell
-(text encoder, decoder). The default grid is 2,475 evaluations of 1,000 images, ~2.6 h on one
-thread; --per-class 30 takes ~45 min on one thread, roughly 30 on two.
+(text encoder, decoder). The 1000-step reference at 1,000 images is ~30 min on two threads; a
+20-step cell ~1 min.
 
 A tiny run (under a minute, for checking):
 
@@ -48,13 +54,16 @@ from tqdm.auto import tqdm
 
 from ldmkit.data import load_fashion_mnist
 from ldmkit.diffusion import SAMPLERS
-from ldmkit.evaluate import fashion_mnist_prompts, fashion_mnist_test_features, frechet_to_test, score_class_images
-from ldmkit.metrics import load_fmnist_classifier
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ldmkit.evaluate import fashion_mnist_prompts, fashion_mnist_test_features
+from ldmkit.metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
 from ldmkit.pipeline import Pipeline
 
 REFERENCE_SAMPLER = "ddpm"
 # settings that must match for a resumed file's cells to be comparable with new ones
-RUN_KEYS = ("model", "per_class", "guidance", "seed", "reference_sampler", "reference_steps")
+RUN_KEYS = ("model", "per_class", "chunk_per_class", "guidance", "seed", "reference_sampler", "reference_steps")
 
 
 class UNetCounter:
@@ -97,34 +106,101 @@ class Bench:
         return fashion_mnist_test_features(self.classifier)
 
 
-def run_cell(bench: Bench, sampler: str, steps: int, settings: dict) -> dict:
-    """Generate the cell's images in one batch and score them."""
-    per_class = settings["per_class"]
-    bench.counter.reset()
-    start = time.perf_counter()
-    images = bench.pipe.generate(fashion_mnist_prompts(), num_images=per_class, steps=steps, sampler=sampler,
-                                 guidance=settings["guidance"], seed=settings["seed"], output="tensor",
-                                 batch_size=10 * per_class)  # one sampler run: UNet calls = evaluations per image
-    seconds = time.perf_counter() - start
-    scores = score_class_images(bench.classifier, images, bench.test_features, per_class)
+def run_cell(bench: Bench, sampler: str, steps: int, settings: dict, cache: Path) -> dict:
+    """Generate and score the cell's images, chunk by chunk; a chunk whose features are in the
+    cache is read back, so that a killed run loses at most one chunk."""
+    chunks = [cached_chunk(bench, sampler, steps, settings, index, cache)
+              for index in range(settings["per_class"] // settings["chunk_per_class"])]
+    features = torch.cat([c["features"] for c in chunks])
+    predicted = torch.cat([c["predicted"] for c in chunks])
+    labels = torch.arange(10).repeat_interleave(settings["chunk_per_class"]).repeat(len(chunks))
+    half = len(chunks) // 2 * 10 * settings["chunk_per_class"]
+    meta = chunks[0]["meta"]
     return {
         "sampler": sampler,
         "steps": steps,
-        "frechet_distance": scores["frechet_distance"],
-        "fd_over_reference": None,  # filled in by save_results, once the reference is known
-        "nfe": bench.counter.calls,
-        "unet_rows_per_call": bench.counter.rows / bench.counter.calls,
-        "seconds": seconds,
-        "unet_seconds": bench.counter.seconds,  # the part that grows with NFE (the rest: text encoder, decoder)
-        "class_agreement": scores["class_agreement"],
-        "threads": torch.get_num_threads(),
+        **frechet_scores(features, bench.test_features, halves=half),
+        "fd_over_reference": None,  # these are filled in by save_results, once the reference is known
+        "fd_inf_over_reference": None,
+        "nfe": int(meta["nfe"]),
+        "unet_rows_per_call": float(meta["unet_rows_per_call"]),
+        "seconds": sum(float(c["meta"]["seconds"]) for c in chunks),
+        "unet_seconds": sum(float(c["meta"]["unet_seconds"]) for c in chunks),  # grows with NFE; the rest:
+        "class_agreement": (predicted == labels).double().mean().item(),  # text encoder, decoder
+        "threads": int(meta["threads"]),
     }
+
+
+def frechet_scores(features: torch.Tensor, test_features: torch.Tensor, halves: int) -> dict:
+    """FD to the test set, FD_inf (its small-sample bias removed), and FD_inf of the first `halves`
+    images and of the rest apart: how far it moves with other images. FD_inf is None where the
+    images are too few for it (no more than twice the feature width)."""
+    return {
+        "frechet_distance": feature_frechet_distance(features, test_features),
+        "fd_inf": fd_inf(features, test_features),
+        "fd_inf_halves": None if halves == 0 else [fd_inf(features[:halves], test_features),
+                                                   fd_inf(features[halves:], test_features)],
+    }
+
+
+def fd_inf(features: torch.Tensor, test_features: torch.Tensor) -> float | None:
+    try:
+        return extrapolated_frechet_distance(features, test_features)
+    except ValueError:  # too few images
+        return None
+
+
+def chunk_identity(sampler: str, steps: int, settings: dict, index: int) -> dict[str, str]:
+    """What makes a cached chunk the one asked for: it must match to the letter to be reused."""
+    keys = ("model", "guidance", "seed", "chunk_per_class")
+    return {"sampler": sampler, "steps": str(steps), "chunk": str(index)} | {k: str(settings[k]) for k in keys}
+
+
+def cached_chunk(bench: Bench, sampler: str, steps: int, settings: dict, index: int, cache: Path) -> dict:
+    """Chunk `index` of a cell: `chunk_per_class` images of each class prompt, image k of the chunk
+    from seed + index * 10 * chunk_per_class + k. Read from the cache if there, else generated,
+    classified and cached (features and predictions only: a few hundred kB a cell)."""
+    identity = chunk_identity(sampler, steps, settings, index)
+    path = cache / f"{sampler}-{steps}" / f"chunk{index:04d}.safetensors"
+    if path.exists():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                tensors = {k: f.get_tensor(k) for k in ("features", "predicted")}
+        except Exception as err:
+            raise SystemExit(f"{path} is not a readable chunk ({err}): remove it, and it is computed again") from None
+        wrong = {k: (meta.get(k), v) for k, v in identity.items() if meta.get(k) != v}
+        if wrong:
+            raise SystemExit(f"{path} holds another chunk {wrong} (file, asked): remove {cache} or give another --out")
+        return tensors | {"meta": meta}
+
+    per_class = settings["chunk_per_class"]
+    bench.counter.reset()
+    start = time.perf_counter()
+    images = bench.pipe.generate(fashion_mnist_prompts(), num_images=per_class, steps=steps, sampler=sampler,
+                                 guidance=settings["guidance"], seed=settings["seed"] + index * 10 * per_class,
+                                 output="tensor", batch_size=10 * per_class)  # one batch: UNet calls = NFE
+    seconds = time.perf_counter() - start
+    features, predicted = classify(bench.classifier, images)
+    meta = identity | {
+        "nfe": str(bench.counter.calls),
+        "unet_rows_per_call": str(bench.counter.rows / bench.counter.calls),
+        "seconds": str(seconds),
+        "unet_seconds": str(bench.counter.seconds),
+        "threads": str(torch.get_num_threads()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")  # a run killed while writing leaves no half file
+    save_file({"features": features.contiguous(), "predicted": predicted.contiguous()}, str(partial), metadata=meta)
+    os.replace(partial, path)
+    return {"features": features, "predicted": predicted, "meta": meta}
 
 
 def floor(bench: Bench, per_class: int) -> dict:
     """FD of as many real training images as each cell generates (as `ldmkit evaluate`'s floor)."""
     real, _ = load_fashion_mnist("train", limit=10 * per_class)
-    return {"images": len(real), "frechet_distance": frechet_to_test(bench.classifier, real, bench.test_features)}
+    features = classify(bench.classifier, real)[0]
+    return {"images": len(real), **frechet_scores(features, bench.test_features, halves=len(real) // 2)}
 
 
 # ---- the results file ----------------------------------------------------------------------------
@@ -133,15 +209,19 @@ def run_settings(args: argparse.Namespace, bench: Bench) -> dict:
     return {
         "model": args.model,
         "per_class": args.per_class,
+        "chunk_per_class": args.chunk,
         "images": images,
         "guidance": bench.pipe.resolve_settings(guidance=args.guidance)[2],
         "seed": args.seed,
-        "seeds": f"{args.seed}..{args.seed + images - 1}: image k (class-major) from seed + k in every cell",
+        "seeds": f"{args.seed}..{args.seed + images - 1}: image k from seed + k in every cell, in chunks of "
+                 f"{args.chunk} per class (class-major within a chunk)",
         "reference_sampler": REFERENCE_SAMPLER,
         "reference_steps": args.reference_steps,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "metric": "squared Frechet distance of the fmnist classifier's 128-d features to the 10,000 test images",
+        "metric": "squared Frechet distance of the fmnist classifier's 128-d features to the 10,000 test images; "
+                  "fd_inf: the same with the small-sample bias extrapolated away (Chong & Forsyth 2020), "
+                  "fd_inf_halves: fd_inf of the first and second half of the images apart",
         "seconds": "generation only (prompt encoding, sampling, decoding), all images in one batch; "
                    "unet_seconds: the part inside the UNet",
     }
@@ -168,6 +248,7 @@ def save_results(results: dict, path: Path) -> None:
     reference = results["reference"]
     for cell in ([reference] + results["cells"]) if reference else []:
         cell["fd_over_reference"] = cell["frechet_distance"] / reference["frechet_distance"]
+        cell["fd_inf_over_reference"] = cell["fd_inf"] / reference["fd_inf"] if reference["fd_inf"] else None
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(results, indent=2) + "\n")
@@ -184,56 +265,63 @@ def missing_cells(results: dict, samplers: list[str], steps: list[int], referenc
 
 # ---- reporting -------------------------------------------------------------------------------
 def table(results: dict) -> str:
-    header = f"{'sampler':<14}{'steps':>6}{'FD':>9}{'FD/ref':>8}{'NFE':>6}{'seconds':>9}{'agreement':>11}"
+    header = (f"{'sampler':<14}{'steps':>6}{'FD':>8}{'/ref':>7}{'FD_inf':>8}{'/ref':>7}{'halves':>13}{'NFE':>6}"
+              f"{'seconds':>9}{'agreement':>11}")
     lines = [header, "-" * len(header)]
     reference = [results["reference"] | {"sampler": f"{REFERENCE_SAMPLER} (ref)"}] if results["reference"] else []
+
+    def number(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for r in reference + results["cells"]:
-        ratio = "" if r.get("fd_over_reference") is None else f"{r['fd_over_reference']:.3f}"
-        lines.append(f"{r['sampler']:<14}{r['steps']:>6}{r['frechet_distance']:>9.3f}{ratio:>8}{r['nfe']:>6}"
+        halves = " ".join(number(h, 2) for h in r["fd_inf_halves"] or [])
+        lines.append(f"{r['sampler']:<14}{r['steps']:>6}{r['frechet_distance']:>8.3f}"
+                     f"{number(r['fd_over_reference']):>7}"
+                     f"{number(r['fd_inf']):>8}{number(r['fd_inf_over_reference']):>7}{halves:>13}{r['nfe']:>6}"
                      f"{r['seconds']:>9.1f}{r['class_agreement']:>11.1%}")
     if results["floor"]:
         real = results["floor"]
-        lines.append(f"floor: {real['images']} real training images, FD {real['frechet_distance']:.3f}")
+        lines.append(f"floor: {real['images']} real training images, FD {real['frechet_distance']:.3f}, "
+                     f"FD_inf {number(real['fd_inf'])}")
     return "\n".join(lines)
 
 
 def plot(results: dict, out: Path) -> Path:
-    """FD against steps (log x), one line per sampler; the reference, a band up to +10%, the floor."""
+    """FD and FD_inf against steps (log x), one line per sampler; the reference with a band up to
+    +10%, and the floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     samplers = dict.fromkeys(c["sampler"] for c in results["cells"])  # in run order
-    for sampler in samplers:
-        cells = sorted((c["steps"], c["frechet_distance"]) for c in results["cells"] if c["sampler"] == sampler)
-        color = f"C{list(SAMPLERS).index(sampler)}"  # a sampler keeps its colour whichever ones are run
-        ax.plot(*zip(*cells), marker="o", ms=3, lw=1.5, color=color, label=sampler)
-    values = [c["frechet_distance"] for c in results["cells"]]
-    if results["reference"]:
-        ref = results["reference"]
-        fd = ref["frechet_distance"]
-        ax.axhline(fd, color="black", lw=1, label=f"{REFERENCE_SAMPLER} {ref['steps']} steps")
-        ax.axhspan(fd, 1.1 * fd, color="black", alpha=0.08, lw=0)
-        ax.axhline(1.1 * fd, color="black", lw=0.8, ls="--", label="+10%")
-        values.append(fd)
-    if results["floor"]:
-        ax.axhline(results["floor"]["frechet_distance"], color="grey", lw=1, ls=":",
-                   label=f"floor ({results['floor']['images']} real images)")
-        values.append(results["floor"]["frechet_distance"])
-    ax.set_xscale("log")
     steps = sorted({c["steps"] for c in results["cells"]})
-    ax.set_xticks(steps, [str(n) for n in steps])
-    ax.minorticks_off()
-    if values and min(values) > 0 and max(values) / min(values) > 10:
-        ax.set_yscale("log")
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("Frechet distance (classifier features)")
+    for ax, key, name in zip(axes, ("frechet_distance", "fd_inf"), ("FD", "FD_inf (small-sample bias removed)")):
+        for sampler in samplers:
+            cells = sorted((c["steps"], c[key]) for c in results["cells"] if c["sampler"] == sampler and c[key])
+            if not cells:
+                continue
+            color = f"C{list(SAMPLERS).index(sampler)}"  # a sampler keeps its colour whichever ones are run
+            ax.plot(*zip(*cells), marker="o", ms=3, lw=1.5, color=color, label=sampler)
+        if results["reference"] and results["reference"][key]:
+            ref = results["reference"]
+            ax.axhline(ref[key], color="black", lw=1, label=f"{REFERENCE_SAMPLER} {ref['steps']} steps")
+            ax.axhspan(ref[key], 1.1 * ref[key], color="black", alpha=0.08, lw=0)
+            ax.axhline(1.1 * ref[key], color="black", lw=0.8, ls="--", label="+10%")
+        if results["floor"] and results["floor"][key]:
+            ax.axhline(results["floor"][key], color="grey", lw=1, ls=":",
+                       label=f"floor ({results['floor']['images']} real images)")
+        ax.set_xscale("log")
+        ax.set_xticks(steps, [str(n) for n in steps])
+        ax.minorticks_off()
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
     s = results["settings"]
-    ax.set_title(f"{s['model']}: {s['images']} images, guidance {s['guidance']}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    fig.suptitle(f"{s['model']}: {s['images']} images a cell, guidance {s['guidance']}; "
+                 "Frechet distance of classifier features to the test set", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -248,6 +336,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50, 100])
     parser.add_argument("--per-class", type=int, default=100, help="images per class prompt in every cell")
+    parser.add_argument("--chunk", type=int, default=10,
+                        help="images per class prompt generated together; a multiple of it is kept in --cache")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="where each chunk's classifier features are kept (default: next to --out, "
+                             "NAME-features/); a killed run resumes from them")
     parser.add_argument("--reference-steps", type=int, default=1000, help=f"steps of the {REFERENCE_SAMPLER} reference")
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=0)
@@ -258,6 +351,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.per_class < 1 or min(args.steps) < 1 or args.reference_steps < 1:
         parser.error("--per-class, --steps and --reference-steps must be >= 1")
+    args.chunk = min(args.chunk, args.per_class)
+    if args.chunk < 1 or args.per_class % args.chunk:
+        parser.error(f"--per-class ({args.per_class}) must be a multiple of --chunk ({args.chunk})")
+    args.cache = args.cache or args.out.with_name(args.out.stem + "-features")
     return args
 
 
@@ -276,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(todo, desc="sampler curve", unit="cell")
     for role, sampler, steps in bar:
         bar.set_postfix_str(f"{sampler} {steps} steps")
-        cell = run_cell(bench, sampler, steps, results["settings"])
+        cell = run_cell(bench, sampler, steps, results["settings"], args.cache)
         if role == "reference":
             results["reference"] = cell
         else:

@@ -55,3 +55,15 @@ def test_parity_failure_stops_the_benchmark(monkeypatch):
     assert vs_diffusers.require_parity({"unet forward": 1e-6, "vae decode": 0.0})
     assert not vs_diffusers.require_parity({"unet forward": 1e-6, "vae decode": 0.5})
     assert not vs_diffusers.require_parity({"generation (batch 1)": math.nan})  # NaN is no agreement
+
+
+def test_upsample_benchmark_times_both_ways_and_they_agree(tmp_path):
+    out = tmp_path / "upsample.json"
+    command = [sys.executable, str(BENCHMARKS / "upsample.py"), "--only", "small UNet 8->16", "--repeats", "1",
+               "--threads", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["backward"] and row["input"] == [4, 256, 8, 8]
+    assert row["max_abs_difference"] < 1e-4 and row["median_two_step"] > 0 and row["median_small_grid"] > 0

@@ -7,7 +7,14 @@ import torch
 from scipy import linalg
 
 from ldmkit.data import load_fashion_mnist
-from ldmkit.metrics import classify, feature_frechet_distance, frechet_distance, gaussian_statistics, load_fmnist_classifier
+from ldmkit.metrics import (
+    classify,
+    extrapolated_frechet_distance,
+    feature_frechet_distance,
+    frechet_distance,
+    gaussian_statistics,
+    load_fmnist_classifier,
+)
 
 
 def test_frechet_distance_of_diagonal_gaussians_is_closed_form():
@@ -26,6 +33,25 @@ def test_frechet_distance_matches_the_scipy_sqrtm_formula():
     reference = np.sum((m1 - m2).numpy() ** 2) + np.trace(s1.numpy() + s2.numpy() - 2 * root)
     assert feature_frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
     assert feature_frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_extrapolated_frechet_distance_removes_the_small_sample_bias():
+    # 300 samples of N(mu, diag(s)) against N(0, I): the closed form is |mu|^2 + sum (1 - sqrt(s))^2
+    dim = 16
+    scales, mu = torch.linspace(0.5, 2.0, dim, dtype=torch.float64), torch.full((dim,), 0.1, dtype=torch.float64)
+    exact = float(mu @ mu + ((1 - scales.sqrt()) ** 2).sum())
+    reference = torch.randn(50_000, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain, extrapolated = [], []
+    for trial in range(20):
+        x = mu + scales.sqrt() * torch.randn(300, dim, generator=torch.Generator().manual_seed(trial + 1), dtype=torch.float64)
+        plain.append(feature_frechet_distance(x, reference))
+        extrapolated.append(extrapolated_frechet_distance(x, reference, seed=trial))
+    plain_bias = sum(plain) / len(plain) - exact
+    extrapolated_bias = sum(extrapolated) / len(extrapolated) - exact
+    assert plain_bias > 0.25  # about tr(S) / N = 0.33 on a true distance of 1.05
+    assert abs(extrapolated_bias) < 0.1  # its standard error over 20 trials is about 0.04
+    with pytest.raises(ValueError, match="too few"):
+        extrapolated_frechet_distance(x[:3], reference)
 
 
 def test_gaussian_statistics_refuse_too_few_samples():

@@ -72,7 +72,9 @@ def test_fresh_lora_changes_nothing_and_only_adapters_train():
     inputs = unet_inputs()
     before = run(unet, inputs)
     network = LoRANetwork.create({"unet": unet}, rank=4, targets=ALL).attach({"unet": unet})
-    assert torch.equal(run(unet, inputs), before)
+    # equal up to rounding: a hooked upsampler conv runs on the upsampled input, an unhooked one
+    # on the small grid (ldmkit/nets/upsample.py); every adapter adds exact zeros
+    torch.testing.assert_close(run(unet, inputs), before, rtol=1e-5, atol=1e-6)
 
     paths = {path for (_, path), _ in network.items()}
     assert {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0", "mid_block.attentions.0.proj_in",

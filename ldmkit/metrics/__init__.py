@@ -1,5 +1,5 @@
 """Image quality measures, the Frechet distance, and the Fashion-MNIST metric network."""
 
 from .fmnist_classifier import FashionClassifier, classify, load_fmnist_classifier
-from .frechet import feature_frechet_distance, frechet_distance, gaussian_statistics
+from .frechet import extrapolated_frechet_distance, feature_frechet_distance, frechet_distance, gaussian_statistics
 from .image_quality import gradient_energy_ratio, psnr, ssim

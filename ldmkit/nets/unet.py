@@ -19,6 +19,7 @@ from ldmkit.nets.attention import SpatialTransformer
 from ldmkit.nets.config import UNetConfig
 from ldmkit.nets.embeddings import TimestepEmbedding, timestep_embedding
 from ldmkit.nets.inplace import silu_of_temporary
+from ldmkit.nets.upsample import Upsample
 
 
 class ResBlock(nn.Module):
@@ -51,16 +52,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)                                                    # (B, C, H/2, W/2)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")                 # (B, C, 2H, 2W)
-        return self.conv(x)
 
 
 class Level(nn.Module):
