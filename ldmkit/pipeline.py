@@ -31,6 +31,7 @@ from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .nets import UNet
 from .train.diffusion_config import LatentDiffusionConfig
 from .utils.images import to_pil
+from .utils.memory_format import to_channels_last_owned
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the models shipped in the repository
 BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint")
@@ -103,7 +104,7 @@ class Pipeline:
         # channels_last: oneDNN runs the VAE's wide full-resolution convolutions without
         # reordered copies (measured against diffusers at 256 px on CPU: encode 1.08x -> 1.46x,
         # decode 0.84x -> 1.15x; docs/benchmarks.md). The UNet gained nothing, so it stays.
-        self.autoencoder.to(memory_format=torch.channels_last)
+        to_channels_last_owned(self.autoencoder)
         self.text_encoder, self.class_names = text_encoder, list(class_names or [])
         self.defaults, self.name = defaults, name
         self.meta = dict(meta or {})  # the model folder's config.json: training run, dataset, metrics

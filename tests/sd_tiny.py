@@ -4,6 +4,7 @@ download), laid out exactly as the real v1 and v2 ones are: the references of th
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -59,10 +60,9 @@ def tiny_sd(version: str = "v1", seed: int = 0, in_channels: int = 4):
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-    import tempfile
-
-    folder = write_tokenizer(Path(tempfile.mkdtemp(prefix="tiny-sd-tokenizer-")), "!" if v2 else None)
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    with tempfile.TemporaryDirectory(prefix="tiny-sd-tokenizer-") as tmp:  # the tokenizer keeps its vocab in memory
+        folder = write_tokenizer(Path(tmp), "!" if v2 else None)
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction" if v2 else "epsilon")
     return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,

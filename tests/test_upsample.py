@@ -32,7 +32,7 @@ def test_upsample_conv_equals_interpolate_then_conv(shape):
 
 def test_upsample_keeps_the_memory_format_and_float32_values():
     module = Upsample(8)
-    x = torch.randn(2, 8, 6, 6)
+    x = torch.randn(2, 8, 16, 20)  # at least 16 x 16 pixels: computed on the small grid
     torch.testing.assert_close(module(x), two_step(x, module.conv.weight, module.conv.bias), rtol=1e-5, atol=1e-5)
     module = module.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -41,10 +41,18 @@ def test_upsample_keeps_the_memory_format_and_float32_values():
     torch.testing.assert_close(out, two_step(x, module.conv.weight, module.conv.bias), rtol=1e-5, atol=1e-5)
 
 
+def test_small_inputs_and_hooked_convs_take_the_two_step_route(monkeypatch):
+    module, calls = Upsample(4), []
+    monkeypatch.setattr("ldmkit.nets.upsample.upsample_conv", lambda *args: calls.append(args) or args[0])
+    assert module(torch.randn(1, 4, 8, 8)).shape == (1, 4, 16, 16) and calls == []  # 64 pixels: two steps
+    module(torch.randn(1, 4, 16, 16))
+    assert len(calls) == 1
+
+
 def test_a_hook_on_the_conv_sees_the_upsampled_input():
-    module, x = Upsample(4), torch.randn(1, 4, 3, 3)
+    module, x = Upsample(4), torch.randn(1, 4, 16, 16)
     seen = []
     module.conv.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape) or out + 1)
     expected = two_step(x, module.conv.weight, module.conv.bias) + 1
     torch.testing.assert_close(module(x), expected)
-    assert seen == [(1, 4, 6, 6)]
+    assert seen == [(1, 4, 32, 32)]

@@ -8,8 +8,8 @@ and the same for columns. So each of the four output phases (a, b) is a 2x2 conv
 (zero-padded by one pixel, which is u's zero padding): 4 multiply-adds per output pixel and
 input channel instead of 9, and the four-times-larger upsampled copy of x is never made. The
 parameters stay a 3x3 conv's, so checkpoints load unchanged; the results equal the two-step
-computation up to float rounding (tests/test_upsample.py). On this CPU it made one 128-channel
-upsampler at 64 -> 128 px 1.2x (NCHW) to 2.7x (channels_last) faster (docs/benchmarks.md).
+computation up to float rounding (tests/test_upsample.py). On this CPU the VAE decoders'
+upsamplers ran 1.5x to 1.9x faster, the SD UNet's at 32 -> 64 1.7x (benchmarks/upsample.py).
 """
 
 import torch
@@ -40,17 +40,24 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out
 
 
+# Below this many input pixels (16 x 16) the four small convs cost more than the five ninths of
+# the multiply-adds they save (per-call overhead): an SD UNet upsampler at 8 x 8 ran at 0.5x
+# (docs/results/upsample.json), so small grids keep the two-step computation.
+SMALL_GRID_MIN_PIXELS = 256
+
+
 class Upsample(nn.Module):
     """x2 nearest upsampling and a 3x3 conv (the LDM / diffusers Upsample with conv), computed
-    as four 2x2 convs on the input's grid. When something hooks the conv (an attached LoRA adds
-    its output that way), the conv is called as a module on the upsampled input, so that the
-    hook sees the call it expects."""
+    as four 2x2 convs on the input's grid from 16 x 16 pixels up. When something hooks the conv
+    (an attached LoRA adds its output that way), the conv is called as a module on the
+    upsampled input, so that the hook sees the call it expects."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv._forward_hooks or self.conv._forward_pre_hooks:
+        hooked = self.conv._forward_hooks or self.conv._forward_pre_hooks
+        if hooked or x.shape[-2] * x.shape[-1] < SMALL_GRID_MIN_PIXELS:
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return upsample_conv(x, self.conv.weight, self.conv.bias)             # (B, C, 2H, 2W)
