@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from ldmkit.data import load_fashion_mnist
 from ldmkit.diffusion import SAMPLERS
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ldmkit.evaluate import fashion_mnist_prompts, fashion_mnist_test_features
@@ -125,8 +125,9 @@ def run_cell(bench: Bench, sampler: str, steps: int, settings: dict, cache: Path
         "nfe": int(meta["nfe"]),
         "unet_rows_per_call": float(meta["unet_rows_per_call"]),
         "seconds": sum(float(c["meta"]["seconds"]) for c in chunks),
-        "unet_seconds": sum(float(c["meta"]["unet_seconds"]) for c in chunks),  # grows with NFE; the rest:
-        "class_agreement": (predicted == labels).double().mean().item(),  # text encoder, decoder
+        # the part that grows with NFE; the rest is the text encoder and the decoder
+        "unet_seconds": sum(float(c["meta"]["unet_seconds"]) for c in chunks),
+        "class_agreement": (predicted == labels).double().mean().item(),
         "threads": int(meta["threads"]),
     }
 
@@ -167,7 +168,7 @@ def cached_chunk(bench: Bench, sampler: str, steps: int, settings: dict, index: 
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata()
                 tensors = {k: f.get_tensor(k) for k in ("features", "predicted")}
-        except Exception as err:
+        except (SafetensorError, OSError, KeyError) as err:
             raise SystemExit(f"{path} is not a readable chunk ({err}): remove it, and it is computed again") from None
         wrong = {k: (meta.get(k), v) for k, v in identity.items() if meta.get(k) != v}
         if wrong:
