@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from ldmkit.data import load_fashion_mnist
 from ldmkit.diffusion import SAMPLERS
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ldmkit.evaluate import fashion_mnist_prompts, fashion_mnist_test_features
 from ldmkit.metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
@@ -249,7 +249,7 @@ def save_results(results: dict, path: Path) -> None:
     reference = results["reference"]
     for cell in ([reference] + results["cells"]) if reference else []:
         cell["fd_over_reference"] = cell["frechet_distance"] / reference["frechet_distance"]
-        cell["fd_inf_over_reference"] = cell["fd_inf"] / reference["fd_inf"] if reference["fd_inf"] else None
+        cell["fd_inf_over_reference"] = ratio(cell["fd_inf"], reference["fd_inf"])
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(results, indent=2) + "\n")
@@ -265,14 +265,19 @@ def missing_cells(results: dict, samplers: list[str], steps: list[int], referenc
 
 
 # ---- reporting -------------------------------------------------------------------------------
+def number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference
+
+
 def table(results: dict) -> str:
     header = (f"{'sampler':<14}{'steps':>6}{'FD':>8}{'/ref':>7}{'FD_inf':>8}{'/ref':>7}{'halves':>13}{'NFE':>6}"
               f"{'seconds':>9}{'agreement':>11}")
     lines = [header, "-" * len(header)]
     reference = [results["reference"] | {"sampler": f"{REFERENCE_SAMPLER} (ref)"}] if results["reference"] else []
-
-    def number(value, digits=3):
-        return "-" if value is None else f"{value:.{digits}f}"
 
     for r in reference + results["cells"]:
         halves = " ".join(number(h, 2) for h in r["fd_inf_halves"] or [])
@@ -330,7 +335,39 @@ def plot(results: dict, out: Path) -> Path:
     return out
 
 
+def pooled(paths: list[Path], cache_of) -> str:
+    """FD and FD_inf of the images of several runs together (other seeds, same model and
+    settings otherwise), from their cached chunk features; each cell against the pooled reference."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    keys = [k for k in RUN_KEYS if k not in ("seed", "per_class")]
+    if any(run["settings"][k] != runs[0]["settings"][k] for run in runs for k in keys):
+        raise SystemExit(f"--pool: the runs differ in settings other than seed and size ({keys})")
+    cells = [(c["sampler"], c["steps"]) for c in runs[0]["cells"]
+             if all((c["sampler"], c["steps"]) in {(d["sampler"], d["steps"]) for d in run["cells"]} for run in runs)]
+    reference = (runs[0]["reference"]["sampler"], runs[0]["reference"]["steps"])
+    test_features = fashion_mnist_test_features(load_fmnist_classifier())
+
+    def scores(sampler: str, steps: int) -> tuple[int, float, float]:
+        files = [f for path in paths for f in sorted((cache_of(path) / f"{sampler}-{steps}").glob("chunk*.safetensors"))]
+        features = torch.cat([load_file(f)["features"] for f in files])
+        return len(features), feature_frechet_distance(features, test_features), fd_inf(features, test_features)
+
+    n, ref_fd, ref_inf = scores(*reference)
+    lines = [f"{len(paths)} runs pooled; reference {reference[0]} {reference[1]} steps: {n} images, "
+             f"FD {ref_fd:.3f}, FD_inf {number(ref_inf)}", f"{'sampler':<14}{'steps':>6}{'images':>8}{'FD':>8}"
+             f"{'/ref':>7}{'FD_inf':>8}{'/ref':>7}"]
+    for sampler, steps in cells:
+        n, fd, inf = scores(sampler, steps)
+        lines.append(f"{sampler:<14}{steps:>6}{n:>8}{fd:>8.3f}{fd / ref_fd:>7.3f}{number(inf):>8}"
+                     f"{number(ratio(inf, ref_inf)):>7}")
+    return "\n".join(lines)
+
+
 # ---- main ---------------------------------------------------------------------------------------
+def default_cache(out: Path) -> Path:
+    return out.with_name(out.stem + "-features")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fashion-mnist", help="a Fashion-MNIST model (default: the shipped one)")
@@ -349,18 +386,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("docs/results/sampler-curve.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/images/sampler-curve.png"))
     parser.add_argument("--resume", action="store_true", help="keep the cells already in --out, compute the rest")
+    parser.add_argument("--pool", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="compute nothing: score the cells of these finished runs (other seeds) together, "
+                             "from their default caches")
     args = parser.parse_args(argv)
     if args.per_class < 1 or min(args.steps) < 1 or args.reference_steps < 1:
         parser.error("--per-class, --steps and --reference-steps must be >= 1")
     args.chunk = min(args.chunk, args.per_class)
     if args.chunk < 1 or args.per_class % args.chunk:
         parser.error(f"--per-class ({args.per_class}) must be a multiple of --chunk ({args.chunk})")
-    args.cache = args.cache or args.out.with_name(args.out.stem + "-features")
+    args.cache = args.cache or default_cache(args.out)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pool:
+        print(pooled(args.pool, default_cache))
+        return 0
     if args.out.exists() and not args.resume:  # hours of cells: never overwritten by a forgotten flag
         raise SystemExit(f"{args.out} exists: --resume to go on with it, or remove it, or give another --out")
     if args.threads:

@@ -14,7 +14,7 @@ sampler_curve = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sampler_curve)
 
 
-def test_tiny_sampler_curve_and_resume(tmp_path, monkeypatch, one_thread):
+def test_tiny_sampler_curve_and_resume(tmp_path, monkeypatch, capsys, one_thread):
     out, png = tmp_path / "curve.json", tmp_path / "curve.png"
     argv = ["--per-class", "2", "--chunk", "1", "--samplers", "ddim", "dpmpp_2m", "--steps", "5", "10",
             "--reference-steps", "20", "--out", str(out), "--plot", str(png)]
@@ -41,6 +41,16 @@ def test_tiny_sampler_curve_and_resume(tmp_path, monkeypatch, one_thread):
 
     with pytest.raises(SystemExit, match="exists"):  # hours of work are not overwritten without --resume
         sampler_curve.main(argv)
+
+    # --pool scores two runs' images together: 40 a cell, and the reference exactly 1 against itself
+    other = tmp_path / "seed100.json"
+    assert sampler_curve.main([*argv[:-4], "--seed", "100", "--samplers", "ddim", "--steps", "5", "--out", str(other),
+                               "--plot", str(tmp_path / "seed100.png")]) == 0
+    capsys.readouterr()
+    assert sampler_curve.main(["--pool", str(out), str(other)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 runs pooled; reference ddpm 20 steps: 40 images")
+    assert [line.split()[:3] for line in lines[2:]] == [["ddim", "5", "40"]]  # the cells both runs have
 
     # resume: a file missing one cell gets that cell only, from its cached chunks when they are
     # there; a cell killed half-way generates its missing chunk only; a complete file, nothing
