@@ -5,12 +5,15 @@ adaptive weight compares the global batch's gradients."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
 import torch
+from torchrun import torchrun
 
 from ldmkit.io import load_checkpoint
 from ldmkit.train.diffusion import train_diffusion
@@ -21,14 +24,6 @@ from ldmkit.train.distributed import Rank
 def test_rows_of_a_global_batch():
     assert [Rank(r, 4).rows(8) for r in range(4)] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
     assert Rank().rows(8) == slice(0, 8) and Rank().is_main and not Rank(1, 2).is_main
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ldmkit.cli", *args],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -99,3 +94,45 @@ def test_fsdp_resumes_a_one_process_checkpoint(tmp_path):
     for part in ("unet", "ema_unet"):
         for key, value in alone[part].items():
             torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=1e-5, msg=f"{part}.{key}")
+
+
+def _kill_a_two_process_run(out) -> None:
+    """A 2-process diffusion run SIGKILLed, launcher and workers, once it has logged a step."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "ldmkit.cli", "train", "--preset", "tiny", "--steps", "500", "--set", "log_every=1", "--out", str(out)]
+    child = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline and not (out / "log.jsonl").is_file():
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (out / "log.jsonl").is_file(), "the run to kill never logged a step"
+
+
+def test_two_process_runs_back_to_back_never_hang_at_exit(tmp_path):
+    """Issue 25: a rank that freed its DDP wrappers after destroying the process group deadlocked
+    in gloo's destructor (one run in five hung, after a SIGKILL test). Now every trainer leaves
+    through distributed.run; after a killed run, both trainers run three times in a row, and the
+    watchdog fails any run that takes 90 s."""
+    _kill_a_two_process_run(tmp_path / "killed")
+    sets = [arg for value in VQ_GAN for arg in ("--set", value)]
+    for round_ in range(3):
+        for command in (["train-autoencoder", "--preset", "tiny", *sets], ["train", "--preset", "tiny"]):
+            launched = torchrun(*command, "--out", str(tmp_path / f"{command[0]}-{round_}"), timeout=90)
+            assert launched.returncode == 0, launched.stderr[-3000:]
+            assert launched.stdout.count("done:") == 1
+
+
+def test_distributed_run_returns_the_result_and_reraises_errors(monkeypatch):
+    """distributed.run hands back what the trainer returned, and re-raises what it raised."""
+    from ldmkit.train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+
+    def train(rank, device):
+        raise ValueError("bad config")
+
+    with pytest.raises(ValueError, match="bad config"):
+        distributed.run(train, "cpu", 4)
+    assert distributed.run(lambda rank, device: (rank.world, device.type), "cpu", 4) == (1, "cpu")

@@ -141,8 +141,14 @@ def train_autoencoder(
     """Train, or resume, a first-stage model in `run_dir` (under torchrun: data-parallel); returns
     the held-out metrics. max_steps stops early (for tests of resume); the run is then
     unfinished but resumable."""
-    rank, device = distributed.start(device, config.batch_size)
-    run_dir = Path(run_dir)
+    return distributed.run(
+        lambda rank, device: _train_autoencoder(config, Path(run_dir), rank, device, resume, progress, max_steps),
+        device, config.batch_size,
+    )
+
+
+def _train_autoencoder(config, run_dir: Path, rank: distributed.Rank, device: torch.device, resume: bool,
+                       progress: bool, max_steps: int | None) -> dict[str, float]:
     train_images, eval_images = load_images(config.data, config.model.in_channels)
     if len(train_images) < 1:
         raise ValueError("no training images")
@@ -301,7 +307,6 @@ def train_autoencoder(
             save_state(done)
     bar.close()
     if not rank.is_main or end < config.steps:
-        distributed.finish(rank)
         return {} if rank.is_main else {"rank": rank.rank}
 
     # the finished model: measured scale factor, held-out metrics, plots
@@ -321,7 +326,6 @@ def train_autoencoder(
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_losses(records, ["rec", "reg", "g_loss", "d_loss", "perplexity"], run_dir / "loss.png", title=str(run_dir.name))
     _save_reconstructions(model, preview, run_dir / "reconstructions.png", config.steps)
-    distributed.finish(rank)
     return metrics
 
 

@@ -97,6 +97,14 @@ class AutoencoderTrainConfig:
 TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
     # measured here: batch 32 at lr 1e-3 with cosine decay beats batch 64 at 4e-4 per CPU minute
     "fmnist-kl-f4": AutoencoderTrainConfig(steps=4500, batch_size=32, lr=1e-3),
+    # the LDM compression study (docs/compression.md): the same recipe at f = 2 and f = 8,
+    # c = 4 latent channels throughout as in fmnist-kl-f4
+    "fmnist-kl-f2": AutoencoderTrainConfig(
+        model=replace(AE_PRESETS["fmnist-f4"], channel_mult=(1, 2)), steps=4500, batch_size=32, lr=1e-3,
+    ),
+    "fmnist-kl-f8": AutoencoderTrainConfig(
+        model=replace(AE_PRESETS["fmnist-f4"], channel_mult=(1, 2, 2, 2)), steps=4500, batch_size=32, lr=1e-3,
+    ),
     "fmnist-vq-f4": AutoencoderTrainConfig(
         model=replace(AE_PRESETS["fmnist-vq-f4"], ema=True, restart_dead_codes=True),
         steps=4500, batch_size=32, lr=1e-3,

@@ -112,11 +112,17 @@ def train_diffusion(
     max_steps: int | None = None,
 ) -> dict[str, float]:
     """Train, or resume, a latent diffusion model in `run_dir` (under torchrun: data-parallel)."""
-    rank, device = distributed.start(device, config.batch_size)
+    return distributed.run(
+        lambda rank, device: _train_diffusion(config, Path(run_dir), rank, device, resume, progress, max_steps),
+        device, config.batch_size,
+    )
+
+
+def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torch.device, resume: bool,
+                     progress: bool, max_steps: int | None) -> dict[str, float]:
     if (config.batch_size // rank.world) % config.accumulate:
         raise ValueError(f"each process's {config.batch_size // rank.world} images per step do not split into "
                          f"accumulate={config.accumulate} equal micro-batches")
-    run_dir = Path(run_dir)
     autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
     images, captions, labels = load_captioned_images(config, autoencoder.config.in_channels)
     if images.shape[1] != autoencoder.config.in_channels:
@@ -266,7 +272,6 @@ def train_diffusion(
                 save_sample_grid(pipeline, preview_prompts(config, captions), grid_path, done)
     bar.close()
     if not rank.is_main:
-        distributed.finish(rank)
         return {"steps": end, "train_minutes": (seconds_before + time.perf_counter() - t0) / 60, "rank": rank.rank}
     records = log.read()
     plot_losses(records, ["loss", "grad_norm"], run_dir / "loss.png", title=run_dir.name)
@@ -276,7 +281,6 @@ def train_diffusion(
     if end == config.steps:  # the finished model: EMA weights (those of the last grid), autoencoder, config
         pipeline.save_pretrained(run_dir / "model", extra={
             "dataset": config.data.dataset, "train": to_dict(config), "training": summary})
-    distributed.finish(rank)
     return summary
 
 

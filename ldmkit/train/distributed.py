@@ -15,11 +15,13 @@ can be resumed with DDP, FSDP or alone.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import traceback
 import warnings
 from dataclasses import dataclass
-
-import contextlib
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +29,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,33 @@ def mean_of_each(record: dict[str, torch.Tensor], rank: Rank) -> dict[str, float
     return dict(zip(record, mean_over_processes(values, rank).tolist()))
 
 
-def finish(rank: Rank) -> None:
-    if rank.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+def run(train: Callable[[Rank, torch.device], T], device: str | torch.device, global_batch: int) -> T:
+    """`train(rank, device)` inside the process group torchrun describes (or alone), left in the
+    one order that cannot hang. A DDP wrapper's reducer holds the group: freed after the group is
+    destroyed, its destructor joins gloo's worker threads while holding the GIL a worker may be
+    waiting for. So everything `train` built is freed with its frame, and all processes meet,
+    before the group goes; every trainer starts through here."""
+    rank, device = start(device, global_batch)
+    try:
+        result = train(rank, device)
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)  # the frames' locals hold the wrappers
+        _leave(rank, meet=False)  # the others may never reach a barrier: leave at once
+        raise
+    _leave(rank, meet=True)
+    return result
+
+
+def _leave(rank: Rank, meet: bool) -> None:
+    if rank.world == 1 or not dist.is_initialized():
+        return
+    gc.collect()  # wrappers caught in reference cycles go now, while the group still exists
+    met = None
+    if meet:  # no collective of any process is still in flight
+        met = dist.barrier(async_op=True)
+        met.wait()
+    # A gloo worker that drops the last reference to a finished collective frees Python state
+    # and needs the GIL; holding the barrier's handle until the group is gone makes that last
+    # reference ours, freed here with the GIL, after the workers are joined.
+    dist.destroy_process_group()
+    del met
