@@ -50,13 +50,12 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ldmkit.data import load_fashion_mnist
 from ldmkit.diffusion import SAMPLERS
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
-
 from ldmkit.evaluate import fashion_mnist_prompts, fashion_mnist_test_features
 from ldmkit.metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
 from ldmkit.pipeline import Pipeline
@@ -348,7 +347,8 @@ def pooled(paths: list[Path], cache_of) -> str:
     test_features = fashion_mnist_test_features(load_fmnist_classifier())
 
     def scores(sampler: str, steps: int) -> tuple[int, float, float]:
-        files = [f for path in paths for f in sorted((cache_of(path) / f"{sampler}-{steps}").glob("chunk*.safetensors"))]
+        files = [f for path in paths
+                 for f in sorted((cache_of(path) / f"{sampler}-{steps}").glob("chunk*.safetensors"))]
         features = torch.cat([load_file(f)["features"] for f in files])
         return len(features), feature_frechet_distance(features, test_features), fd_inf(features, test_features)
 

@@ -32,8 +32,20 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd_models import (  # noqa: E402
-    NEGATIVE, PROMPT, SHAPES, TEXT_LENGTH, count_params, machine, make_reference, model_shape, peak_rss_gib, quiet,
-    rel_err, ru_maxrss_gib, timed, write_json,
+    NEGATIVE,
+    PROMPT,
+    SHAPES,
+    TEXT_LENGTH,
+    count_params,
+    machine,
+    make_reference,
+    model_shape,
+    peak_rss_gib,
+    quiet,
+    rel_err,
+    ru_maxrss_gib,
+    timed,
+    write_json,
 )
 
 from ldmkit import Pipeline  # noqa: E402

@@ -30,8 +30,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd_models import (  # noqa: E402
-    PROMPT, load_reference, machine, make_reference, model_shape, peak_rss_gib, quiet, rel_err, ru_maxrss_gib,
-    timed, write_json,
+    PROMPT,
+    load_reference,
+    machine,
+    make_reference,
+    model_shape,
+    peak_rss_gib,
+    quiet,
+    rel_err,
+    ru_maxrss_gib,
+    timed,
+    write_json,
 )
 
 MODEL, GUIDANCE, SEED = "sd-v1.5", 7.5, 0
@@ -97,7 +106,7 @@ def timed_rounds(runners: dict, steps: int, repeats: int) -> tuple[dict, dict, d
     warm-up each, then `repeats` rounds in alternation. Returns (seconds per round, mean parts,
     last images)."""
     seconds, parts, images = {k: [] for k in runners}, {k: [] for k in runners}, {}
-    for library, (generate, part_seconds) in runners.items():
+    for library, (generate, _) in runners.items():
         log(f"warm-up {library} (1 step)")
         generate(1)
     for round_ in range(repeats):

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from sd_models import PROMPT
 from sd_speed import load_diffusers
 

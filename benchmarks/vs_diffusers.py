@@ -26,7 +26,8 @@ timing nothing: a speed comparison of different computations is worthless.
 Timing: both libraries run at the same torch thread count (--threads, default 2). Each part is
 warmed up (--warmup calls per library; generations at 2 steps), then timed for --repeats rounds,
 ldmkit then diffusers within each round (--diffusers-first: the other way), so that a slow spell
-of a shared machine hits both; the median of the rounds is reported. ratio = diffusers time / ldmkit time: > 1 means ldmkit is faster.
+of a shared machine hits both; the median of the rounds is reported. ratio = diffusers time /
+ldmkit time: > 1 means ldmkit is faster.
 
 GFLOP/s: the FLOPs of one training step (forward + backward; matmuls, convolutions and attention
 as torch.utils.flop_counter counts them, CPU attention added: torch leaves it out) counted once,
@@ -52,8 +53,8 @@ Configs (--config):
          same code path as small.
 
 ldmkit options (ldmkit only; recorded in the JSON): --channels-last converts ldmkit's UNet and its
-inputs to torch.channels_last too (ldmkit's VAE is channels_last by default); --compile wraps ldmkit's UNet in torch.compile, falling
-back to eager with a warning when compilation fails.
+inputs to torch.channels_last too (ldmkit's VAE is channels_last by default); --compile wraps
+ldmkit's UNet in torch.compile, falling back to eager with a warning when compilation fails.
 """
 
 from __future__ import annotations
@@ -65,19 +66,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd_models import (  # noqa: E402
-    PROMPT, TEXT_LENGTH, count_params, machine, make_reference, model_shape, peak_rss_gib, quiet, rel_err,
-    ru_maxrss_gib, timed, write_json,
-)
 from measure import CPU_ATTENTION_FLOPS, alternate, matmul_peak, summarize  # noqa: E402
+from sd_models import (  # noqa: E402
+    PROMPT,
+    TEXT_LENGTH,
+    count_params,
+    machine,
+    make_reference,
+    model_shape,
+    peak_rss_gib,
+    quiet,
+    rel_err,
+    ru_maxrss_gib,
+    timed,
+    write_json,
+)
 from sd_speed import log  # noqa: E402
 from sides import GUIDANCE, SAMPLER, Diffusers, Ldmkit  # noqa: E402
 
@@ -234,11 +245,12 @@ def time_generation(sides: dict, inputs: dict, args) -> tuple[dict, dict]:
         log(f"timing generation (batch {n}, {args.steps} steps)")
         images = {}
 
+        # the calls all run within this iteration, so the late binding B023 warns about cannot bite
         def call_for(library, side):
             def call(warm: bool):
-                out = side.generate(z_T, WARMUP_STEPS if warm else args.steps)
+                out = side.generate(z_T, WARMUP_STEPS if warm else args.steps)  # noqa: B023
                 if not warm:
-                    images[library] = out
+                    images[library] = out  # noqa: B023
             return call
 
         part = f"generation (batch {n})"
@@ -433,7 +445,8 @@ def main(argv=None) -> int:
             "guidance": GUIDANCE, "sampler": f"{SAMPLER} / DPMSolverMultistepScheduler", "prompt": PROMPT,
             "threads": torch.get_num_threads(), "repeats": args.repeats, "warmup": args.warmup,
             "warmup generation steps": WARMUP_STEPS,
-            "first in each round": "diffusers" if args.diffusers_first else "ldmkit", "optimizer": f"AdamW(lr={LEARNING_RATE}, weight_decay=0.01): ldmkit fused, diffusers torch's default",
+            "first in each round": "diffusers" if args.diffusers_first else "ldmkit",
+            "optimizer": f"AdamW(lr={LEARNING_RATE}, weight_decay=0.01): ldmkit fused, diffusers torch's default",
             "ldmkit options": result["ldmkit options"], "timed parts": list(cfg.parts),
         },
         "ratio convention": "diffusers time / ldmkit time: > 1 means ldmkit is faster",

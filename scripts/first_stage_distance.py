@@ -24,7 +24,8 @@ def main(folders: list[str]) -> None:
     for folder in folders:
         autoencoder = load_autoencoder(folder)
         with torch.no_grad():
-            rebuilt = torch.cat([autoencoder.from_latent(autoencoder.to_latent(x)).clamp(-1, 1) for x in real.split(250)])
+            rebuilt = torch.cat([autoencoder.from_latent(autoencoder.to_latent(x)).clamp(-1, 1)
+                                 for x in real.split(250)])
         psnr = json.loads((Path(folder) / "config.json").read_text()).get("metrics", {}).get("psnr")
         distance = feature_frechet_distance(classify(classifier, rebuilt)[0], test_features)
         print(f"{folder}: first-stage distance {distance:.3f}, PSNR {psnr:.2f} dB")

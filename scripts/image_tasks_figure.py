@@ -21,7 +21,8 @@ tiles = []
 for k, (x, y) in enumerate(zip(images[[0, 1, 3, 5, 8]], labels[[0, 1, 3, 5, 8]])):
     picture, own, other = to_pil(x), fashion_mnist.caption(int(y)), fashion_mnist.caption((int(y) + 4) % 10)
     [outpainted] = pipe.outpaint(picture, own, right=16, seed=k)
-    row = [picture, pipe.img2img(picture, own, strength=0.3, seed=k)[0], pipe.img2img(picture, other, strength=1.0, seed=k)[0],
+    row = [picture, pipe.img2img(picture, own, strength=0.3, seed=k)[0],
+           pipe.img2img(picture, other, strength=1.0, seed=k)[0],
            pipe.inpaint(picture, Image.fromarray(mask), own, seed=k)[0], outpainted.crop((16, 0, 48, 32))]
     tiles += [t.resize((96, 96), Image.NEAREST) for t in row]
 columns = ["input", "img2img 0.3", "1.0, other", "inpaint", "outpaint"]

@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = ["steps", "train_minutes", "images_per_s", "psnr", "ssim", "gradient_energy_ratio", "codebook_usage", "scaling_factor"]
+COLUMNS = ["steps", "train_minutes", "images_per_s", "psnr", "ssim", "gradient_energy_ratio", "codebook_usage",
+           "scaling_factor"]
 
 rows = []
 for run in sys.argv[1:]:

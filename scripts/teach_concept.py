@@ -24,8 +24,13 @@ from ldmkit import Pipeline
 from ldmkit.data import shapes
 from ldmkit.evaluate import evaluate_shapes
 from ldmkit.finetune.apply import apply_adapters
-from ldmkit.finetune.concepts import (CONCEPTS, concept_accuracy, concept_caption, concept_combinations,
-                                      write_concept_images)
+from ldmkit.finetune.concepts import (
+    CONCEPTS,
+    concept_accuracy,
+    concept_caption,
+    concept_combinations,
+    write_concept_images,
+)
 from ldmkit.finetune.config import METHODS, FinetuneConfig
 from ldmkit.finetune.train import finetune
 from ldmkit.utils.images import image_grid, save_png

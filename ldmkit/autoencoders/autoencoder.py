@@ -78,8 +78,8 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor, gen: torch.Generator | None = None,
                 sample_posterior: bool = True, eps: torch.Tensor | None = None) -> AutoencoderOutput:
         """Reconstruct x and return the regulariser's terms. kl: z is a posterior sample (the
-        mean if sample_posterior=False), with noise eps if given, else drawn from gen; vq: z is quantised and, in training mode, the codebook's
-        EMA, usage and dead codes are updated."""
+        mean if sample_posterior=False), with noise eps if given, else drawn from gen; vq: z is
+        quantised and, in training mode, the codebook's EMA, usage and dead codes are updated."""
         enc = self.encode(x)
         posterior, kl, vq = enc.posterior, None, None
         if posterior is not None:

@@ -9,8 +9,8 @@ import torch
 from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
-from ldmkit.nets.inplace import silu_of_temporary
 
+from ldmkit.nets.inplace import silu_of_temporary
 
 
 class ResnetBlock(nn.Module):

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ldmkit.autoencoders.blocks import Downsample, MidAttention, ResnetBlock
-from ldmkit.nets.upsample import Upsample  # nearest x2 then a 3x3 conv, the same in both stages
 from ldmkit.autoencoders.config import AutoencoderConfig
 from ldmkit.nets.inplace import silu_of_temporary
+from ldmkit.nets.upsample import Upsample  # nearest x2 then a 3x3 conv, the same in both stages
 
 
 class DownBlock(nn.Module):

@@ -58,11 +58,11 @@ class LPIPSHeads(nn.Module):
 
     def __init__(self):
         super().__init__()
-        for l, c in enumerate(LPIPS_CHANNELS):
-            self.add_module(f"lin{l}", LinearHead(c))
+        for layer, c in enumerate(LPIPS_CHANNELS):
+            self.add_module(f"lin{layer}", LinearHead(c))
 
-    def forward(self, l: int, d: torch.Tensor) -> torch.Tensor:
-        return getattr(self, f"lin{l}").model(d)                               # (B, 1, H_l, W_l)
+    def forward(self, layer: int, d: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"lin{layer}").model(d)                           # (B, 1, H_l, W_l)
 
 
 class LPIPS(nn.Module):
@@ -98,9 +98,9 @@ class LPIPS(nn.Module):
         fx = self.vgg((x - self.shift) / self.scale)
         fy = self.vgg((y - self.shift) / self.scale)
         total = x.new_zeros(x.shape[0])
-        for l, (a, b) in enumerate(zip(fx, fy)):
+        for layer, (a, b) in enumerate(zip(fx, fy)):
             d = (_unit(a) - _unit(b)).pow(2)                                   # (B, C_l, H_l, W_l)
-            total = total + self.heads(l, d).mean(dim=(1, 2, 3))               # spatial mean, (B,)
+            total = total + self.heads(layer, d).mean(dim=(1, 2, 3))           # spatial mean, (B,)
         return total
 
 

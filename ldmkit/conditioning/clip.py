@@ -10,8 +10,8 @@ would change its outputs. The tokenizer pads with <|endoftext|> for v1 and "!" (
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

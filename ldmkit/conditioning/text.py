@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,8 @@ def expand_tokens(prompts: Sequence[str], expansions: dict[str, str]) -> list[st
     prompts = list(prompts)
     for token, spelled_out in expansions.items():
         pattern = re.compile(re.escape(token) + r"(?!_\d)", re.IGNORECASE)
-        prompts = [pattern.sub(lambda _: spelled_out, prompt) for prompt in prompts]
+        # the lambda runs within this iteration, so the late binding B023 warns about cannot bite
+        prompts = [pattern.sub(lambda _: spelled_out, prompt) for prompt in prompts]  # noqa: B023
     return prompts
 
 
@@ -53,7 +54,7 @@ class TextEncoder(nn.Module):
         self.token_expansions: dict[str, str] = {}  # multi-vector textual-inversion tokens
 
     @classmethod
-    def from_folder(cls, path: str | Path, max_length: int = 32) -> "TextEncoder":
+    def from_folder(cls, path: str | Path, max_length: int = 32) -> TextEncoder:
         """Any BERT-like transformers folder (config.json, weights, tokenizer files)."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -66,7 +67,7 @@ class TextEncoder(nn.Module):
         return cls(model, tokenizer, max_length)
 
     @classmethod
-    def minilm(cls, max_length: int = 32) -> "TextEncoder":
+    def minilm(cls, max_length: int = 32) -> TextEncoder:
         return cls.from_folder(minilm_path(), max_length)
 
     @property

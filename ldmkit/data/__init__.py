@@ -3,3 +3,9 @@
 from .fashion_mnist import CLASS_NAMES, caption, load_fashion_mnist
 from .image_folder import ImageFolder
 from .photos import PHOTO_NAMES, load_photo, photo_crops
+
+__all__ = [
+    "CLASS_NAMES", "caption", "load_fashion_mnist",
+    "ImageFolder",
+    "PHOTO_NAMES", "load_photo", "photo_crops",
+]

@@ -65,7 +65,8 @@ class ShapesDataset(torch.utils.data.Dataset):
                  holdout: tuple[tuple[str, str, str], ...] = (), only_holdout: bool = False):
         for combo in holdout:
             if combo not in COMBINATIONS:
-                raise ValueError(f"unknown shapes combination {combo}; colours {list(COLOURS)}, shapes {SHAPES}, quadrants {QUADRANTS}")
+                raise ValueError(f"unknown shapes combination {combo}; colours {list(COLOURS)}, "
+                                 f"shapes {SHAPES}, quadrants {QUADRANTS}")
         held = set(holdout)
         self.combinations = [c for c in COMBINATIONS if (c in held) == only_holdout]
         if not self.combinations:
@@ -114,7 +115,8 @@ def read_attributes(image: torch.Tensor, palette: dict[str, tuple[float, float, 
 
 
 def attribute_accuracy(images: torch.Tensor, combos: list[tuple[str, str, str]],
-                       palette: dict[str, tuple[float, float, float]] = COLOURS, rings: bool = False) -> dict[str, float]:
+                       palette: dict[str, tuple[float, float, float]] = COLOURS,
+                       rings: bool = False) -> dict[str, float]:
     """Share of images whose colour, shape, quadrant, and all three, match the prompt's."""
     hits = {"colour": 0, "shape": 0, "quadrant": 0, "all": 0}
     for image, combo in zip(images, combos):

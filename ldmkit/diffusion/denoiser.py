@@ -10,7 +10,7 @@ Networks predicting eps, x0 or v are wrapped once here.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -8,11 +8,9 @@ broadcasts against x (one value per sample: shape (B, 1, 1, 1)).
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
-Scalar = Union[float, torch.Tensor]
+Scalar = float | torch.Tensor
 PREDICTIONS = ("eps", "x0", "v")
 
 

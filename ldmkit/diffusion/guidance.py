@@ -7,7 +7,7 @@ is defined on the network's output, as in diffusers.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 

@@ -7,7 +7,7 @@ uniform over {0..T-1}. Options: min-SNR-gamma weighting (Hang et al. 2023) and o
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -17,7 +17,7 @@ sample is x / sqrt(a_t) = x0 + sigma eps (Karras et al. 2022).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ from .denoiser import Denoiser
 from .gaussian import eps_from_x0
 from .schedule import Schedule
 
-Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
 
 
 def noise_like(x: torch.Tensor, gen: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
@@ -52,7 +52,8 @@ def _pairs(timesteps: torch.Tensor) -> list[tuple[float, float]]:
 
 
 @torch.no_grad()
-def sample_ddpm(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, variance="small", callback: Callback = None):
+def sample_ddpm(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, variance="small",
+                callback: Callback = None):
     """Ancestral sampling from the posterior q(x_s | x_t, x0_hat), Ho et al. 2020 (Algorithm 2).
     variance: "small" = beta_tilde (eq. 7), "large" = beta (sec. 3.2)."""
     if variance not in ("small", "large"):
@@ -114,7 +115,8 @@ def sample_euler(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, cal
 
 
 @torch.no_grad()
-def sample_euler_ancestral(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, eta=1.0, callback: Callback = None):
+def sample_euler_ancestral(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, eta=1.0,
+                           callback: Callback = None):
     """Euler down to sigma_down, then fresh noise of std sigma_up, so that
     sigma_down^2 + sigma_up^2 = sigma_next^2 (the ancestral split of k-diffusion)."""
     pairs, sigmas = _pairs(timesteps), _sigmas(sched, timesteps)

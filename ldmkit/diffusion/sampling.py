@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -37,7 +37,8 @@ class SamplingConfig:
 _DIFFUSERS_DEFAULT_SPACING = {"ddim": "leading", "ddpm": "leading"}  # every other sampler: linspace
 
 
-def sampler_timesteps(sched: Schedule, sampler: str, steps: int, config: SamplingConfig = SamplingConfig()) -> torch.Tensor:
+def sampler_timesteps(sched: Schedule, sampler: str, steps: int,
+                      config: SamplingConfig = SamplingConfig()) -> torch.Tensor:
     """The (steps + 1,) timesteps `sampler` takes under `config`, placed as diffusers' matching
     scheduler places them. Its rules differ by scheduler: DPM-Solver divides T into steps + 1
     parts and drops the smallest; Euler-type linspace timesteps are not rounded; only DDIM may

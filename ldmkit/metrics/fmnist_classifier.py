@@ -37,14 +37,16 @@ class FashionClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 32, 32):
-            raise ValueError(f"the Fashion-MNIST classifier takes (B, 1, 32, 32) images in [-1, 1], got {tuple(x.shape)}")
+            raise ValueError("the Fashion-MNIST classifier takes (B, 1, 32, 32) images in [-1, 1], "
+                             f"got {tuple(x.shape)}")
         return self.head(self.body(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.dropout(self.features(x)))
 
 
-def load_fmnist_classifier(directory: str | Path = WEIGHTS_DIR, device: str | torch.device = "cpu") -> FashionClassifier:
+def load_fmnist_classifier(directory: str | Path = WEIGHTS_DIR,
+                           device: str | torch.device = "cpu") -> FashionClassifier:
     states, meta, _ = load_checkpoint(directory)
     if meta.get("type") != "fmnist-classifier":
         raise CheckpointError(f"{directory} does not hold the Fashion-MNIST classifier (type {meta.get('type')!r})")
@@ -54,7 +56,8 @@ def load_fmnist_classifier(directory: str | Path = WEIGHTS_DIR, device: str | to
 
 
 @torch.no_grad()
-def classify(model: FashionClassifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(model: FashionClassifier, images: torch.Tensor,
+             batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, 128) float64, predicted labels (N,)) of images in [-1, 1]."""
     device = next(model.parameters()).device
     feats, preds = [], []

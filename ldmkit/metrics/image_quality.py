@@ -24,7 +24,8 @@ def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> t
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()  # (C, 1, k, k)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM per image: (B,). Images must be at least window x window."""
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
