@@ -1,6 +1,6 @@
 """Sampler efficiency curve of the shipped Fashion-MNIST model: image quality against sampling steps.
 
-    python benchmarks/sampler_curve.py [--samplers ddim dpmpp_2m ...] [--steps 5 10 20 50 100]
+    python -m benchmarks.sampler_curve [--samplers ddim dpmpp_2m ...] [--steps 5 10 20 50 100]
         [--per-class 100] [--chunk 10] [--reference-steps 1000] [--guidance G] [--seed 0] [--threads N]
         [--out docs/results/sampler-curve.json] [--plot docs/images/sampler-curve.png] [--cache DIR] [--resume]
 
@@ -35,7 +35,7 @@ Cost: ~3.5 ms per image and UNet evaluation on one CPU thread, plus ~15 ms per i
 
 A tiny run (under a minute, for checking):
 
-    python benchmarks/sampler_curve.py --per-class 2 --samplers ddim dpmpp_2m --steps 5 10 --reference-steps 20 \
+    python -m benchmarks.sampler_curve --per-class 2 --samplers ddim dpmpp_2m --steps 5 10 --reference-steps 20 \
         --out /tmp/curve.json --plot /tmp/curve.png
 """
 
@@ -54,11 +54,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ldmkit.apps.evaluate import fashion_mnist_prompts, fashion_mnist_test_features
 from ldmkit.data import load_fashion_mnist
 from ldmkit.diffusion import SAMPLERS
-from ldmkit.evaluate import fashion_mnist_prompts, fashion_mnist_test_features
 from ldmkit.metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
-from ldmkit.pipeline import Pipeline
+from ldmkit.pipelines import Pipeline
 
 REFERENCE_SAMPLER = "ddpm"
 # settings that must match for a resumed file's cells to be comparable with new ones

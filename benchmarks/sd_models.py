@@ -8,10 +8,13 @@ vocabulary (ids < 49408, so it fits the real 49408-row embedding) padding to 77 
 
 size "full" is the real architecture (minutes, GBs); "tiny" keeps the layout (block types,
 head layout, projections, activations, scheduler) at widths of tens, so that a script can be
-checked in seconds. The tiny models follow tests/sd_tiny.py. "small" is the full layout (four
+checked in seconds; they follow tiny_sd (below), the tests' models. "small" is the full layout (four
 UNet levels, two resnets each, the same block types and heads; the four-level VAE) at a fifth
 of SD's UNet widths and a quarter of its VAE's, with a 4-layer 256-wide CLIP: a CPU-sized SD
 whose layers are wide enough for the matmuls to be realistic (benchmarks/vs_diffusers.py).
+
+tiny_sd and tiny_upscaler are the references of the SD tests (tests/io/test_stable_diffusion.py and
+others): tiny diffusers pipelines with every parameter perturbed and a 16-token tokenizer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from ldmkit.io.sd_configs import SD_SCHEDULER_CONFIGS
+from ldmkit.io.sd_configs import SD_SCHEDULER_CONFIGS, SD_X4_SCHEDULER_CONFIG
 
 SHAPES = ("sd-v1.5", "sd-v2.1-v")
 PROMPT, NEGATIVE = "a lower photo of a cat", "newer"
 TEXT_LENGTH = 77  # CLIP's context: every SD prompt is padded to 77 tokens
 
-# The stand-in tokenizer's BPE vocabulary (as tests/sd_tiny.py): enough for PROMPT and NEGATIVE.
+# The stand-in tokenizer's BPE vocabulary: enough for PROMPT and NEGATIVE.
 VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "a", "p", "h", "c", "k", "lo", "l</w>", "w</w>",
          "r</w>", "t</w>", "a</w>", "o</w>", "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider",
          "<unk>", "<|startoftext|>", "<|endoftext|>", "!", "!</w>"]
@@ -112,14 +116,15 @@ def model_shape(name: str, size: str = "full") -> SDShape:
     return SDShape(name, "v2" if v2 else "v1", unet, vae, text)
 
 
-def write_tokenizer(folder: Path, pad_token: str | None = None) -> Path:
-    """The stand-in CLIP tokenizer (real SD's has 49408 tokens; none is on the machine)."""
+def write_tokenizer(folder: Path, pad_token: str | None = None, max_length: int = TEXT_LENGTH) -> Path:
+    """The stand-in CLIP tokenizer (real SD's has 49408 tokens; none is on the machine), padding
+    to `max_length` tokens (the tests' tiny models: 16)."""
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
     (folder / "merges.txt").write_text("#version: 0.2\nl o\nlo w</w>\ne r</w>\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=TEXT_LENGTH)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=max_length)
     if pad_token:
         tokenizer.pad_token = pad_token
     tokenizer.save_pretrained(folder)
@@ -181,6 +186,88 @@ def make_reference(shape: SDShape, folder: Path, seed: int = 0):
     del pipe
     gc.collect()
     return load_reference(model), model
+
+
+# ---- the tests' tiny models ---------------------------------------------------------------
+def tiny_sd(version: str = "v1", seed: int = 0, in_channels: int = 4):
+    """A diffusers StableDiffusionPipeline of SD `version`'s layout, tiny and random.
+    v1: 8 heads, 1x1-conv projections, CLIP with quick_gelu, eps, PNDM-style leading spacing.
+    v2: 64-wide heads, linear projections, OpenCLIP-like text model (gelu), v-prediction."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    v2 = version == "v2"
+    widths = (64, 128) if v2 else (32, 64)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=widths, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(1, 2) if v2 else 8, use_linear_projection=v2, cross_attention_dim=64, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        sample_size=16,
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(VOCAB), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=16, hidden_act="gelu" if v2 else "quick_gelu", projection_dim=64,
+        bos_token_id=len(VOCAB) - 4, eos_token_id=len(VOCAB) - 3,
+    ))
+    for module in (unet, vae, text):  # norms and biases random too, so that every weight matters
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    with tempfile.TemporaryDirectory(prefix="tiny-sd-tokenizer-") as tmp:  # the tokenizer keeps its vocab in memory
+        folder = write_tokenizer(Path(tmp), "!" if v2 else None, max_length=16)
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction" if v2 else "epsilon")
+    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+# SD x4 upscaler's two schedulers (its released folder): v-prediction sampling, and the schedule
+# that noises the low-resolution input.
+UPSCALER_SCHEDULERS = {
+    "scheduler": SD_X4_SCHEDULER_CONFIG,
+    "low_res_scheduler": {"_class_name": "DDPMScheduler", "beta_end": 0.02, "beta_schedule": "scaled_linear",
+                          "beta_start": 0.0001, "clip_sample": False, "num_train_timesteps": 1000},
+}
+
+
+def tiny_upscaler(folder: Path):
+    """A tiny StableDiffusionUpscalePipeline (7-channel UNet, noise level as class label, an f = 4
+    VAE), saved as its released folder is laid out; returned as diffusers reads it back."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    base = tiny_sd("v2")
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=7, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(1, 2), use_linear_projection=True, cross_attention_dim=64, norm_num_groups=32,
+        num_class_embeds=1000,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=32, scaling_factor=0.08333)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler.from_config(UPSCALER_SCHEDULERS["low_res_scheduler"]),
+        scheduler=DDIMScheduler.from_config(UPSCALER_SCHEDULERS["scheduler"]), max_noise_level=350,
+    )
+    pipe.save_pretrained(folder)
+    for name, config in UPSCALER_SCHEDULERS.items():
+        (folder / name / "scheduler_config.json").write_text(json.dumps(config))
+    return StableDiffusionUpscalePipeline.from_pretrained(folder, local_files_only=True)
 
 
 def count_params(module: torch.nn.Module) -> int:

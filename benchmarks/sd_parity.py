@@ -1,9 +1,9 @@
 """Stable Diffusion parity at full size: ldmkit's numbers against diffusers' and transformers'.
 
-tests/test_stable_diffusion.py runs these checks on tiny models; this script runs them on the
+tests/io/test_stable_diffusion.py runs these checks on tiny models; this script runs them on the
 real SD v1.5 and v2.1 (768-v) architectures, with random weights (no SD weights are needed):
 
-    python benchmarks/sd_parity.py [--size full|tiny] [--out docs/results/sd-parity.json]
+    python -m benchmarks.sd_parity [--size full|tiny] [--out docs/results/sd-parity.json]
 
 For each model: build it with diffusers, save it as a diffusers folder, read it back with
 diffusers (the reference), and with ldmkit through (a) the folder and (b) a foreign single file
@@ -30,8 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd_models import (  # noqa: E402
+from benchmarks.sd_models import (
     NEGATIVE,
     PROMPT,
     SHAPES,
@@ -47,9 +46,8 @@ from sd_models import (  # noqa: E402
     timed,
     write_json,
 )
-
-from ldmkit import Pipeline  # noqa: E402
-from ldmkit.io.stable_diffusion import save_diffusers_folder, save_single_file  # noqa: E402
+from ldmkit import Pipeline
+from ldmkit.io.stable_diffusion import save_diffusers_folder, save_single_file
 
 NETWORK_TARGET, GENERATION_TARGET = 1e-4, 1e-3
 SAMPLERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}

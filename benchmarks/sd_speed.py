@@ -1,6 +1,6 @@
 """Stable Diffusion v1.5 generation time and peak memory: ldmkit against diffusers, on CPU.
 
-    python benchmarks/sd_speed.py [--size full|tiny] [--steps 20] [--resolution 512] [--repeats 1]
+    python -m benchmarks.sd_speed [--size full|tiny] [--steps 20] [--resolution 512] [--repeats 1]
                                   [--out docs/results/sd-speed.json]
 
 One process builds SD v1.5 with diffusers (random weights: the time does not depend on them),
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd_models import (  # noqa: E402
+from benchmarks.sd_models import (
     PROMPT,
     load_reference,
     machine,
@@ -46,6 +45,7 @@ from sd_models import (  # noqa: E402
 MODEL, GUIDANCE, SEED = "sd-v1.5", 7.5, 0
 RESOLUTION = {"full": 512, "tiny": 32}  # tiny: its VAE and UNet halve twice, not 8x then 8x
 RSS_STEPS = 2
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: the memory children run from it with -m
 
 
 def log(message: str) -> None:
@@ -138,7 +138,7 @@ def speed(args, tmp: Path) -> tuple[dict, Path, Path]:
                       generator=torch.Generator().manual_seed(SEED))  # (B, C, H, W)
     part_seconds = {"ldmkit": {}, "diffusers": {}}
     time_calls(ours, "encode_prompts", part_seconds["ldmkit"], "text")
-    time_calls(ours, "decode", part_seconds["ldmkit"], "decode")
+    time_calls(ours.autoencoder, "from_latent", part_seconds["ldmkit"], "decode")  # what decoding runs
     time_calls(theirs, "encode_prompt", part_seconds["diffusers"], "text")
     time_calls(theirs.vae, "decode", part_seconds["diffusers"], "decode")
     runners = {
@@ -165,9 +165,9 @@ def speed(args, tmp: Path) -> tuple[dict, Path, Path]:
 def measure_rss(library: str, path: Path, args) -> dict:
     """Peak memory of loading `path` and generating one image, in a fresh process."""
     log(f"peak memory: {library} in a fresh process")
-    command = [sys.executable, __file__, "--rss-child", library, str(path), "--resolution", str(args.resolution),
-               "--threads", str(torch.get_num_threads())]
-    done = subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.sd_speed", "--rss-child", library, str(path),
+               "--resolution", str(args.resolution), "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"the {library} memory child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

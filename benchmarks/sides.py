@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
-from sd_models import PROMPT
-from sd_speed import load_diffusers
+
+from benchmarks.sd_models import PROMPT
+from benchmarks.sd_speed import load_diffusers
 
 GUIDANCE, SAMPLER = 7.5, "dpmpp_2m"  # DPM-Solver++(2M) = diffusers' DPMSolverMultistepScheduler
 
@@ -18,14 +19,14 @@ class Ldmkit:
     """ldmkit's pipeline converted from the folder, with the speed options applied."""
 
     def __init__(self, folder: Path, channels_last: bool = False):
-        from ldmkit.io.stable_diffusion import load_diffusers_folder
+        from ldmkit import Pipeline
 
-        self.pipe = load_diffusers_folder(folder)
+        self.pipe = Pipeline.from_pretrained(folder)
         self.channels_last = channels_last
         if channels_last:
-            self.pipe.unet.to(memory_format=torch.channels_last)
+            self.pipe.net.to(memory_format=torch.channels_last)
             self.pipe.autoencoder.to(memory_format=torch.channels_last)
-        self.eager_unet = self.pipe.unet  # the module itself, also when pipe.unet is compiled
+        self.eager_unet = self.pipe.net  # the module itself, also when pipe.net is compiled
         self.compile = {"requested": False, "active": False}
 
     def fmt(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,15 +44,15 @@ class Ldmkit:
             print(f"WARNING: torch.compile of ldmkit's UNet failed, running it eagerly: {message}", file=sys.stderr)
             self.compile["error"] = message
             return
-        self.pipe.unet = compiled  # Pipeline reads .config and .parameters() through the wrapper
+        self.pipe.net = compiled  # Pipeline reads .config and .parameters() through the wrapper
         self.compile["active"] = True
 
     @property
     def unet(self) -> torch.nn.Module:
-        return self.pipe.unet
+        return self.pipe.net
 
     def unet_output(self, x, t, context, module=None):
-        return (self.pipe.unet if module is None else module)(self.fmt(x), t, context)
+        return (self.pipe.net if module is None else module)(self.fmt(x), t, context)
 
     def vae_encode(self, image):
         return self.pipe.autoencoder.encode(self.fmt(image)).posterior.mean

@@ -1,6 +1,6 @@
 """Upsampler: nearest x2 + 3x3 conv in two steps, against ldmkit's four 2x2 convs on the small grid.
 
-    python benchmarks/upsample.py [--threads 2] [--repeats 5] [--out docs/results/upsample.json]
+    python -m benchmarks.upsample [--threads 2] [--repeats 5] [--out docs/results/upsample.json]
 
 The shapes are the upsamplers of the models the other benchmarks time: SD v1.5's VAE decoder at
 512 px and UNet at 64 x 64 latents (batch 2: guidance), and the small config's VAE at 256 px and
@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import alternate  # noqa: E402
-
-from ldmkit.nets.upsample import upsample_conv  # noqa: E402
+from benchmarks.measure import alternate
+from ldmkit.nets.upsample import upsample_conv
 
 # (name, batch, channels, input size, memory format, with backward)
 SHAPES = [

@@ -1,6 +1,6 @@
 """ldmkit against diffusers, part by part, on the same SD v1.5-layout model with the same weights (CPU).
 
-    python benchmarks/vs_diffusers.py [--config small|sd15|tiny] [--threads 2] [--repeats 5] [--warmup 1]
+    python -m benchmarks.vs_diffusers [--config small|sd15|tiny] [--threads 2] [--repeats 5] [--warmup 1]
                                       [--batch B] [--generation-batches 1[,4]] [--steps 20]
                                       [--channels-last] [--compile] [--no-rss]
                                       [--out docs/results/vs-diffusers-<config>.json]
@@ -73,9 +73,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import CPU_ATTENTION_FLOPS, alternate, matmul_peak, summarize  # noqa: E402
-from sd_models import (  # noqa: E402
+from benchmarks.measure import CPU_ATTENTION_FLOPS, alternate, matmul_peak, summarize
+from benchmarks.sd_models import (
     PROMPT,
     TEXT_LENGTH,
     count_params,
@@ -89,8 +88,8 @@ from sd_models import (  # noqa: E402
     timed,
     write_json,
 )
-from sd_speed import log  # noqa: E402
-from sides import GUIDANCE, SAMPLER, Diffusers, Ldmkit  # noqa: E402
+from benchmarks.sd_speed import log
+from benchmarks.sides import GUIDANCE, SAMPLER, Diffusers, Ldmkit
 
 MODEL, SEED = "sd-v1.5", 0
 TARGET = 1e-3           # max relative difference allowed between the libraries (float32)
@@ -98,6 +97,7 @@ LEARNING_RATE = 1e-4    # AdamW, torch's other defaults, for both
 WARMUP_STEPS = 2        # a generation warm-up runs every network once; 20 steps would only cost time
 RSS_TRAIN_STEPS, RSS_STEPS = 2, 2
 NETWORK_PARTS = ("unet forward", "vae encode", "vae decode")
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: the memory children run from it with -m
 PARTS = (*NETWORK_PARTS, "unet training step", "generation")
 LIBRARIES = ("ldmkit", "diffusers")
 
@@ -335,11 +335,11 @@ def benchmark(args, tmp: Path) -> tuple[dict, Path]:
 def measure_rss(part: str, library: str, folder: Path, args) -> dict:
     """Peak memory of loading the folder and running `part`, in a fresh process."""
     log(f"peak memory: {library} {part} in a fresh process")
-    command = [sys.executable, __file__, "--rss-child", part, library, str(folder), "--config", args.config,
-               "--threads", str(args.threads), "--batch", str(args.batch)]
+    command = [sys.executable, "-m", "benchmarks.vs_diffusers", "--rss-child", part, library, str(folder),
+               "--config", args.config, "--threads", str(args.threads), "--batch", str(args.batch)]
     command += ["--channels-last"] * args.channels_last
     command += ["--compile", "--compile-backend", args.compile_backend] * args.compile
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"the {library} {part} memory child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -2,7 +2,10 @@
 
 A config is a frozen dataclass of plain values (int, float, str, bool, None, tuples of those,
 and nested config dataclasses). JSON has no tuples, so `from_dict` turns lists back into the
-tuples the field types ask for, and it refuses keys the dataclass does not have.
+tuples the field types ask for, and it refuses keys the dataclass does not have. A field typed
+as a union of config dataclasses that each have a `kind` field is a tagged union: the JSON
+object's "kind" picks the dataclass (a UNet or another backbone, say). A dataclass's
+RENAMED_KEYS ({old: new}) reads files written before a field was renamed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
     """Build `cls` from a dict, converting nested configs and tuples; unknown keys are an error."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    renamed = getattr(cls, "RENAMED_KEYS", {})  # {old: new}: files written before a field was renamed
+    data = {renamed.get(key, key): value for key, value in data.items()}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)
@@ -42,9 +47,15 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        for arm in typing.get_args(hint):
-            if arm is not type(None):
-                return _convert(arm, value, where)
+        arms = [arm for arm in typing.get_args(hint) if arm is not type(None)]
+        tagged = [arm for arm in arms if dataclasses.is_dataclass(arm) and _kind_of(arm) is not None]
+        if len(tagged) > 1 and isinstance(value, Mapping):  # a tagged union: the arm named by "kind"
+            kinds = {_kind_of(arm): arm for arm in tagged}
+            kind = value.get("kind", _kind_of(tagged[0]))
+            if kind not in kinds:
+                raise ValueError(f"{where}: unknown kind {kind!r}; choose one of {sorted(kinds)}")
+            return from_dict(kinds[kind], value, where)
+        return _convert(arms[0], value, where)
     if origin is tuple and isinstance(value, (list, tuple)):
         args = typing.get_args(hint)
         item = args[0] if args else Any
@@ -54,9 +65,34 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """["unet.base_channels=64", "lr=1e-4"] (the command line's --set) as {key: raw value}."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value (e.g. model.base_channels=64), got {pair!r}")
+        overrides[key] = value
+    return overrides
+
+
+def parse_value(raw: str) -> Any:
+    """A --set value: JSON (numbers, true, null, lists), and a bare word is a string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _kind_of(cls) -> str | None:
+    """The default of a config dataclass's "kind" field: its tag in a tagged union."""
+    field = cls.__dataclass_fields__.get("kind")
+    return None if field is None or field.default is dataclasses.MISSING else field.default
+
+
 def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
     """Apply {"unet.base_channels": "64", "lr": "1e-4"} to a (nested) config, parsing each value
-    as JSON (a bare word is a string). Unknown keys are an error naming the allowed ones."""
+    with parse_value. Unknown keys are an error naming the allowed ones."""
     data = to_dict(config)
     for dotted, raw in overrides.items():
         node, keys = data, dotted.split(".")
@@ -66,8 +102,5 @@ def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
             node = node[key]
         if keys[-1] not in node:
             raise ValueError(f"unknown config key {dotted!r}; known keys here: {sorted(node)}")
-        try:
-            node[keys[-1]] = json.loads(raw)
-        except json.JSONDecodeError:
-            node[keys[-1]] = raw
+        node[keys[-1]] = parse_value(raw)
     return from_dict(type(config), data)

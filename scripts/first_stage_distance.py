@@ -13,7 +13,7 @@ import torch
 
 from ldmkit.data import load_fashion_mnist
 from ldmkit.metrics import classify, feature_frechet_distance, load_fmnist_classifier
-from ldmkit.train.autoencoder import load_autoencoder
+from ldmkit.model import load_autoencoder
 
 
 def main(folders: list[str]) -> None:

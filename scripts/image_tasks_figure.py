@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from ldmkit import Pipeline
+from ldmkit.apps.evaluate_tasks import held_out_images
 from ldmkit.data import fashion_mnist
-from ldmkit.evaluate_tasks import held_out_images
 from ldmkit.utils.images import image_grid, to_pil
 
 out = sys.argv[1] if len(sys.argv) > 1 else "docs/images/image_tasks.png"

@@ -21,18 +21,18 @@ from pathlib import Path
 import torch
 
 from ldmkit import Pipeline
-from ldmkit.data import shapes
-from ldmkit.evaluate import evaluate_shapes
-from ldmkit.finetune.apply import apply_adapters
-from ldmkit.finetune.concepts import (
+from ldmkit.apps.adapters import apply_adapters
+from ldmkit.apps.concepts import (
     CONCEPTS,
     concept_accuracy,
     concept_caption,
     concept_combinations,
     write_concept_images,
 )
-from ldmkit.finetune.config import METHODS, FinetuneConfig
-from ldmkit.finetune.train import finetune
+from ldmkit.apps.evaluate import evaluate_shapes
+from ldmkit.data import shapes
+from ldmkit.train.finetune import finetune
+from ldmkit.train.finetune_config import METHODS, FinetuneConfig
 from ldmkit.utils.images import image_grid, save_png
 
 # how each method's captions name the concept: the plain word, a new token, a rare identifier

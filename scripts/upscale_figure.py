@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from ldmkit import Pipeline
-from ldmkit.evaluate_tasks import held_out_images
+from ldmkit.apps.evaluate_tasks import held_out_images
 from ldmkit.train.diffusion import low_resolution
 from ldmkit.utils.images import image_grid, to_pil
 

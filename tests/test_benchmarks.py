@@ -1,4 +1,4 @@
-"""benchmarks/vs_diffusers.py on its tiny config: it runs, checks parity and writes every part."""
+"""benchmarks.vs_diffusers on its tiny config: it runs, checks parity and writes every part."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent  # benchmarks run from the repository root as -m benchmarks.NAME
 PARTS = ("unet forward", "unet training step", "vae encode", "vae decode", "generation (batch 1)")
 
 
@@ -19,9 +19,9 @@ def test_vs_diffusers_tiny_writes_every_part(tmp_path):
     out = tmp_path / "vs-diffusers-tiny.json"
     # One thread, one round, a small matmul and no memory children (each one is a fresh
     # torch + transformers import): the smoke run stays well under 30 s on a shared CPU.
-    command = [sys.executable, str(BENCHMARKS / "vs_diffusers.py"), "--config", "tiny", "--repeats", "1",
+    command = [sys.executable, "-m", "benchmarks.vs_diffusers", "--config", "tiny", "--repeats", "1",
                "--threads", "1", "--matmul-size", "256", "--no-rss", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -48,9 +48,8 @@ def test_vs_diffusers_tiny_writes_every_part(tmp_path):
     assert "ratio = diffusers time / ldmkit time" in done.stdout
 
 
-def test_parity_failure_stops_the_benchmark(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import vs_diffusers
+def test_parity_failure_stops_the_benchmark():
+    import benchmarks.vs_diffusers as vs_diffusers
 
     assert vs_diffusers.require_parity({"unet forward": 1e-6, "vae decode": 0.0})
     assert not vs_diffusers.require_parity({"unet forward": 1e-6, "vae decode": 0.5})
@@ -59,9 +58,9 @@ def test_parity_failure_stops_the_benchmark(monkeypatch):
 
 def test_upsample_benchmark_times_both_ways_and_they_agree(tmp_path):
     out = tmp_path / "upsample.json"
-    command = [sys.executable, str(BENCHMARKS / "upsample.py"), "--only", "small UNet 8->16", "--repeats", "1",
+    command = [sys.executable, "-m", "benchmarks.upsample", "--only", "small UNet 8->16", "--repeats", "1",
                "--threads", "1", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     [row] = json.loads(out.read_text())["rows"]

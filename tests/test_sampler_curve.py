@@ -1,17 +1,12 @@
-"""benchmarks/sampler_curve.py at a tiny size: every cell, honest UNet call counts, resume."""
+"""benchmarks.sampler_curve at a tiny size: every cell, honest UNet call counts, resume."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "sampler_curve.py"
-spec = importlib.util.spec_from_file_location("sampler_curve", SCRIPT)
-sampler_curve = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sampler_curve)
+import benchmarks.sampler_curve as sampler_curve
 
 
 def test_tiny_sampler_curve_and_resume(tmp_path, monkeypatch, capsys, one_thread):

@@ -29,6 +29,11 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
+def signal_process_tree(root: int, sig: int) -> None:
+    """`sig` to root and every process below it."""
+    _signal_all(_process_tree(root), sig)
+
+
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -38,9 +43,9 @@ def _signal_all(pids: list[int], sig: int) -> None:
 
 
 def torchrun(*args: str, processes: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run ... -m ldmkit.cli ARGS`, one thread a process."""
+    """`python -m torch.distributed.run ... -m ldmkit ARGS`, one thread a process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "ldmkit.cli", *args]
+               "-m", "ldmkit", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -54,5 +59,6 @@ def torchrun(*args: str, processes: int = 2, timeout: float = 120) -> subprocess
             _signal_all(stuck, signal.SIGKILL)
             out, err = child.communicate()
         pytest.fail(f"`ldmkit {' '.join(args)}` on {processes} processes hung for {timeout:.0f} s; "
-                    f"its output ends:\n{out[-1500:]}\nand its stacks at the time:\n{err[err.find('Fatal Python error'):][:12000]}")
+                    f"its output ends:\n{out[-1500:]}\n"
+                    f"and its stacks at the time:\n{err[err.find('Fatal Python error'):][:12000]}")
     return subprocess.CompletedProcess(command, child.returncode, out, err)

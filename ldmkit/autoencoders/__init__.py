@@ -8,7 +8,6 @@ from ldmkit.autoencoders.kl import DiagonalGaussian
 from ldmkit.autoencoders.losses import (
     GAN_LOSSES,
     adaptive_gan_weight,
-    adopt_weight,
     hinge_d_loss,
     hinge_g_loss,
     nonsaturating_d_loss,
@@ -29,7 +28,7 @@ __all__ = [
     "AE_PRESETS", "KINDS", "Autoencoder", "AutoencoderConfig", "AutoencoderOutput", "Decoder",
     "DiagonalGaussian", "DiscriminatorFeatureLoss", "Encoder", "EncoderOutput", "GAN_LOSSES",
     "LPIPS", "NoPerceptualLoss", "PERCEPTUAL_LOSSES", "PatchDiscriminator", "VGG16Features",
-    "VQOutput", "VectorQuantizer", "adaptive_gan_weight", "adopt_weight", "code_stats",
+    "VQOutput", "VectorQuantizer", "adaptive_gan_weight", "code_stats",
     "hinge_d_loss", "hinge_g_loss", "nonsaturating_d_loss", "nonsaturating_g_loss",
     "perceptual_loss", "reconstruction_loss",
 ]

@@ -2,10 +2,11 @@
 LDM appendix G). The perceptual term lives in perceptual.py.
 
 Legend: x the image, x~ the reconstruction, D the patch discriminator, d_real = D(x) and
-d_fake = D(x~) its logits. A training step adds lambda * adopt_weight(...) * g_loss to the
-generator's loss, with lambda = adaptive_gan_weight(...) (VQGAN eq. 7), and trains D on the
-detached reconstruction with a d_loss. Losses are means over all elements, so their scale does
-not depend on the image size (LDM sums pixels instead, which multiplies weights like the KL's).
+d_fake = D(x~) its logits. From the discriminator's start step on, a training step adds
+lambda * gan_weight * g_loss to the generator's loss, lambda = adaptive_gan_weight(...) (VQGAN
+eq. 7), and trains D on the detached reconstruction with a d_loss. Losses are means over all
+elements, so their scale does not depend on the image size (LDM sums pixels instead, which
+multiplies weights like the KL's).
 """
 
 from collections.abc import Callable
@@ -69,8 +70,3 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor,
         g_rec, g_gan = average(torch.stack([g_rec, g_gan])).unbind()
     weight = g_rec.norm() / (g_gan.norm() + 1e-4)                              # eq. 7
     return weight.clamp(0.0, max_weight).detach()
-
-
-def adopt_weight(weight: float, step: int, start: int) -> float:
-    """The GAN term's weight is 0 before step `start` (taming: discriminator start), then weight."""
-    return weight if step >= start else 0.0

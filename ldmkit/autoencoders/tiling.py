@@ -7,7 +7,7 @@ in image space with weights that ramp linearly across each overlap, so no seam s
 
 The result is close to, not equal to, the untiled decode: GroupNorm statistics and the
 decoder's mid attention see one tile instead of the whole latent. The overlap hides the seams
-that this leaves; see tests/test_tiling.py for measured figures.
+that this leaves; see tests/autoencoders/test_tiling.py for measured figures.
 
 Names: B batch, c latent channels, H W latent size, f downsampling factor; a 1-D "span" is a
 tile's [start, stop) along one latent axis.

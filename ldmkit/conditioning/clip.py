@@ -10,12 +10,15 @@ would change its outputs. The tokenizer pads with <|endoftext|> for v1 and "!" (
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..storage import CheckpointError
 from .text import expand_tokens
 
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # the BPE files, or the fast tokenizer's
@@ -72,3 +75,51 @@ class CLIPTextEncoder(nn.Module):
             raise ValueError("prompts must be a list of strings, not one string")
         ids = self.tokenize(prompts).to(next(self.model.parameters()).device)
         return self.model(input_ids=ids).last_hidden_state, None
+
+
+def clip_text_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], tokenizer, pad_token=None):
+    """The SD text encoder (CLIPTextEncoder) from a CLIPTextConfig dict, weights and a tokenizer
+    (or the folder of one)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_clip_tokenizer(tokenizer, pad_token)  # first: the clearer error if it is missing
+    elif pad_token is not None:
+        tokenizer.pad_token = pad_token
+    known = set(CLIPTextConfig().to_dict())
+    with torch.device("meta"):  # as build(): the file's tensors become the weights, no random init
+        model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k in known}))
+    state = _clip_names_for(model, {k: v for k, v in state.items() if not k.endswith("position_ids")})
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise CheckpointError(f"the text encoder weights do not fit CLIPTextModel: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for name, buffer in list(model.named_buffers()):  # position_ids, which files may leave out: 0, 1, ...
+        if buffer.is_meta and name.endswith("position_ids"):
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(
+                leaf, torch.arange(buffer.shape[-1]).expand(buffer.shape).clone(), persistent=False)
+    return CLIPTextEncoder(model.eval(), tokenizer)
+
+
+def _clip_names_for(model, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files name CLIP's weights "text_model.…"; transformers >= 5.6 dropped that level from
+    CLIPTextModel's own names. Match whichever this transformers uses."""
+    prefix = "text_model."
+    wants_prefix = any(k.startswith(prefix) for k in model.state_dict())
+    return {(prefix + k if wants_prefix and not k.startswith(prefix) else
+             k[len(prefix):] if not wants_prefix and k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def clip_file_state(model) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel's weights under the names files use ("text_model.…"), buffers left out."""
+    return {(k if k.startswith("text_model.") else "text_model." + k): v
+            for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """A tokenizer as the files transformers saves (vocab.json, merges.txt, configs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

@@ -81,6 +81,7 @@ def sample(
     progress: bool = False,
     timesteps: torch.Tensor | None = None,
     denoiser_wrapper: Callable[[Callable], Callable] | None = None,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     **sampler_options,
 ) -> torch.Tensor:
     """Run `sampler` for `steps` steps from x (noise at the first timestep) to clean data.
@@ -91,6 +92,7 @@ def sample(
     `timesteps`, if given, replaces `steps` and `spacing` (see `sampler_timesteps`).
     `denoiser_wrapper`, if given, wraps the denoiser (x_t, t) -> x0_hat, e.g. to keep the known
     part of an image fixed while inpainting.
+    `callback(i, x_i, x0_hat)`, if given, runs after each step (previews, cancelling).
     """
     get_sampler(sampler)  # a clear error for a bad name before any work
     cond = dict(cond or {})
@@ -104,8 +106,13 @@ def sample(
     if timesteps is None:
         timesteps = make_timesteps(sched, steps, spacing)
     bar = tqdm(total=len(timesteps) - 1, desc=sampler, disable=not progress, leave=False)
-    callback = lambda i, x_i, x0: bar.update(1)  # noqa: E731
+
+    def after_step(i, x_i, x0):
+        bar.update(1)
+        if callback is not None:
+            callback(i, x_i, x0)
+
     try:
-        return get_sampler(sampler)(denoise, x, sched, timesteps, gen=gen, callback=callback, **sampler_options)
+        return get_sampler(sampler)(denoise, x, sched, timesteps, gen=gen, callback=after_step, **sampler_options)
     finally:
         bar.close()

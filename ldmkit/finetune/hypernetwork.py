@@ -45,17 +45,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io.checkpoint import CheckpointError, atomic_write
-from ..io.weights_file import SAFETENSORS, safe_torch_load, detect_format, read_weights
 from ..nets.attention import Attention, TransformerBlock
+from ..storage.folder import CheckpointError, atomic_write
+from ..storage.weights_file import SAFETENSORS, detect_format, read_weights, safe_torch_load
 
 # The web UI's activation names: its own seven, then every torch.nn activation by lower-cased
 # class name. "swish" is Hardswish there, not SiLU: kept, or its files would change meaning.
@@ -158,7 +159,7 @@ class HypernetworkModule(nn.Module):
 class _ContextHook:
     """Forward pre-hook on a to_k / to_v Linear: its input c becomes c + strength * mlp(c)."""
 
-    def __init__(self, hypernetwork: "Hypernetwork", mlp: HypernetworkModule):
+    def __init__(self, hypernetwork: Hypernetwork, mlp: HypernetworkModule):
         self.hypernetwork, self.mlp = hypernetwork, mlp
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
@@ -193,7 +194,7 @@ class Hypernetwork(nn.Module):
     def create(cls, widths: Sequence[int], layer_structure: Sequence[float] = (1, 2, 1),
                activation: str = "linear", layer_norm: bool = False,
                dropout: float | Sequence[float] = 0.0, activate_output: bool = False,
-               weight_init: str = "Normal", name: str = "hypernetwork") -> "Hypernetwork":
+               weight_init: str = "Normal", name: str = "hypernetwork") -> Hypernetwork:
         """A new hypernetwork. dropout: p after every hidden layer, or a dropout_structure (one p
         per layer_structure entry, the web UI's form)."""
         if isinstance(dropout, (int, float)):
@@ -220,7 +221,7 @@ class Hypernetwork(nn.Module):
         return bool(self._handles)
 
     def attach(self, unet: nn.Module, strength: float = 1.0, self_attention: bool = False,
-               replace: bool = False) -> "Hypernetwork":
+               replace: bool = False) -> Hypernetwork:
         """Hook every cross-attention layer (attn2) of `unet`; moves the MLPs to its device.
         self_attention: also attn1 where an MLP of its width exists (the web UI's behaviour).
         replace: detach another hypernetwork found on `unet` instead of refusing."""
@@ -343,7 +344,7 @@ def _state_from_safetensors(path: Path) -> dict[Any, Any]:
     try:
         state = json.loads(metadata["hypernetwork"])
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: corrupt hypernetwork options in its metadata ({error})")
+        raise CheckpointError(f"{path}: corrupt hypernetwork options in its metadata ({error})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: the hypernetwork options in its metadata are not an object")
     pairs: dict[int, tuple[dict, dict]] = {}

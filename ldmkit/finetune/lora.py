@@ -29,19 +29,16 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
 
 COMPONENTS = ("unet", "text_encoder")
-TARGETS = {  # target group -> component -> regex on the module path
-    "attention": {"unet": r"(^|\.)(to_q|to_k|to_v|to_out\.0)$",
-                  "text_encoder": r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|out_proj)$"},
-    "feed_forward": {"unet": r"(^|\.)(ff\.net\.0\.proj|ff\.net\.2|proj_in|proj_out)$",
-                     "text_encoder": r"(^|\.)mlp\.(fc1|fc2)$"},
-    "conv": {"unet": r"(^|\.)(resnets\.\d+\.(conv1|conv2|conv_shortcut)"
-                     r"|(down|up)samplers\.\d+\.conv)$"},
+TARGETS = ("attention", "feed_forward", "conv")  # target groups; the denoiser names its layers' (layer_groups)
+TEXT_ENCODER_GROUPS = {  # transformers' CLIPTextModel's module paths
+    "attention": r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|out_proj)$",
+    "feed_forward": r"(^|\.)mlp\.(fc1|fc2)$",
 }
 ADAPTABLE = (nn.Linear, nn.Conv2d)
 
@@ -164,7 +161,7 @@ class LoRANetwork(nn.Module):
     # ---- building -------------------------------------------------------------------------
     @classmethod
     def create(cls, model, rank: int = 4, alpha: float | None = None, dropout: float = 0.0,
-               targets=("attention",), text_encoder: bool = False) -> "LoRANetwork":
+               targets=("attention",), text_encoder: bool = False) -> LoRANetwork:
         """Fresh adapters (no change yet) on the `targets` layers of a pipeline's UNet, and of its
         CLIP text encoder when text_encoder=True. targets: any of "attention", "feed_forward",
         "conv" (see the module docstring). alpha None means alpha = rank (scale 1)."""
@@ -178,7 +175,8 @@ class LoRANetwork(nn.Module):
             raise ValueError("text_encoder=True but the modules given hold no 'text_encoder'")
         network = cls()
         for component, root in parts.items():
-            patterns = [TARGETS[t][component] for t in targets if component in TARGETS[t]]
+            groups = TEXT_ENCODER_GROUPS if component == "text_encoder" else getattr(root, "layer_groups", {})
+            patterns = [groups[t] for t in targets if t in groups]
             for path, module in named_layers(component, root):
                 if any(re.search(p, path) for p in patterns):
                     network.add(component, path, LoRAAdapter(module, rank, alpha, dropout))
@@ -223,7 +221,7 @@ class LoRANetwork(nn.Module):
         return bool(self._merged)
 
     # ---- hooks ----------------------------------------------------------------------------
-    def attach(self, model, scale: float = 1.0) -> "LoRANetwork":
+    def attach(self, model, scale: float = 1.0) -> LoRANetwork:
         """Add each adapter's output to its layer's through a forward hook; weights untouched."""
         if self._hooks:
             raise ValueError("this LoRA is already attached; detach() it first")
@@ -253,7 +251,7 @@ class LoRANetwork(nn.Module):
 
     # ---- merging --------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self, model, scale: float = 1.0) -> "LoRANetwork":
+    def merge(self, model, scale: float = 1.0) -> LoRANetwork:
         """W += scale (alpha / r) B A in every adapted layer; unmerge() takes it out again."""
         if self._hooks:
             raise ValueError("this LoRA is attached with hooks; detach() it before merging, "

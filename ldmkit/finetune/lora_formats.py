@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .lora import (LoRAAdapter, LoRANetwork, adapter_shapes, find_layer,
-                                  lora_components, named_layers)
-from ..io.checkpoint import atomic_write
-from ..io.weights_file import read_weights
+from ..storage.folder import atomic_write
+from ..storage.weights_file import read_weights
+from .lora import LoRAAdapter, LoRANetwork, adapter_shapes, find_layer, lora_components, named_layers
 
 LAYOUTS = ("kohya", "diffusers")
 KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}

@@ -24,15 +24,15 @@ SDXL files ({"clip_l": ..., "clip_g": ...}, one set per text encoder) are refuse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io.checkpoint import atomic_write
-from ..io.weights_file import SAFETENSORS, safe_torch_load, detect_format, read_weights
+from ..storage.folder import atomic_write
+from ..storage.weights_file import SAFETENSORS, detect_format, read_weights, safe_torch_load
 
 LAYOUTS = ("a1111", "diffusers")
 A1111_STAR_ID = 265  # the web UI writes CLIP's id of "*" under string_to_token; readers ignore it

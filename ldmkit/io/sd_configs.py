@@ -10,7 +10,8 @@ folder carries diffusers configs, translated here in both directions.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -59,7 +60,9 @@ def unet_config_from_ldm(state: Mapping[str, torch.Tensor], v2: bool) -> UNetCon
     attn_levels = tuple(lv for lv, i in enumerate(first) if f"input_blocks.{i}.1.proj_in.weight" in keys)
     context_dim = next((v.shape[1] for k, v in state.items() if k.endswith("attn2.to_k.weight")), None)
     proj_in = next((v for k, v in state.items() if k.endswith("proj_in.weight")), None)
-    depth = _count(keys, rf"input_blocks\.{first[attn_levels[0]]}\.1\.transformer_blocks\.(\d+)\.") if attn_levels else 1
+    depth = (
+        _count(keys, rf"input_blocks\.{first[attn_levels[0]]}\.1\.transformer_blocks\.(\d+)\.") if attn_levels else 1
+    )
     label = state.get("label_emb.weight", state.get("label_emb.0.weight"))
     if "label_emb.0.0.weight" in keys:
         raise ValueError("this UNet embeds a vector class input (SD upscaler / SDXL style), which ldmkit does not load")
@@ -118,7 +121,8 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> UNetConfig:
     """UNetConfig from a diffusers UNet2DConditionModel config.json."""
     unsupported = {k: cfg[k] for k, v in _UNET_DEFAULTS.items() if k in cfg and cfg[k] != v}
     if cfg.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel" or unsupported:
-        raise ValueError(f"this diffusers UNet ({cfg.get('_class_name')}) uses options ldmkit does not build: {unsupported}")
+        raise ValueError(f"this diffusers UNet ({cfg.get('_class_name')}) uses options ldmkit does not build: "
+                         f"{unsupported}")
     widths = list(cfg["block_out_channels"])
     base = widths[0]
     heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim") or 8  # diffusers' historic misnomer
@@ -169,7 +173,8 @@ def unet_config_to_diffusers(c: UNetConfig, sample_size: int) -> dict[str, Any]:
 
 
 def vae_config_from_diffusers(cfg: Mapping[str, Any]) -> AutoencoderConfig:
-    if cfg.get("_class_name", "AutoencoderKL") != "AutoencoderKL" or cfg.get("shift_factor") or cfg.get("use_quant_conv") is False:
+    if (cfg.get("_class_name", "AutoencoderKL") != "AutoencoderKL" or cfg.get("shift_factor")
+            or cfg.get("use_quant_conv") is False):
         raise ValueError(f"ldmkit reads the AutoencoderKL of SD v1/v2; this VAE is {cfg.get('_class_name')} with "
                          f"shift_factor={cfg.get('shift_factor')}, use_quant_conv={cfg.get('use_quant_conv')}")
     widths = list(cfg["block_out_channels"])
@@ -199,12 +204,14 @@ def vae_config_to_diffusers(c: AutoencoderConfig, sample_size: int) -> dict[str,
 def schedule_from_diffusers(cfg: Mapping[str, Any]) -> tuple[ScheduleConfig, SamplingConfig, str]:
     """(schedule, sampling, prediction) from a diffusers scheduler_config.json."""
     if cfg.get("trained_betas") is not None or cfg.get("beta_schedule", "linear") not in BETAS_FROM_DIFFUSERS:
-        raise ValueError(f"unsupported noise schedule {cfg.get('beta_schedule')!r} (trained_betas={cfg.get('trained_betas') is not None})")
+        raise ValueError(f"unsupported noise schedule {cfg.get('beta_schedule')!r} "
+                         f"(trained_betas={cfg.get('trained_betas') is not None})")
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_FROM_DIFFUSERS:
         raise ValueError(f"unknown prediction_type {prediction!r}; ldmkit knows {sorted(PREDICTION_FROM_DIFFUSERS)}")
     schedule = ScheduleConfig(
-        kind=BETAS_FROM_DIFFUSERS[cfg.get("beta_schedule", "linear")], num_timesteps=cfg.get("num_train_timesteps", 1000),
+        kind=BETAS_FROM_DIFFUSERS[cfg.get("beta_schedule", "linear")],
+        num_timesteps=cfg.get("num_train_timesteps", 1000),
         beta_start=cfg.get("beta_start", 0.0001), beta_end=cfg.get("beta_end", 0.02),
         zero_terminal_snr=cfg.get("rescale_betas_zero_snr", False),
     )

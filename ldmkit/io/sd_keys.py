@@ -20,8 +20,8 @@ encoders. Tensors are passed through, not copied, except where a reshape or spli
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Mapping
 
 import torch
 from torch import Tensor

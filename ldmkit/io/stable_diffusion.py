@@ -26,26 +26,33 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from ..autoencoders import Autoencoder, AutoencoderConfig
+from ..conditioning import TextEncoder
+from ..conditioning.clip import clip_file_state, clip_text_encoder, tokenizer_files
 from ..config import from_dict
+from ..model import GenerationDefaults, LatentDiffusionConfig, LowResConfig, ModelParts
+from ..model.folder import model_config
 from ..nets import UNet
+from ..storage.folder import CheckpointError, atomic_write, swap_into_place
+from ..storage.weights_file import read_weights
 from . import sd_configs as cfgs
 from . import sd_keys as keys
-from .checkpoint import CheckpointError, atomic_write, swap_into_place
-from .weights_file import read_weights
 
 UNET, VAE, CLIP, OPEN_CLIP, EMA = (
-    "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.", "cond_stage_model.model.", "model_ema.",
+    "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.", "cond_stage_model.model.",
+    "model_ema.",
 )
 LDMKIT_METADATA = "ldmkit"  # safetensors metadata key: the ldmkit config.json of the model
 WEIGHTS_NAMES = ("diffusion_pytorch_model", "model")  # diffusers' and transformers' file stems
+SD_DEFAULTS = GenerationDefaults(guidance=7.5, sampler="dpmpp_2m", steps=25)  # what SD's model cards suggest
 
 
 # ---- telling formats apart -------------------------------------------------------------------
@@ -54,13 +61,14 @@ def is_diffusers_folder(path: Path) -> bool:
 
 
 def load_stable_diffusion(path: str | Path, **options):
-    """A Pipeline from an SD single file or a diffusers folder."""
+    """The parts of the model in an SD single file or a diffusers folder."""
     path = Path(path)
     if path.is_file():
         return load_single_file(path, **options)
     if is_diffusers_folder(path):
         return load_diffusers_folder(path, **options)
-    raise CheckpointError(f"{path} is neither a Stable Diffusion file nor a diffusers folder (no model_index.json or unet/)")
+    raise CheckpointError(f"{path} is neither a Stable Diffusion file nor a diffusers folder "
+                          f"(no model_index.json or unet/)")
 
 
 def split_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -82,57 +90,9 @@ def build(module_cls, config, state: Mapping[str, torch.Tensor]):
     try:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
-        raise CheckpointError(f"the weights do not fit a {module_cls.__name__} of this config: {str(error)[:600]}") from None
+        raise CheckpointError(f"the weights do not fit a {module_cls.__name__} of this config: "
+                              f"{str(error)[:600]}") from None
     return module.eval()
-
-
-def clip_text_encoder(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], tokenizer, pad_token=None):
-    """The SD text encoder (CLIPTextEncoder) from a CLIPTextConfig dict, weights and a tokenizer
-    (or the folder of one)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from ..conditioning import CLIPTextEncoder, load_clip_tokenizer
-
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_clip_tokenizer(tokenizer, pad_token)  # first: the clearer error if it is missing
-    elif pad_token is not None:
-        tokenizer.pad_token = pad_token
-    known = set(CLIPTextConfig().to_dict())
-    with torch.device("meta"):  # as build(): the file's tensors become the weights, no random init
-        model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k in known}))
-    state = _clip_names_for(model, {k: v for k, v in state.items() if not k.endswith("position_ids")})
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise CheckpointError(f"the text encoder weights do not fit CLIPTextModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, buffer in list(model.named_buffers()):  # position_ids, which files may leave out: 0, 1, ...
-        if buffer.is_meta and name.endswith("position_ids"):
-            owner, _, leaf = name.rpartition(".")
-            model.get_submodule(owner).register_buffer(
-                leaf, torch.arange(buffer.shape[-1]).expand(buffer.shape).clone(), persistent=False)
-    return CLIPTextEncoder(model.eval(), tokenizer)
-
-
-def _clip_names_for(model, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Files name CLIP's weights "text_model.…"; transformers >= 5.6 dropped that level from
-    CLIPTextModel's own names. Match whichever this transformers uses."""
-    prefix = "text_model."
-    wants_prefix = any(k.startswith(prefix) for k in model.state_dict())
-    return {(prefix + k if wants_prefix and not k.startswith(prefix) else
-             k[len(prefix):] if not wants_prefix and k.startswith(prefix) else k): v for k, v in state.items()}
-
-
-def clip_file_state(model) -> dict[str, torch.Tensor]:
-    """A CLIPTextModel's weights under the names files use ("text_model.…"), buffers left out."""
-    return {(k if k.startswith("text_model.") else "text_model." + k): v
-            for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-
-
-def tokenizer_files(tokenizer) -> dict[str, bytes]:
-    """A tokenizer as the files transformers saves (vocab.json, merges.txt, configs)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
 def _tokenizer_folder(tokenizer, metadata: Mapping[str, str], fallback: Path | None, what: str):
@@ -160,7 +120,7 @@ def _tokenizer_folder(tokenizer, metadata: Mapping[str, str], fallback: Path | N
 # ---- single files ---------------------------------------------------------------------------
 def load_single_file(path: str | Path, tokenizer: str | Path | None = None, prediction: str | None = None,
                      use_ema: bool = False):
-    """A Pipeline from an SD v1/v2 single file (or one ldmkit wrote). use_ema: the file's EMA
+    """The parts of the model in an SD v1/v2 single file (or one ldmkit wrote). use_ema: the file's EMA
     UNet weights instead of the raw ones; prediction: "eps" | "v" to override the inference."""
     path = Path(path)
     tensors, metadata = read_weights(path)
@@ -191,32 +151,29 @@ def load_single_file(path: str | Path, tokenizer: str | Path | None = None, pred
             raise CheckpointError(f"{path} has no text encoder ('{CLIP}' or '{OPEN_CLIP}' keys)")
         clip_config = meta["text_encoder_config"] if meta else cfgs.clip_config_from_state(state, act)
         pad = "!" if parts[OPEN_CLIP] else None  # OpenCLIP pads with token 0, "!"
-        text_encoder = clip_text_encoder(clip_config, state, _tokenizer_folder(tokenizer, metadata, None, str(path)), pad)
+        text_encoder = clip_text_encoder(
+            clip_config, state, _tokenizer_folder(tokenizer, metadata, None, str(path)), pad
+        )
     return _assemble(config, unet, autoencoder, text_encoder, meta, path.stem, path, "stable-diffusion single file")
 
 
 def _ldmkit_configs(meta: Mapping[str, Any]):
     """(LatentDiffusionConfig, AutoencoderConfig) from the config ldmkit wrote into a file or folder."""
-    from ..train.diffusion_config import LatentDiffusionConfig
-
-    return from_dict(LatentDiffusionConfig, meta["model"]), from_dict(AutoencoderConfig, meta["autoencoder"])
+    return model_config(meta), from_dict(AutoencoderConfig, meta["autoencoder"])
 
 
-def _assemble(config, unet, autoencoder, clip_encoder, ours: Mapping[str, Any] | None, name: str, source: Path, kind: str):
-    """The Pipeline. A model ldmkit wrote (`ours`: its config) gets back its name, class names,
-    defaults and MiniLM text encoder; a foreign SD model gets SD's defaults."""
-    from ..pipeline import GenerationDefaults, Pipeline
-
+def _assemble(config, unet, autoencoder, clip_encoder, ours: Mapping[str, Any] | None, name: str, source: Path,
+              kind: str) -> ModelParts:
+    """A model ldmkit wrote (`ours`: its config) gets back its name, class names, defaults and
+    MiniLM text encoder; a foreign SD model gets SD's defaults."""
     text_encoder = clip_encoder
     if config.conditioning == "text" and config.text_encoder == "minilm":
-        from ..conditioning import TextEncoder
-
         text_encoder = TextEncoder.minilm(config.text_length)
     if ours is None:
-        return Pipeline(unet, autoencoder, config, text_encoder, defaults=_sd_defaults(), name=name,
-                        meta={"source": str(source), "format": kind})
-    return Pipeline(unet, autoencoder, config, text_encoder, ours.get("class_names"),
-                    from_dict(GenerationDefaults, ours.get("defaults", {})), name=ours.get("name", name), meta=ours)
+        return ModelParts(unet, autoencoder, config, text_encoder, defaults=SD_DEFAULTS, name=name,
+                          meta={"source": str(source), "format": kind})
+    return ModelParts(unet, autoencoder, config, text_encoder, ours.get("class_names"),
+                      from_dict(GenerationDefaults, ours.get("defaults", {})), name=ours.get("name", name), meta=ours)
 
 
 def _ema_weights(parts, path) -> dict[str, torch.Tensor]:
@@ -235,8 +192,6 @@ def _ema_weights(parts, path) -> dict[str, torch.Tensor]:
 def _infer_configs(path: Path, parts, metadata, prediction):
     """Configs of a foreign single file: SD v1 / v2 / inpainting, or the x4 upscaler (7 input
     channels: z_t and the RGB low-resolution image), told apart by the UNet's input channels."""
-    from ..train.diffusion_config import LatentDiffusionConfig, LowResConfig
-
     if not parts[VAE]:
         raise CheckpointError(f"{path} has no first-stage autoencoder ('{VAE}' keys)")
     v2 = bool(parts[OPEN_CLIP])
@@ -248,7 +203,7 @@ def _infer_configs(path: Path, parts, metadata, prediction):
         vae_config = replace(vae_config, scaling_factor=cfgs.SD_X4_VAE_SCALE)
         return LatentDiffusionConfig(
             unet=unet_config, schedule=schedule, prediction=prediction or inferred, conditioning="text",
-            text_encoder="clip", image_size=128, sampling=sampling, lowres=LowResConfig(channels=3),
+            text_encoder="clip", image_size=128, sampling=sampling, task="upscaling", lowres=LowResConfig(channels=3),
         ), vae_config
     if prediction is None:
         prediction = _v2_prediction(path, metadata) if v2 and extra_channels == 0 else "eps"
@@ -256,7 +211,7 @@ def _infer_configs(path: Path, parts, metadata, prediction):
     config = LatentDiffusionConfig(
         unet=unet_config, schedule=schedule, prediction=prediction, conditioning="text",
         text_encoder="clip", image_size=768 if v2 and prediction == "v" and extra_channels == 0 else 512,
-        sampling=sampling,
+        sampling=sampling, task=_task(unet_config.in_channels, vae_config.z_channels, None),
     )
     return config, vae_config
 
@@ -270,17 +225,20 @@ def _v2_prediction(path: Path, metadata: Mapping[str, str]) -> str:
     return "v"
 
 
-def save_single_file(pipe, path: str | Path) -> Path:
+def save_single_file(parts: ModelParts, path: str | Path) -> Path:
     """The model as one SD-layout .safetensors file, its ldmkit config in the metadata. An
     OpenCLIP text encoder (SD v2) is written in OpenCLIP layout with a zero last layer in place
     of the one the conversion dropped (SD v2 reads the penultimate layer, never that one)."""
     path = Path(path)
-    state = {UNET + k: v for k, v in keys.unet_diffusers_to_ldm(pipe.unet.state_dict(), pipe.unet.config).items()}
-    state |= {VAE + k: v for k, v in keys.vae_diffusers_to_ldm(pipe.autoencoder.state_dict(), pipe.autoencoder.config).items()}
-    meta = pipe.describe()
+    state = {UNET + k: v for k, v in keys.unet_diffusers_to_ldm(parts.net.state_dict(), parts.net.config).items()}
+    state |= {
+        VAE + k: v
+        for k, v in keys.vae_diffusers_to_ldm(parts.autoencoder.state_dict(), parts.autoencoder.config).items()
+    }
+    meta = parts.describe()
     metadata = {"format": "pt", LDMKIT_METADATA: ""}
-    if pipe.uses_clip:
-        text = pipe.text_encoder.model
+    if parts.uses_clip:
+        text = parts.text_encoder.model
         text_state = clip_file_state(text)
         if text.config.hidden_act == "gelu":  # OpenCLIP
             open_clip = keys.transformers_to_open_clip(text_state)
@@ -288,7 +246,7 @@ def save_single_file(pipe, path: str | Path) -> Path:
             state |= {OPEN_CLIP + k: v for k, v in open_clip.items()}
         else:
             state |= {CLIP + k: v for k, v in keys.clip_transformers_to_ldm(text_state).items()}
-        files = tokenizer_files(pipe.text_encoder.tokenizer)
+        files = tokenizer_files(parts.text_encoder.tokenizer)
         metadata |= {f"tokenizer.{name}": data.decode("utf-8") for name, data in files.items()}
     metadata[LDMKIT_METADATA] = json.dumps(meta)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -333,9 +291,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None, prediction: str | None = None,
                           use_ema: bool = False):
-    """A Pipeline from a diffusers Stable Diffusion folder (or one ldmkit wrote)."""
-    from ..train.diffusion_config import LatentDiffusionConfig
-
+    """The parts of the model in a diffusers Stable Diffusion folder (or one ldmkit wrote)."""
     path = Path(path)
     if use_ema:
         raise ValueError("a diffusers folder holds one set of UNet weights (no EMA copy): load it without use_ema")
@@ -344,13 +300,16 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         config, vae_config = _ldmkit_configs(ours)
     else:
         unet_cfg = _read_json(path / "unet" / "config.json")
-        schedule, sampling, inferred = cfgs.schedule_from_diffusers(_read_json(path / "scheduler" / "scheduler_config.json"))
+        schedule, sampling, inferred = cfgs.schedule_from_diffusers(
+            _read_json(path / "scheduler" / "scheduler_config.json")
+        )
         vae_config = cfgs.vae_config_from_diffusers(_read_json(path / "vae" / "config.json"))
         unet_config = cfgs.unet_config_from_diffusers(unet_cfg)
+        lowres = _upscaler(path, unet_config.in_channels - vae_config.z_channels)
         config = LatentDiffusionConfig(
             unet=unet_config, schedule=schedule, prediction=inferred, conditioning="text", text_encoder="clip",
             sampling=sampling, image_size=unet_cfg.get("sample_size", 64) * vae_config.downsampling_factor,
-            lowres=_upscaler(path, unet_config.in_channels - vae_config.z_channels),
+            task=_task(unet_config.in_channels, vae_config.z_channels, lowres), lowres=lowres,
         )
     if prediction is not None:
         config = replace(config, prediction=prediction)
@@ -364,10 +323,15 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
     return _assemble(config, unet, autoencoder, text_encoder, ours, path.name, path, "diffusers folder")
 
 
+def _task(in_channels: int, z_channels: int, lowres: LowResConfig | None) -> str:
+    """A foreign model's task, told by content: a low-resolution input, or SD inpainting's 2z + 1 channels."""
+    if lowres is not None:
+        return "upscaling"
+    return "inpainting" if in_channels == 2 * z_channels + 1 else "generation"
+
+
 def _upscaler(path: Path, image_channels: int):
     """The LowResConfig of a diffusers upscaler folder (SD x4: a low_res_scheduler/), else None."""
-    from ..train.diffusion_config import LowResConfig
-
     if not (path / "low_res_scheduler").is_dir():
         return None
     schedule, _, _ = cfgs.schedule_from_diffusers(_read_json(path / "low_res_scheduler" / "scheduler_config.json"))
@@ -375,7 +339,7 @@ def _upscaler(path: Path, image_channels: int):
     return LowResConfig(channels=image_channels, schedule=schedule, max_noise_level=max_level)
 
 
-def save_diffusers_folder(pipe, folder: str | Path) -> Path:
+def save_diffusers_folder(parts: ModelParts, folder: str | Path) -> Path:
     """The model as a diffusers folder that diffusers' StableDiffusionPipeline loads (CLIP models)
     and ldmkit reads back exactly (ldmkit.json keeps its config). Written whole, then renamed."""
     import diffusers
@@ -384,33 +348,38 @@ def save_diffusers_folder(pipe, folder: str | Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        size = pipe.config.image_size
-        factor = pipe.autoencoder.config.downsampling_factor
+        size = parts.config.image_size
+        factor = parts.autoencoder.config.downsampling_factor
         components = {
-            "unet": (cfgs.unet_config_to_diffusers(pipe.unet.config, size // factor), pipe.unet.state_dict()),
-            "vae": (cfgs.vae_config_to_diffusers(pipe.autoencoder.config, size), pipe.autoencoder.state_dict()),
+            "unet": (cfgs.unet_config_to_diffusers(parts.net.config, size // factor), parts.net.state_dict()),
+            "vae": (cfgs.vae_config_to_diffusers(parts.autoencoder.config, size), parts.autoencoder.state_dict()),
         }
         for name, (config, state) in components.items():
             (staging / name).mkdir()
-            (staging / name / "config.json").write_text(json.dumps({**config, "_diffusers_version": diffusers.__version__}, indent=2))
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, staging / name / "diffusion_pytorch_model.safetensors")
-        scheduler = cfgs.schedule_to_diffusers(pipe.config.schedule, pipe.config.sampling, pipe.config.prediction)
+            (staging / name / "config.json").write_text(
+                json.dumps({**config, "_diffusers_version": diffusers.__version__}, indent=2)
+            )
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                staging / name / "diffusion_pytorch_model.safetensors",
+            )
+        scheduler = cfgs.schedule_to_diffusers(parts.config.schedule, parts.config.sampling, parts.config.prediction)
         (staging / "scheduler").mkdir()
         (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
         index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
                  "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": [None, None], "tokenizer": [None, None],
                  "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
-        if pipe.uses_clip:
-            text = pipe.text_encoder.model
+        if parts.uses_clip:
+            text = parts.text_encoder.model
             (staging / "text_encoder").mkdir()
             text.config.to_json_file(staging / "text_encoder" / "config.json")
             save_file({k: v.detach().cpu().contiguous() for k, v in clip_file_state(text).items()},
                       staging / "text_encoder" / "model.safetensors")
-            pipe.text_encoder.tokenizer.save_pretrained(staging / "tokenizer")
+            parts.text_encoder.tokenizer.save_pretrained(staging / "tokenizer")
             index |= {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))
-        (staging / "ldmkit.json").write_text(json.dumps(pipe.describe(), indent=2))
+        (staging / "ldmkit.json").write_text(json.dumps(parts.describe(), indent=2))
         for file in staging.rglob("*"):
             if file.is_file():
                 with open(file, "rb+") as f:
@@ -420,9 +389,3 @@ def save_diffusers_folder(pipe, folder: str | Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
-
-
-def _sd_defaults():
-    from ..pipeline import GenerationDefaults
-
-    return GenerationDefaults(guidance=7.5, sampler="dpmpp_2m", steps=25)  # what SD's model cards suggest

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import CheckpointError, load_checkpoint
+from ..storage import CheckpointError, load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "fmnist-classifier"
 

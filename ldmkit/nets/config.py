@@ -104,7 +104,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     # CPU-trainable: 32x32 (or 8x8) latents, MiniLM's 384-d token states as context.
     "small": UNetConfig(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
                         attn_levels=(1, 2), num_heads=None, head_dim=32, context_dim=384),
-    # The shipped models (8x8x4 latents): 4.2M parameters, 16.7 MB; ~350 img/s training on 2 cores.
+    # The shipped models (8x8x4 latents): 4.2M parameters, 16.7 MB (training speed: docs/stage2.md).
     "compact": UNetConfig(base_channels=48, channel_mult=(1, 2, 2), num_res_blocks=1,
                           attn_levels=(1, 2), num_heads=None, head_dim=24, context_dim=384,
                           norm_groups=16),

@@ -73,6 +73,16 @@ class Level(nn.Module):
 class UNet(nn.Module):
     """eps_theta(x_t, t, context, class): (B, in_channels, H, W) -> (B, out_channels, H, W)."""
 
+    # What tools working on a backbone from outside ask of it, so that none hard-codes a UNet:
+    # FSDP shards one unit per block of these types; LoRA's target groups are these regexes on
+    # module paths (diffusers' names).
+    shard_units = (ResBlock, SpatialTransformer)
+    layer_groups = {
+        "attention": r"(^|\.)(to_q|to_k|to_v|to_out\.0)$",
+        "feed_forward": r"(^|\.)(ff\.net\.0\.proj|ff\.net\.2|proj_in|proj_out)$",
+        "conv": r"(^|\.)(resnets\.\d+\.(conv1|conv2|conv_shortcut)|(down|up)samplers\.\d+\.conv)$",
+    }
+
     def __init__(self, config: UNetConfig, gradient_checkpointing: bool = False):
         super().__init__()
         self.config = c = config

@@ -8,7 +8,7 @@ and the same for columns. So each of the four output phases (a, b) is a 2x2 conv
 (zero-padded by one pixel, which is u's zero padding): 4 multiply-adds per output pixel and
 input channel instead of 9, and the four-times-larger upsampled copy of x is never made. The
 parameters stay a 3x3 conv's, so checkpoints load unchanged; the results equal the two-step
-computation up to float rounding (tests/test_upsample.py). On this CPU the VAE decoders'
+computation up to float rounding (tests/nets/test_upsample.py). On this CPU the VAE decoders'
 upsamplers ran 1.5x to 1.9x faster, the SD UNet's at 32 -> 64 1.7x (benchmarks/upsample.py).
 """
 

@@ -26,11 +26,12 @@ from torch.nn import functional as F
 
 from ..diffusion import noise_like, q_sample, sampler_timesteps, start_scale
 from ..utils.images import to_pil
+from . import core
 from .inputs import as_pil, image_tensor, mask_tensor
 
 
 def _multiple(pipe) -> int:
-    return pipe.autoencoder.config.downsampling_factor * pipe.unet.config.downsampling_factor
+    return pipe.autoencoder.config.downsampling_factor * pipe.net.config.downsampling_factor
 
 
 def _encode(pipe, x: torch.Tensor) -> torch.Tensor:
@@ -59,46 +60,51 @@ def partial_timesteps(pipe, sampler: str, steps: int, strength: float) -> torch.
 
 
 def _settings(pipe, prompt, num_images, steps, sampler, guidance, output):
-    steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
-    pipe._check([prompt], num_images, steps, sampler, guidance, output, None, pipe.latent_shape)
+    steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
+    core.check_generation_model(pipe)
+    core.check_settings([prompt], num_images, steps, sampler, guidance, output)
     return steps, sampler, guidance
 
 
 @torch.no_grad()
 def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_prompt: str = "", num_images: int = 1,
             steps: int | None = None, sampler: str | None = None, guidance: float | None = None, seed: int = 0,
-            output: str = "pil", progress: bool = False):
+            output: str = "pil", progress: bool = False, guidance_rescale: float = 0.0,
+            hook: core.StepHook | None = None):
     """`num_images` variations of `image` towards `prompt`; strength in (0, 1]: how much of the
-    sampling path to run (1: the image only fixes the size)."""
+    sampling path to run (1: the image only fixes the size). hook: as in txt2img.generate."""
     steps, sampler, guidance = _settings(pipe, prompt, num_images, steps, sampler, guidance, output)
     x, _ = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
     timesteps = partial_timesteps(pipe, sampler, steps, strength)
     z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
-    gens = pipe.generators(seed, num_images)
+    gens = core.generators(seed, num_images)
     z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise_like(z0, gens))
-    z = pipe._sample([prompt] * num_images, negative_prompt, z_t, steps, sampler, guidance, 0.0, gens, progress,
-                     timesteps=timesteps)
-    return pipe.finish(z, output)
+    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance)
+    z = core.run_sampler(pipe, z_t, inputs, sampler, steps, guidance, guidance_rescale, gens, progress,
+                         timesteps=timesteps, hook=hook)
+    return core.finish(pipe, z, output)
 
 
 @torch.no_grad()
 def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", strength: float = 1.0,
             num_images: int = 1, steps: int | None = None, sampler: str | None = None,
             guidance: float | None = None, seed: int = 0, output: str = "pil", progress: bool = False,
-            resample: int = 0):
+            resample: int = 0, guidance_rescale: float = 0.0, hook: core.StepHook | None = None):
     """Repaint the white part of `mask` (same size as `image`) to fit `prompt`; pixels outside
-    the mask come back exactly as given. resample: RePaint's extra passes per step (0: off)."""
+    the mask come back exactly as given. resample: RePaint's extra passes per step (0: off).
+    hook: as in txt2img.generate (with resample, after each pass's step)."""
     if not isinstance(resample, int) or resample < 0:
         raise ValueError(f"resample must be a whole number >= 0 (extra passes per step), got {resample!r}")
-    steps, sampler, guidance = pipe.resolve_settings(steps, sampler, guidance)
-    nine_channel = pipe.inpainting
+    steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
+    nine_channel = pipe.config.task == "inpainting"
     if not nine_channel:
-        pipe._check([prompt], num_images, steps, sampler, guidance, output, None, pipe.latent_shape)
+        core.check_generation_model(pipe)
+        core.check_settings([prompt], num_images, steps, sampler, guidance, output)
     x, pil = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
     m = mask_tensor(mask, tuple(x.shape[-2:]))
     timesteps = partial_timesteps(pipe, sampler, steps, strength)
     z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
-    gens = pipe.generators(seed, num_images)
+    gens = core.generators(seed, num_images)
     noise = noise_like(z0, gens)
     if strength == 1:  # pure noise, as from text: nothing of the masked content leaks in
         z_t = noise * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)
@@ -109,18 +115,19 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
         extra, wrapper = {"concat": concat.float().expand(num_images, -1, -1, -1)}, None
     else:  # any UNet: keep x0 = z_0 outside the (latent) mask at every step
         extra = None
-        keep = 1 - (F.interpolate(m, size=z0.shape[-2:], mode="area") > 0).to(z0)  # a latent pixel touched by the mask is repainted
+        # a latent pixel touched by the mask is repainted
+        keep = 1 - (F.interpolate(m, size=z0.shape[-2:], mode="area") > 0).to(z0)
 
         def wrapper(denoise):
             return lambda x_t, t: keep * z0 + (1 - keep) * denoise(x_t, t)
 
-    inputs = pipe.network_inputs([prompt] * num_images, negative_prompt, guidance, extra)  # once, for every step
-    run = lambda z, ts: pipe._sample([prompt] * num_images, negative_prompt, z, steps, sampler, guidance, 0.0, gens,  # noqa: E731
-                                     progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, inputs=inputs)
+    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, extra)  # once, for every step
+    run = lambda z, ts: core.run_sampler(pipe, z, inputs, sampler, steps, guidance, guidance_rescale, gens,
+                                         progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, hook=hook)
     z = run(z_t, timesteps) if not resample else _resampled(pipe, run, z_t, timesteps, resample, gens)
     if output == "latent":
         return z
-    generated = pipe.decode(z)
+    generated = core.decode(pipe, z)
     if output == "tensor":
         m_dev = m.to(generated)
         return m_dev * generated + (1 - m_dev) * x.to(generated)

@@ -30,7 +30,9 @@ def as_pil(image, what: str = "image") -> Image.Image:
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"a {what} tensor must be (C, H, W) or (1, C, H, W) with C = 1 or 3, got {tuple(image.shape)}")
+            raise ValueError(
+                f"a {what} tensor must be (C, H, W) or (1, C, H, W) with C = 1 or 3, got {tuple(image.shape)}"
+            )
         image = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         image = image[..., 0] if image.shape[2] == 1 else image
     if isinstance(image, np.ndarray):

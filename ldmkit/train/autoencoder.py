@@ -28,20 +28,20 @@ from tqdm.auto import tqdm
 from ..autoencoders import (
     GAN_LOSSES,
     Autoencoder,
-    AutoencoderConfig,
     PatchDiscriminator,
     adaptive_gan_weight,
     perceptual_loss,
     reconstruction_loss,
 )
-from ..config import from_dict, to_dict
+from ..config import to_dict
 from ..data import ImageFolder, load_fashion_mnist, photo_crops
 from ..data.shapes import DEFAULT_HOLDOUT, ShapesDataset
-from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..metrics import gradient_energy_ratio, psnr, ssim
+from ..model import load_autoencoder, save_autoencoder
+from ..storage import save_checkpoint
 from ..utils.images import image_grid, save_png, to_pil
-from .autoencoder_config import AutoencoderTrainConfig, DataConfig
 from . import distributed
+from .autoencoder_config import AutoencoderTrainConfig, DataConfig
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .logging import JsonlLog, plot_losses
 from .steps import NonFiniteSteps, fused_adam, learning_rate, mixed_precision, step_generator
@@ -125,7 +125,9 @@ def _save_reconstructions(model: Autoencoder, images: torch.Tensor, path: Path, 
     with torch.no_grad():
         rec = model(images, sample_posterior=False).reconstruction.clamp(-1, 1)
     zoom = max(1, 96 // images.shape[-1])  # small images are enlarged (nearest) to be seen
-    tiles = [to_pil(x).resize((zoom * x.shape[-1], zoom * x.shape[-2]), Image.NEAREST) for x in torch.cat([images, rec])]
+    tiles = [
+        to_pil(x).resize((zoom * x.shape[-1], zoom * x.shape[-2]), Image.NEAREST) for x in torch.cat([images, rec])
+    ]
     grid = image_grid(tiles, columns=len(images), row_labels=["input", "recon"])
     save_png(grid, path, {"ldmkit": "autoencoder-reconstructions", "step": step})
 
@@ -324,21 +326,7 @@ def _train_autoencoder(config, run_dir: Path, rank: distributed.Rank, device: to
     )
     save_autoencoder(model, run_dir / "model", extra={"metrics": metrics, "train": to_dict(config)})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_losses(records, ["rec", "reg", "g_loss", "d_loss", "perplexity"], run_dir / "loss.png", title=str(run_dir.name))
+    plot_losses(records, ["rec", "reg", "g_loss", "d_loss", "perplexity"], run_dir / "loss.png",
+                title=str(run_dir.name))
     _save_reconstructions(model, preview, run_dir / "reconstructions.png", config.steps)
     return metrics
-
-
-def save_autoencoder(model: Autoencoder, directory: str | Path, extra: dict | None = None) -> Path:
-    """An ldmkit model folder holding one autoencoder."""
-    meta = {"type": "autoencoder", "autoencoder": to_dict(model.config), **(extra or {})}
-    return save_checkpoint(directory, {"autoencoder": model.state_dict()}, meta)
-
-
-def load_autoencoder(directory: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
-    states, meta, _ = load_checkpoint(directory)
-    if meta.get("type") != "autoencoder" or "autoencoder" not in states:
-        raise CheckpointError(f"{directory} does not hold an ldmkit autoencoder (type {meta.get('type')!r})")
-    model = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
-    model.load_state_dict(states["autoencoder"])
-    return model.to(device).eval()

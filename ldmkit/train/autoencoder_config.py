@@ -87,7 +87,8 @@ class AutoencoderTrainConfig:
         if self.loss.disc_norm not in ("batch", "group"):
             raise ValueError(f"loss.disc_norm must be 'batch' or 'group', got {self.loss.disc_norm!r}")
         if self.loss.perceptual not in ("auto", "none", "disc_features", "lpips"):
-            raise ValueError(f"unknown perceptual loss {self.loss.perceptual!r}; choose auto, none, disc_features or lpips")
+            raise ValueError(f"unknown perceptual loss {self.loss.perceptual!r}; "
+                             f"choose auto, none, disc_features or lpips")
         if self.train_decoder_only and not self.init_from:
             raise ValueError("train_decoder_only needs init_from: the autoencoder whose encoder stays frozen")
         if self.loss.gan_weight == 0 and self.loss.perceptual == "disc_features":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..io.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS
+from ..storage.folder import CONFIG, TRAIN_STATE, WEIGHTS
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -45,7 +45,7 @@ def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:
     fresh run. A checkpoint written under another config is refused, not silently continued;
     options added to ldmkit since it was written count at their defaults."""
     from ..config import from_dict, to_dict
-    from ..io.checkpoint import CheckpointError, load_checkpoint
+    from ..storage.folder import CheckpointError, load_checkpoint
 
     found = latest_checkpoint(run_dir)
     if found is None:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import load_fashion_mnist
-from ..io import save_checkpoint
 from ..metrics.fmnist_classifier import FashionClassifier, classify
+from ..storage import save_checkpoint
 from .steps import learning_rate
 
 

@@ -21,17 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..data import ImageFolder, fashion_mnist, load_fashion_mnist
-from ..data import shapes
+from ..data import ImageFolder, fashion_mnist, load_fashion_mnist, shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
-from ..io import load_checkpoint, save_checkpoint
+from ..model import GenerationDefaults, ModelParts, load_autoencoder, resolve_repo_path
+from ..model.conditioner import NULL_PROMPT
 from ..nets import UNet
-from ..nets.attention import SpatialTransformer
-from ..nets.unet import ResBlock
-from ..pipeline import MODELS_DIR, GenerationDefaults, Pipeline
-from ..pipelines import inpainting_inputs
+from ..pipelines import Pipeline, inpainting_inputs
+from ..storage import load_checkpoint, save_checkpoint
 from ..utils.images import image_grid, save_png
-from .autoencoder import load_autoencoder
 from . import distributed
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
 from .diffusion_config import DiffusionTrainConfig
@@ -39,14 +36,6 @@ from .ema import EMA
 from .logging import JsonlLog, plot_losses
 from .masks import random_masks
 from .steps import NonFiniteSteps, fused_adam, learning_rate, mixed_precision, step_generator
-
-
-def resolve_repo_path(path: str) -> Path:
-    """The path as given, or, when relative and not found here, inside the repository."""
-    found = Path(path)
-    if not found.is_dir() and not found.is_absolute() and (MODELS_DIR.parent / found).is_dir():
-        return MODELS_DIR.parent / found
-    return found
 
 
 def class_names(dataset: str) -> list[str] | None:
@@ -133,14 +122,14 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     latents = encode_dataset(autoencoder, images.to(device))  # (N, c, h, w)
     model_cfg = config.model
     z, unet_in = latents.shape[1], model_cfg.unet.in_channels
-    inpainting = model_cfg.lowres is None and unet_in == 2 * z + 1
-    if model_cfg.lowres is not None and unet_in != z + model_cfg.lowres.channels:
-        raise ValueError(f"an upscaler's unet.in_channels must be the latent channels ({z}) + the low-resolution "
-                         f"image's ({model_cfg.lowres.channels}), got {unet_in}")
-    if model_cfg.lowres is None and unet_in not in (z, 2 * z + 1):
-        raise ValueError(f"the autoencoder's latents have {z} channels, so unet.in_channels must be {z} "
-                         f"(text-to-image) or {2 * z + 1} (inpainting: + mask + masked image's latent), got {unet_in}")
-
+    inpainting = model_cfg.task == "inpainting"
+    if unet_in != model_cfg.net_in_channels(z):
+        if model_cfg.task == "generation":
+            raise ValueError(f"the autoencoder's latents have {z} channels, so unet.in_channels must be {z} "
+                             f"(text-to-image) or {2 * z + 1} (inpainting: + mask + masked image's latent, with "
+                             f"model.task=inpainting), got {unet_in}")
+        raise ValueError(f"a {model_cfg.task} model on {z}-channel latents needs unet.in_channels = "
+                         f"{model_cfg.net_in_channels(z)}, got {unet_in}")
     lowres = low_resolution(images, latents.shape[-2:]).to(device) if model_cfg.lowres else None
     low_alpha_bar = make_schedule(model_cfg.lowres.schedule).alpha_bar.float().to(device) if model_cfg.lowres else None
 
@@ -149,10 +138,10 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         from ..conditioning import TextEncoder
 
         encoder = TextEncoder.minilm(model_cfg.text_length).to(device)
-        vocabulary = sorted(set(captions) | {""})
+        vocabulary = sorted(set(captions) | {NULL_PROMPT})
         states, masks = encoder(vocabulary)  # (V, L, D), (V, L)
         caption_index = torch.tensor([vocabulary.index(c) for c in captions])
-        null_index = vocabulary.index("")
+        null_index = vocabulary.index(NULL_PROMPT)
     sched = make_schedule(model_cfg.schedule)
 
     torch.manual_seed(config.seed)
@@ -163,15 +152,16 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     if point is not None:  # before FSDP shards the weights
         unet.load_state_dict(point[1]["unet"])
     if config.parallel == "fsdp":
-        net = distributed.fully_sharded(unet, rank, device, units=(ResBlock, SpatialTransformer))
+        net = distributed.fully_sharded(unet, rank, device, units=unet.shard_units)
     else:
         net = distributed.data_parallel(unet, rank, device)
     ema = EMA(unet, config.ema_decay)  # under FSDP, sharded as the weights are
     # generates with the EMA weights: the sample grids during training and the final model
-    pipeline = Pipeline(
+    parts = ModelParts(
         UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
         GenerationDefaults(guidance=config.guidance), name=run_dir.name,
     )
+    pipeline = Pipeline(parts)
     opt = fused_adam(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
@@ -191,7 +181,8 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         (run_dir / "log.jsonl").unlink()
 
     end = config.steps if max_steps is None else min(config.steps, max_steps)
-    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion", disable=not (progress and rank.is_main))
+    bar = tqdm(range(start, end), initial=start, total=config.steps, desc="diffusion",
+               disable=not (progress and rank.is_main))
     mine = rank.rows(config.batch_size)  # every process draws the global batch, then keeps its rows
     t0 = time.perf_counter()
     autocast = mixed_precision(config.mixed_precision, device)
@@ -220,7 +211,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
             rows = torch.where(drop, null_index, caption_index[index])
             cond = {"context": states[rows], "context_mask": masks[rows].to(device)}
         elif model_cfg.conditioning == "class":
-            null_class = model_cfg.unet.num_classes - 1
+            null_class = pipeline.conditioner.null_label
             cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
         concat = None
         if lowres is not None:  # noise augmentation: a random level per image, given as its class label
@@ -262,7 +253,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
                        "skipped_nonfinite": nonfinite.skipped})
             bar.set_postfix(loss=f"{loss.item():.4f}", img_per_s=f"{speed:.0f}")
         if sample:
-            pipeline.unet.load_state_dict(ema_weights)
+            pipeline.net.load_state_dict(ema_weights)
             grid_path = run_dir / "samples" / f"step_{done:06d}.png"
             if lowres is not None:
                 save_upscale_grid(pipeline, images[:8], grid_path, done)
@@ -285,7 +276,8 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
 
 
 def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.Tensor | None, sched,
-                              config: DiffusionTrainConfig, gen: torch.Generator, rank, scaler, autocast) -> torch.Tensor:
+                              config: DiffusionTrainConfig, gen: torch.Generator, rank, scaler,
+                              autocast) -> torch.Tensor:
     """The loss of this process's rows, backpropagated in `config.accumulate` micro-batches
     (DDP syncs gradients after the last only). Every micro-batch replays the step's generator
     from the same point and keeps its rows of one draw of t and eps for the global batch, so
@@ -352,7 +344,8 @@ def save_upscale_grid(pipeline: Pipeline, images: torch.Tensor, path: Path, step
     small = low_resolution(images, (size // pipeline.autoencoder.config.downsampling_factor,) * 2)
     upscaled = [pipeline.upscale(to_pil(x), seed=k, output="tensor")[0] for k, x in enumerate(small)]
     rows = [[to_pil(x).resize((64, 64), 0) for x in batch] for batch in (small, upscaled, images)]
-    grid = image_grid([im for row in rows for im in row], columns=len(images), row_labels=["input", "ldmkit", "original"])
+    grid = image_grid([im for row in rows for im in row], columns=len(images),
+                      row_labels=["input", "ldmkit", "original"])
     save_png(grid, path, {"step": step, "noise_level": pipeline.config.lowres.noise_level})
 
 

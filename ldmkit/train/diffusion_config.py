@@ -1,58 +1,15 @@
-"""Typed configs of a latent diffusion model and of its training run."""
+"""Typed configs of a latent diffusion training run, and named presets (the model's own config
+is ldmkit.model.LatentDiffusionConfig)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from ..data.shapes import DEFAULT_HOLDOUT
-from ..diffusion.gaussian import PREDICTIONS
-from ..diffusion.sampling import SamplingConfig
-from ..diffusion.schedule import ScheduleConfig
-from ..nets.config import UNET_PRESETS, UNetConfig
+from ..model.config import LatentDiffusionConfig, LowResConfig
+from ..nets.config import UNET_PRESETS
 
-CONDITIONINGS = ("text", "class", "none")
-TEXT_ENCODERS = ("minilm", "clip")  # clip: Stable Diffusion's, weights stored with the model
 LDM_DATASETS = ("fashion-mnist", "shapes", "folder")
-
-
-@dataclass(frozen=True)
-class LowResConfig:
-    """Super-resolution by concatenation (LDM sec. 4.4; SD's x4 upscaler): the low-resolution
-    image, noised to a chosen level of its own schedule, is joined to z_t as input channels at
-    the latent's size, and that noise level is the UNet's class label."""
-
-    channels: int = 3
-    # SD x4's: LDM's "linear" schedule (linear in sqrt(beta)), diffusers' "scaled_linear"
-    schedule: ScheduleConfig = ScheduleConfig(kind="scaled_linear", beta_start=0.0001, beta_end=0.02)
-    max_noise_level: int = 350
-    noise_level: int = 20  # the default at sampling time
-
-
-@dataclass(frozen=True)
-class LatentDiffusionConfig:
-    """What a trained model is: saved in its config.json beside the weights."""
-
-    unet: UNetConfig = UNET_PRESETS["small"]
-    schedule: ScheduleConfig = ScheduleConfig()
-    prediction: str = "eps"
-    conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
-    text_length: int = 16  # tokens of MiniLM context (captions here are short; CLIP always has 77)
-    image_size: int = 32  # pixels; latents are image_size / f on a side
-    text_encoder: str = "minilm"
-    sampling: SamplingConfig = SamplingConfig()
-    lowres: LowResConfig | None = None  # set for super-resolution models
-
-    def __post_init__(self):
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of {CONDITIONINGS}")
-        if self.text_encoder not in TEXT_ENCODERS:
-            raise ValueError(f"unknown text_encoder {self.text_encoder!r}; choose one of {TEXT_ENCODERS}")
-        if self.conditioning == "text" and self.unet.context_dim is None:
-            raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
-        if self.conditioning == "class" and self.unet.num_classes is None:
-            raise ValueError("class conditioning needs unet.num_classes (the classes + 1 null class)")
 
 
 @dataclass(frozen=True)
@@ -66,7 +23,8 @@ class DiffusionDataConfig:
         if self.dataset not in LDM_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {LDM_DATASETS}")
         if self.dataset == "folder" and not self.path:
-            raise ValueError("dataset 'folder' needs data.path: a folder of images with .txt captions or a metadata.jsonl")
+            raise ValueError("dataset 'folder' needs data.path: a folder of images with .txt captions "
+                             "or a metadata.jsonl")
 
 
 @dataclass(frozen=True)
@@ -115,7 +73,7 @@ class DiffusionTrainConfig:
 
 
 TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
-# The shipped models: sized to train in ~25 minutes on 2 CPU cores (docs/stage2.md).
+# The shipped models: sized to train in well under an hour on a 2-core CPU (timings: docs/stage2.md).
 COMPACT = LatentDiffusionConfig(unet=UNET_PRESETS["compact"])
 DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     "fashion-mnist": DiffusionTrainConfig(model=COMPACT, steps=7000, lr=3e-4, min_snr_gamma=5.0),
@@ -127,13 +85,14 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     "fashion-mnist-x4": DiffusionTrainConfig(
         model=LatentDiffusionConfig(
             unet=replace(UNET_PRESETS["compact"], in_channels=5, context_dim=None, num_classes=351),
-            conditioning="none", lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0),
+            conditioning="none", task="upscaling",
+            lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0),
         ),
         steps=4000, lr=3e-4, min_snr_gamma=5.0, guidance=1.0,
     ),
     # 9-channel inpainting (z_t, mask, masked image's latent) started from the shipped model
     "fashion-mnist-inpaint": DiffusionTrainConfig(
-        model=replace(COMPACT, unet=replace(UNET_PRESETS["compact"], in_channels=9)),
+        model=replace(COMPACT, unet=replace(UNET_PRESETS["compact"], in_channels=9), task="inpainting"),
         autoencoder="models/autoencoders/fmnist-kl-f4-gan-decoder", init_from="models/fashion-mnist",
         steps=3000, lr=1e-4, warmup_steps=100, min_snr_gamma=5.0,
     ),

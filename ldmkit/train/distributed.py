@@ -1,6 +1,6 @@
 """Data parallelism with torch.distributed, launched by torchrun (nothing home-made).
 
-    torchrun --nproc_per_node=N -m ldmkit.cli train ...      (gloo on CPU, nccl on GPUs)
+    torchrun --nproc_per_node=N -m ldmkit train ...      (gloo on CPU, nccl on GPUs)
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; every process then draws the same global batch
 from the step's generator and takes its own contiguous share of the rows, DDP averages the
@@ -20,8 +20,9 @@ import gc
 import os
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -57,7 +58,8 @@ def start(device: str | torch.device, global_batch: int) -> tuple[Rank, torch.de
     if world == 1:
         return Rank(), torch.device(device)
     if global_batch % world:
-        raise ValueError(f"batch_size {global_batch} does not split over {world} processes: make it a multiple of {world}")
+        raise ValueError(f"batch_size {global_batch} does not split over {world} processes: "
+                         f"make it a multiple of {world}")
     device = torch.device(device)
     if not dist.is_initialized():
         dist.init_process_group(dist.get_default_backend_for_device(device))

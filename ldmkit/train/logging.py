@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 
 class JsonlLog:
@@ -44,13 +44,20 @@ def plot_losses(records: Iterable[Mapping[str, object]], keys: Iterable[str], ou
     keys = [k for k in keys if any(k in r for r in records)]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4 * max(len(keys), 1), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        points = [(r["step"], r[key]) for r in records if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+        points = [
+            (r["step"], r[key])
+            for r in records
+            if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])
+        ]
         if not points:
             continue
         steps, values = zip(*points)
         ax.plot(steps, values, alpha=0.3, lw=0.8)
         window = max(1, len(values) // 50)
-        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        smooth = [
+            sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))
+        ]
         ax.plot(steps, smooth, lw=1.5)
         if min(values) > 0 and max(values) / min(values) > 10:
             ax.set_yscale("log")

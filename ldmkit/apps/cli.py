@@ -1,0 +1,301 @@
+"""The `ldmkit` command: it parses arguments and calls the Python API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .finetune_commands import adapters, add_adapter_arguments, add_finetune_commands
+
+
+def _forward_demo(args: argparse.Namespace) -> None:
+    from .demos import forward_diffusion_strip
+
+    path = forward_diffusion_strip(args.out, photo=args.photo, size=args.size, seed=args.seed)
+    print(f"wrote {path}: q(x_t | x_0) of '{args.photo}' over t for the linear, scaled-linear and cosine schedules")
+
+
+def _run_config(presets: dict, args: argparse.Namespace):
+    """The named preset with --steps and every --set applied."""
+    from ..config import apply_overrides, parse_sets
+
+    if args.preset not in presets:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(presets)}")
+    overrides = parse_sets(args.set)
+    if args.steps is not None:
+        overrides["steps"] = str(args.steps)
+    return apply_overrides(presets[args.preset], overrides)
+
+
+def _train_autoencoder(args: argparse.Namespace) -> None:
+    from ..train.autoencoder import train_autoencoder
+    from ..train.autoencoder_config import TRAIN_PRESETS
+
+    config = _run_config(TRAIN_PRESETS, args)
+    metrics = train_autoencoder(config, args.out, device=args.device, resume=not args.no_resume)
+    if metrics.get("rank", 0) == 0:  # under torchrun, one process reports
+        print(f"done: {args.out}/model; held-out "
+              + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ..train.diffusion import train_diffusion
+    from ..train.diffusion_config import DIFFUSION_PRESETS
+
+    summary = train_diffusion(
+        _run_config(DIFFUSION_PRESETS, args), args.out, device=args.device, resume=not args.no_resume
+    )
+    if summary.get("rank", 0) == 0:  # under torchrun, one process reports
+        print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
+
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def _sd_options(args: argparse.Namespace) -> dict:
+    """What reading a Stable Diffusion file or diffusers folder may need."""
+    options = {"tokenizer": args.tokenizer, "prediction": args.prediction, "use_ema": args.use_ema or None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _generate(args: argparse.Namespace) -> None:
+    """generate, img2img, inpaint, outpaint, upscale: one request, run, PNGs carrying its settings."""
+    from ..pipelines.request import GenerationRequest, task_fields
+    from .generate import generate_to_folder
+
+    task = "txt2img" if args.command == "generate" else args.command
+    request = GenerationRequest(task=task, **{name: getattr(args, name) for name in task_fields(task)})
+    paths = generate_to_folder(
+        request, args.out, model=args.model, device=args.device, grid=not args.no_grid,
+        autoencoder=getattr(args, "autoencoder", None), dtype=_dtype(args.dtype),
+        vae_tile=getattr(args, "vae_tile", None), adapters=adapters(args), image=getattr(args, "image", None),
+        mask=getattr(args, "mask", None), **_sd_options(args),
+    )
+    print("\n".join(f"wrote {p}" for p in paths))
+
+
+CLI_DEFAULTS = {"num_images": 4}  # a command line shows a few images; the API makes one
+
+
+def _add_request_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    """An option for each setting of GenerationRequest that `task` takes (the prompt positional)."""
+    import typing
+
+    from ..pipelines.request import HELP, GenerationRequest, task_fields
+
+    hints = typing.get_type_hints(GenerationRequest)
+    for name in task_fields(task):
+        if name == "prompt":
+            continue
+        kind = next(arm for arm in (int, float, str) if arm == hints[name] or arm in typing.get_args(hints[name]))
+        default = CLI_DEFAULTS.get(name, GenerationRequest.__dataclass_fields__[name].default)
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=HELP.get(name))
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, model_help: str, task: str) -> None:
+    """What every image-making command takes: the model, the request's settings, where to write."""
+    parser.add_argument("--model", default="fashion-mnist", help=model_help)
+    _add_request_arguments(parser, task)
+    parser.add_argument("--out", default="outputs", help="folder for the PNGs and the grid")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-grid", action="store_true")
+    _add_sd_arguments(parser)
+    add_adapter_arguments(parser)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ..io.stable_diffusion import save_diffusers_folder, save_single_file
+    from ..pipelines import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.src, dtype=_dtype(args.dtype), **_sd_options(args))
+    target = args.to or ("single-file" if str(args.dst).endswith(".safetensors") else "ldmkit")
+    if target == "single-file":
+        written = save_single_file(pipe.parts, args.dst)
+    elif target == "diffusers":
+        written = save_diffusers_folder(pipe.parts, args.dst)
+    else:
+        written = pipe.save_pretrained(args.dst)
+    print(f"wrote {written} ({target}, {args.dtype}) from {Path(args.src)}")
+
+
+def _add_sd_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", default=None,
+                        help="folder with CLIP's vocab.json + merges.txt, for SD single files without one")
+    parser.add_argument("--prediction", default=None, choices=("eps", "v", "x0"),
+                        help="override what an SD v2 file predicts (default: inferred; v for v2)")
+    parser.add_argument("--use-ema", action="store_true", help="the EMA UNet weights of an SD single file")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights' precision")
+
+
+def _train_classifier(args: argparse.Namespace) -> None:
+    from ..train.classifier import train_fmnist_classifier
+
+    metrics = train_fmnist_classifier(args.out, epochs=args.epochs)
+    print(f"done: {args.out}; test accuracy {metrics['test_accuracy']:.4f} in {metrics['train_minutes']:.1f} min")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ..pipelines import Pipeline
+    from .evaluate import evaluate
+
+    pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
+    results = []
+    for guidance in args.guidance or [None]:
+        result = evaluate(
+            pipe, size=args.size, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=guidance
+        )
+        results.append({"model": pipe.name, **result})
+        print(json.dumps(results[-1], indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def _evaluate_tasks(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from ..pipelines import Pipeline
+    from .evaluate_tasks import evaluate_image_tasks, evaluate_upscaling
+
+    pipe = Pipeline.from_pretrained(args.model)
+    if pipe.config.lowres:
+        levels = {} if args.noise_level is None else {"noise_level": args.noise_level}
+        measured = evaluate_upscaling(pipe, per_class=args.size, seed=args.seed, steps=args.steps, **levels)
+    else:
+        measured = evaluate_image_tasks(
+            pipe, per_class=args.size, seed=args.seed, steps=args.steps, resample=args.resample
+        )
+    result = {"model": pipe.name, **measured}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, presets: dict, default: str, example: str) -> None:
+    """What every training command takes: a preset, a run folder, overrides, device, resume."""
+    parser.add_argument("--preset", default=default, help=" | ".join(presets))
+    parser.add_argument("--out", required=True, help="run folder: log, plots, samples, checkpoints, final model")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. {example}")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ldmkit", description="Latent diffusion in plain PyTorch.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("forward-demo", help="show the forward diffusion of a real photo")
+    demo.add_argument("--out", default="outputs/forward_diffusion.png", help="PNG to write")
+    demo.add_argument("--photo", default="astronaut", help="astronaut | coffee | chelsea | rocket")
+    demo.add_argument("--size", type=int, default=128)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_forward_demo)
+
+    from ..train.autoencoder_config import TRAIN_PRESETS
+    from ..train.diffusion_config import DIFFUSION_PRESETS
+
+    ae = commands.add_parser("train-autoencoder", help="train a first-stage autoencoder (AE, KL, VQ, +GAN)")
+    _add_run_arguments(ae, TRAIN_PRESETS, "fmnist-kl-f4", "--set model.kind=vq --set loss.gan_weight=0.1")
+    ae.set_defaults(run=_train_autoencoder)
+
+    train = commands.add_parser("train", help="train a latent diffusion model on a frozen autoencoder")
+    _add_run_arguments(train, DIFFUSION_PRESETS, "fashion-mnist", "--set model.conditioning=class --set batch_size=32")
+    train.set_defaults(run=_train)
+
+    clf = commands.add_parser("train-classifier", help="train the Fashion-MNIST metric network")
+    clf.add_argument("--out", default="ldmkit/metrics/weights/fmnist-classifier")
+    clf.add_argument("--epochs", type=int, default=6)
+    clf.set_defaults(run=_train_classifier)
+
+    ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")
+    ev.add_argument("--model", default="fashion-mnist")
+    ev.add_argument(
+        "--size", type=int, default=None, help="images per prompt (default: 200 per class / 25 per combination)"
+    )
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--sampler", default=None)
+    ev.add_argument("--guidance", type=float, nargs="*", default=None, help="one or more scales (a sweep)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default=None, help="JSON file for the results")
+    ev.set_defaults(run=_evaluate)
+
+    model_help = (
+        "a shipped model (fashion-mnist, shapes), a model folder, an SD .safetensors/.ckpt or a diffusers folder"
+    )
+    tasks = commands.add_parser(
+        "evaluate-tasks",
+        help="img2img and inpainting (or an upscaler's super-resolution) on held-out Fashion-MNIST images",
+    )
+    tasks.add_argument("--model", default="fashion-mnist")
+    tasks.add_argument("--size", type=int, default=20, help="test images per class")
+    tasks.add_argument("--steps", type=int, default=None)
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--resample", type=int, default=0, help="RePaint passes per inpainting step")
+    tasks.add_argument("--noise-level", type=int, default=None, help="an upscaler's noise level (default: the model's)")
+    tasks.add_argument("--out", default=None, help="JSON file for the results")
+    tasks.set_defaults(run=_evaluate_tasks)
+
+    gen = commands.add_parser("generate", help="generate images from a prompt")
+    gen.add_argument("prompt", nargs="?", default="", help='e.g. "a photo of a sneaker"; "" samples unconditionally')
+    _add_sampling_arguments(gen, model_help, "txt2img")
+    gen.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
+    gen.add_argument(
+        "--vae-tile", type=int, default=None, help="decode in tiles of this many latent pixels (large images)"
+    )
+    gen.set_defaults(run=_generate)
+
+    for name, help_text in (("img2img", "redraw an image towards a prompt (SDEdit)"),
+                            ("inpaint", "repaint the white part of a mask"),
+                            ("outpaint", "extend an image on any side"),
+                            ("upscale", "super-resolution with an upscaler model (e.g. SD x4)")):
+        task = commands.add_parser(name, help=help_text)
+        task.add_argument("image", help="the input image (PNG, JPEG, ...)")
+        if name == "inpaint":
+            task.add_argument("mask", help="a mask image of the same size: white = repaint")
+        task.add_argument("prompt", nargs="?", default="")
+        _add_sampling_arguments(task, model_help, name)
+        task.set_defaults(run=_generate)
+
+    conv = commands.add_parser("convert", help="convert between ldmkit, SD single-file and diffusers formats")
+    conv.add_argument("src", help="an ldmkit model (name or folder), an SD .safetensors/.ckpt, or a diffusers folder")
+    conv.add_argument("dst", help="a .safetensors file (SD single file) or a folder")
+    conv.add_argument("--to", choices=("ldmkit", "single-file", "diffusers"), default=None,
+                      help="output format (default: single-file for .safetensors, else ldmkit)")
+    _add_sd_arguments(conv)
+    conv.set_defaults(run=_convert)
+    add_finetune_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        print(f"ldmkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""`ldmkit evaluate`: measure a trained model by what it generates.
+
+- fashion-mnist: the Frechet distance on the shipped classifier's features between generated
+  images (an equal number per class prompt) and the 10,000 test images, next to the same distance
+  for as many real training images (the floor: what a perfect generator would score with that
+  sample size) and for their first-stage reconstructions (what the autoencoder alone costs);
+  and class agreement, the share classified as the class in their prompt.
+- shapes: the share of images whose colour, shape and quadrant all match the prompt, read off
+  the pixels (data/shapes.read_attributes), on seen and on held-out combinations.
+- speed: seconds per image at batch 1 and amortised over the evaluation's batches.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..data import fashion_mnist, load_fashion_mnist, shapes
+from ..metrics import classify, feature_frechet_distance, load_fmnist_classifier
+from ..pipelines import Pipeline
+
+
+def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, **settings) -> dict:
+    classifier = load_fmnist_classifier(device=pipe.device)
+    test_features = fashion_mnist_test_features(classifier)
+    real, _ = load_fashion_mnist("train", limit=10 * per_class)
+    floor = frechet_to_test(classifier, real, test_features)
+    with torch.no_grad():  # what the first stage alone loses: its reconstructions of the same images
+        rebuilt = pipe.decode(
+            torch.cat([pipe.autoencoder.to_latent(x.to(pipe.device, pipe.dtype)) for x in real.split(250)])
+        )
+    first_stage = frechet_to_test(classifier, rebuilt, test_features)
+
+    start = time.perf_counter()
+    images = pipe.generate(fashion_mnist_prompts(), num_images=per_class, seed=seed, output="tensor", **settings)
+    seconds = time.perf_counter() - start
+    scores = score_class_images(classifier, images, test_features, per_class)
+    return {
+        "images": len(images),
+        "frechet_distance": scores["frechet_distance"],
+        "frechet_floor": floor,
+        "frechet_first_stage": first_stage,
+        "class_agreement": scores["class_agreement"],
+        "class_agreement_by_class": scores["class_agreement_by_class"],
+        "seconds_per_image_batched": seconds / len(images),
+    }
+
+
+def fashion_mnist_prompts() -> list[str]:
+    """The 10 class prompts, "a photo of a {class}", in label order."""
+    return [fashion_mnist.caption(y) for y in range(10)]
+
+
+def fashion_mnist_test_features(classifier) -> torch.Tensor:
+    """The classifier's features of the 10,000 test images: what every distance is measured against."""
+    return classify(classifier, load_fashion_mnist("test")[0])[0]
+
+
+def frechet_to_test(classifier, images: torch.Tensor, test_features: torch.Tensor) -> float:
+    """The Frechet distance of images in [-1, 1] to the test set, on the classifier's features."""
+    return feature_frechet_distance(classify(classifier, images)[0], test_features)
+
+
+def score_class_images(classifier, images: torch.Tensor, test_features: torch.Tensor, per_class: int) -> dict:
+    """Frechet distance to the test set and class agreement of `per_class` images of each class
+    prompt, in label order (as generate() returns them for fashion_mnist_prompts())."""
+    features, predicted = classify(classifier, images)
+    hits = (predicted == torch.arange(10).repeat_interleave(per_class)).float()
+    return {
+        "frechet_distance": feature_frechet_distance(features, test_features),
+        "class_agreement": hits.mean().item(),
+        "class_agreement_by_class": dict(zip(fashion_mnist.CLASS_NAMES, hits.view(10, per_class).mean(1).tolist())),
+    }
+
+
+def evaluate_shapes(pipe: Pipeline, per_combination: int = 25, seed: int = 0, **settings) -> dict:
+    holdout = {tuple(c) for c in pipe.meta.get("train", {}).get("data", {}).get("holdout", [])}
+    results = {}
+    start, count = time.perf_counter(), 0
+    for split, combos in (("seen", [c for c in shapes.COMBINATIONS if c not in holdout]),
+                          ("held_out", [c for c in shapes.COMBINATIONS if c in holdout])):
+        if not combos:
+            continue
+        n = per_combination if split == "seen" else 4 * per_combination
+        images = pipe.generate(
+            [shapes.caption(*c) for c in combos], num_images=n, seed=seed, output="tensor", **settings
+        )
+        count += len(images)
+        expected = [c for c in combos for _ in range(n)]
+        results[split] = {"images": len(images), **shapes.attribute_accuracy(images, expected)}
+    results["seconds_per_image_batched"] = (time.perf_counter() - start) / count
+    return results
+
+
+def seconds_per_image(pipe: Pipeline, prompt: str, repeats: int = 5, **settings) -> float:
+    """Latency of one image alone (after one warm-up run), the median of `repeats`."""
+    pipe.generate(prompt, **settings)
+    times = []
+    for k in range(repeats):
+        start = time.perf_counter()
+        pipe.generate(prompt, seed=k, **settings)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def evaluate(pipe: Pipeline, size: int | None = None, seed: int = 0, **settings) -> dict:
+    """Dispatch on the dataset the model was trained on; settings: steps, sampler, guidance."""
+    dataset = pipe.meta.get("dataset")
+    if dataset == "fashion-mnist":
+        result = evaluate_fashion_mnist(pipe, per_class=size or 200, seed=seed, **settings)
+        prompt = fashion_mnist.caption(7)
+    elif dataset == "shapes":
+        result = evaluate_shapes(pipe, per_combination=size or 25, seed=seed, **settings)
+        prompt = shapes.caption("red", "circle", "top left")
+    else:
+        raise ValueError(
+            "ldmkit evaluate knows the fashion-mnist and shapes models; "
+            f"this one was trained on {dataset!r}"
+        )
+    result["seconds_per_image_alone"] = seconds_per_image(pipe, prompt, **settings)
+    steps, sampler, guidance = pipe.resolve_settings(
+        settings.get("steps"), settings.get("sampler"), settings.get("guidance")
+    )
+    result["settings"] = {"steps": steps, "sampler": sampler, "guidance": guidance,
+                          "seed": seed, "torch_threads": torch.get_num_threads(), "device": str(pipe.device)}
+    return result

@@ -1,0 +1,85 @@
+"""Generate to a folder: numbered PNGs that carry their settings, and a grid of them."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..pipelines import Pipeline
+from ..pipelines.request import GenerationRequest, run
+from ..utils.images import image_grid, save_png
+from .adapters import parse_adapters
+
+
+def next_index(folder: Path) -> int:
+    """One past the highest NNNNN_ number in the folder: never overwrite earlier images."""
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5})_", p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def generate_to_folder(
+    request: GenerationRequest | str,
+    out: str | Path,
+    model: str | Path = "fashion-mnist",
+    device: str = "cpu",
+    grid: bool = True,
+    pipeline: Pipeline | None = None,
+    autoencoder: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    vae_tile: int | None = None,
+    adapters: dict | None = None,
+    image=None,
+    mask=None,
+    hook=None,
+    **options,
+) -> list[Path]:
+    """Run `request` (or a prompt, with GenerationRequest's fields among `options`) and write
+    out/NNNNN_seedS.png for each image, their settings in the PNG text (request.png_text(), the
+    model, the adapters, the inputs' paths, the size, the seed), and out/grid_NNNNN.png. Returns
+    the paths written. Other options: tokenizer=, prediction=, use_ema= for Stable Diffusion
+    files. adapters: files to apply first, {"loras": ["FILE:SCALE"], "embeddings":
+    ["FILE[:TOKEN]"], "hypernetworks": [...]}. hook: after every sampler step (pipelines.core)."""
+    fields = {name for name in GenerationRequest.__dataclass_fields__}
+    if isinstance(request, str):
+        request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in fields})
+    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
+                                                autoencoder=autoencoder, **options)
+    parsed, applied = parse_adapters(**(adapters or {}))
+    request = request.resolved(pipe)
+    with pipe.adapters(**parsed):  # a pipeline passed in is left as it was
+        images = run(pipe, request, image=image, mask=mask, progress=True, batch_size=_batch_size(pipe),
+                     vae_tile=vae_tile, hook=hook)  # a hook raising Cancelled: nothing is written
+    inputs = {name: str(value) for name, value in (("input", image), ("mask", mask))
+              if isinstance(value, (str, Path))}
+    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied}
+    return save_images(images, out, settings, request.seed, grid)
+
+
+def save_images(images, out: str | Path, settings: dict, seed: int, grid: bool = True) -> list[Path]:
+    """out/NNNNN_seedS.png per image, numbered on from what the folder holds, each carrying
+    `settings` + its seed + its size + the software in its PNG text; a grid of them."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    first = next_index(out)
+    settings = {**settings, "size": f"{images[0].width}x{images[0].height}", "software": f"ldmkit {__version__}"}
+    paths = [
+        save_png(image, out / f"{first + k:05d}_seed{seed + k}.png", {**settings, "seed": seed + k})
+        for k, image in enumerate(images)
+    ]
+    if grid and len(images) > 1:
+        columns = math.ceil(math.sqrt(len(images)))
+        scale = max(1, 128 // images[0].width)  # small models make small images: enlarge for viewing
+        tiles = [im.resize((im.width * scale, im.height * scale), 0) for im in images]
+        seeds = list(range(seed, seed + len(images)))
+        paths.append(save_png(image_grid(tiles, columns), out / f"grid_{first:05d}.png", {**settings, "seed": seeds}))
+    return paths
+
+
+def _batch_size(pipe: Pipeline) -> int:
+    """Images sampled together: many for the small models, one at a time for SD-sized ones
+    (activations of a 512 px image in a 860M UNet are gigabytes)."""
+    return 64 if sum(p.numel() for p in pipe.net.parameters()) < 50_000_000 else 1

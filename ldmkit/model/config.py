@@ -1,0 +1,98 @@
+"""What a trained latent diffusion model is, as typed configs: saved in its folder's config.json.
+
+The task is explicit: a plain generator, an inpainting model (the mask and the masked image's
+latent joined to z_t, SD-inpainting style) or an upscaler (a noised low-resolution image joined
+to z_t, LDM sec. 4.4). Nothing infers it from channel counts except the readers of old or
+foreign files, once, on loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..diffusion.gaussian import PREDICTIONS
+from ..diffusion.sampling import SamplingConfig
+from ..diffusion.schedule import ScheduleConfig
+from ..nets.config import UNET_PRESETS, UNetConfig
+
+CONDITIONINGS = ("text", "class", "none")
+TEXT_ENCODERS = ("minilm", "clip")  # clip: Stable Diffusion's, weights stored with the model
+TASKS = ("generation", "inpainting", "upscaling")
+
+
+@dataclass(frozen=True)
+class LowResConfig:
+    """Super-resolution by concatenation (LDM sec. 4.4; SD's x4 upscaler): the low-resolution
+    image, noised to a chosen level of its own schedule, is joined to z_t as input channels at
+    the latent's size, and that noise level is the UNet's class label."""
+
+    channels: int = 3
+    # SD x4's: LDM's "linear" schedule (linear in sqrt(beta)), diffusers' "scaled_linear"
+    schedule: ScheduleConfig = ScheduleConfig(kind="scaled_linear", beta_start=0.0001, beta_end=0.02)
+    max_noise_level: int = 350
+    noise_level: int = 20  # the default at sampling time
+
+
+@dataclass(frozen=True)
+class LatentDiffusionConfig:
+    """What a trained model is: saved in its config.json beside the weights."""
+
+    unet: UNetConfig = UNET_PRESETS["small"]
+    schedule: ScheduleConfig = ScheduleConfig()
+    prediction: str = "eps"
+    conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
+    text_length: int = 16  # tokens of MiniLM context (captions here are short; CLIP always has 77)
+    image_size: int = 32  # pixels; latents are image_size / f on a side
+    text_encoder: str = "minilm"
+    sampling: SamplingConfig = SamplingConfig()
+    task: str = "generation"  # generation | inpainting (+ mask, masked latent) | upscaling (+ low-res image)
+    lowres: LowResConfig | None = None  # the low-resolution input of an upscaling model
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of {CONDITIONINGS}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text_encoder {self.text_encoder!r}; choose one of {TEXT_ENCODERS}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if (self.task == "upscaling") != (self.lowres is not None):
+            raise ValueError("an upscaling model needs lowres (its low-resolution input), and only it has one: "
+                             f"task {self.task!r}, lowres {self.lowres}")
+        if self.conditioning == "text" and self.unet.context_dim is None:
+            raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
+        if self.conditioning == "class" and self.unet.num_classes is None:
+            raise ValueError("class conditioning needs unet.num_classes (the classes + 1 null class)")
+
+    @property
+    def uses_clip(self) -> bool:
+        return self.conditioning == "text" and self.text_encoder == "clip"
+
+    @property
+    def uses_minilm(self) -> bool:
+        return self.conditioning == "text" and self.text_encoder == "minilm"
+
+    def net_in_channels(self, z_channels: int) -> int:
+        """The network's input channels for latents of z_channels: z_t, plus the task's inputs."""
+        if self.task == "inpainting":
+            return 2 * z_channels + 1  # + the mask + the masked image's latent
+        if self.task == "upscaling":
+            return z_channels + self.lowres.channels
+        return z_channels
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What a model card recommends; generation uses these where the request gives nothing."""
+
+    guidance: float = 3.0
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+
+
+def task_of_legacy_config(model: dict, z_channels: int) -> str:
+    """The task of a config.json written before tasks were explicit, told once from the channels."""
+    if model.get("lowres") is not None:
+        return "upscaling"
+    return "inpainting" if model["unet"]["in_channels"] == 2 * z_channels + 1 else "generation"

@@ -1,0 +1,154 @@
+"""The composition core every task is built from: settings, conditioning, the network's inputs,
+sampling with a per-step hook, decoding. Functions of a Pipeline (ldmkit.pipelines.pipeline).
+
+Generation (LDM sec. 3.3): encode the prompts, draw z_T ~ N(0, I) in latent space, run a sampler
+with classifier-free guidance, decode x = D(z_0 / s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..autoencoders.tiling import tiled_decode
+from ..diffusion import SAMPLERS, sample, sampler_timesteps, start_scale
+from ..utils.images import to_pil
+
+OUTPUTS = ("pil", "tensor", "latent")
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a step hook sees after each sampler step: latents (B, c, h, w) in float32."""
+
+    index: int  # 0-based; the last is total - 1
+    total: int
+    x_t: torch.Tensor  # the sample after this step
+    x0: torch.Tensor  # the denoiser's estimate of the clean latents at this step
+
+
+StepHook = Callable[[Step], None]
+
+
+class Cancelled(Exception):
+    """Raised by a step hook to stop a run: nothing is decoded, returned or written."""
+
+
+def resolve_settings(pipe, steps=None, sampler=None, guidance=None) -> tuple[int, str, float]:
+    """(steps, sampler, guidance), the model's defaults where None."""
+    d = pipe.defaults
+    return (d.steps if steps is None else steps, d.sampler if sampler is None else sampler,
+            d.guidance if guidance is None else guidance)
+
+
+def check_settings(prompts: Sequence[str], num_images: int, steps, sampler: str, guidance, output: str) -> None:
+    """Clear errors for settings no task can run with."""
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompt must be a string or a non-empty list of strings")
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps}")
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+def check_generation_model(pipe) -> None:
+    """Refuse, with the right task's name, a model whose network needs more than z_t."""
+    if pipe.config.task == "upscaling":
+        raise ValueError(f"{pipe.name} is an upscaler: it needs a low-resolution image, use upscale(image)")
+    if pipe.config.task == "inpainting":
+        raise ValueError(
+            f"this model's UNet takes {pipe.net.config.in_channels} input channels, the latents have "
+            f"{pipe.autoencoder.config.z_channels}: it is an inpainting model (latents + mask + masked "
+            "image), which text-to-image generate() cannot drive"
+        )
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    """One generator per image, seeded seed, seed + 1, ...: image k's noise depends on its seed only."""
+    return [torch.Generator().manual_seed(seed + k) for k in range(count)]
+
+
+def latent_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(c, h, w) of the latents of a height x width image (default: the model's size)."""
+    f = pipe.autoencoder.config.downsampling_factor
+    multiple = f * pipe.net.config.downsampling_factor
+    height = pipe.config.image_size if height is None else height
+    width = pipe.config.image_size if width is None else width
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < multiple or value % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple} pixels for this model "
+                             f"(autoencoder factor {f} x UNet factor {multiple // f}), got {value!r}")
+    return (pipe.autoencoder.config.z_channels, height // f, width // f)
+
+
+def initial_latents(pipe, count: int, seed: int = 0, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """z_T for images seed, seed + 1, ...: (count, c, h, w) float32 on the CPU."""
+    shape = shape or latent_shape(pipe)
+    return torch.cat([torch.randn((1, *shape), generator=g) for g in generators(seed, count)])
+
+
+@torch.no_grad()
+def network_inputs(pipe, prompts: Sequence[str], negative_prompt: str, guidance: float, extra: dict | None = None):
+    """(cond, uncond) for the sampler: the prompts' and, under guidance, the negative prompt's
+    conditioning; `extra` (e.g. concat=...) goes to the network under both."""
+    cond = pipe.encode_prompts(prompts)
+    uncond = pipe.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
+    cond = {**cond, **(extra or {})}
+    return cond, None if uncond is None else {**uncond, **(extra or {})}
+
+
+def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, **cond) -> torch.Tensor:
+    """The network in its own dtype, its output back in the sampler's float32. `concat`:
+    channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image)."""
+    if concat is not None:
+        x_in = torch.cat([x, concat.to(x.dtype)], dim=1)
+        return pipe.net(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
+    return pipe.net(x.to(pipe.dtype), t, **cond).to(x.dtype)
+
+
+@torch.no_grad()
+def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidance: float,
+                guidance_rescale: float = 0.0, gens=None, progress: bool = False, timesteps=None,
+                denoiser_wrapper=None, hook: StepHook | None = None) -> torch.Tensor:
+    """Sample from z (pure noise) over the model's `steps` timesteps, or from a partly noised
+    latent over `timesteps` (image-to-image). inputs: (cond, uncond) from network_inputs.
+    hook(Step) runs after every step; it may raise Cancelled."""
+    cond, uncond = inputs
+    if timesteps is None:
+        timesteps = sampler_timesteps(pipe.schedule, sampler, steps, pipe.config.sampling)
+        z = z * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)
+    total = len(timesteps) - 1
+    callback = None if hook is None else (lambda i, x_i, x0: hook(Step(i, total, x_i, x0)))
+    return sample(
+        lambda x, t, **c: call_net(pipe, x, t, **c), z, pipe.schedule, sampler=sampler,
+        prediction=pipe.config.prediction, cond=cond, uncond=uncond, guidance=guidance,
+        guidance_rescale=guidance_rescale, gen=gens, progress=progress, timesteps=timesteps,
+        denoiser_wrapper=denoiser_wrapper, callback=callback,
+    )
+
+
+@torch.no_grad()
+def decode(pipe, z0: torch.Tensor, batch_size: int = 256, tile: int | None = None) -> torch.Tensor:
+    """Images in [-1, 1] from final latents; `tile` (latent pixels) decodes in overlapping tiles."""
+    ae_dtype = next(pipe.autoencoder.parameters()).dtype
+    if tile is not None:
+        decoder = lambda z: tiled_decode(pipe.autoencoder, z, tile=tile, overlap=max(1, tile // 4))
+    else:
+        decoder = pipe.autoencoder.from_latent
+    return torch.cat([decoder(z.to(ae_dtype)).float().clamp(-1, 1) for z in z0.split(batch_size)])
+
+
+def finish(pipe, z0: torch.Tensor, output: str, vae_tile: int | None = None):
+    """Final latents as asked: "latent" as they are, "tensor" decoded, "pil" as images."""
+    if output == "latent":
+        return z0
+    images = decode(pipe, z0, tile=vae_tile)
+    return images if output == "tensor" else [to_pil(x) for x in images]

@@ -1,0 +1,150 @@
+"""One generation request, declared once: the Python API (`run`), the `ldmkit` command's options,
+the PNG text and the HTTP API all read and write this type, and JSON round-trips it through the
+typed config machinery (unknown keys refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+from ..config import from_dict, to_dict
+from . import core
+from .image_tasks import img2img, inpaint, outpaint
+from .txt2img import generate
+from .upscale import upscale
+
+TASKS = ("txt2img", "img2img", "inpaint", "outpaint", "upscale")
+COMMON = ("prompt", "negative_prompt", "num_images", "steps", "sampler", "guidance", "guidance_rescale", "seed")
+TASK_FIELDS = {  # the settings each task takes, beyond COMMON
+    "txt2img": ("height", "width"),
+    "img2img": ("strength",),
+    "inpaint": ("strength", "resample"),
+    "outpaint": ("strength", "resample", "left", "right", "top", "bottom"),
+    "upscale": ("noise_level",),
+}
+STRENGTH_DEFAULTS = {"img2img": 0.6, "inpaint": 1.0, "outpaint": 1.0}
+# always in the PNG text, in this order; other settings only where they differ from their default
+ALWAYS_RECORDED = ("prompt", "negative_prompt", "sampler", "steps", "guidance")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    task: str = "txt2img"  # txt2img | img2img | inpaint | outpaint | upscale
+    num_images: int = 1
+    steps: int | None = None  # None: the model's default (its card's)
+    sampler: str | None = None
+    guidance: float | None = None
+    guidance_rescale: float = 0.0
+    seed: int = 0  # image k uses seed + k
+    height: int | None = None  # txt2img: pixels (default: the model's size)
+    width: int | None = None
+    strength: float | None = None  # img2img (default 0.6), inpaint / outpaint (default 1.0)
+    resample: int = 0  # inpaint / outpaint: RePaint's extra passes per step
+    noise_level: int | None = None  # upscale: the low-resolution image's noise (default: the model's)
+    left: int = 0  # outpaint: pixels added on each side
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+
+    def __post_init__(self):
+        unused = sorted(name for name in set(FIELD_NAMES) - _settable(self.task) - {"task"}
+                        if getattr(self, name) != GenerationRequest.__dataclass_fields__[name].default)
+        if unused:
+            raise ValueError(f"the {self.task} task takes no {unused}; it takes {sorted(_settable(self.task))}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if not isinstance(self.num_images, int) or self.num_images < 1:
+            raise ValueError(f"num_images must be a whole number >= 1, got {self.num_images!r}")
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise ValueError("prompt and negative_prompt must be strings")
+        if self.task == "outpaint" and min(self.left, self.right, self.top, self.bottom) < 0:
+            raise ValueError("left, right, top and bottom must be >= 0")
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> GenerationRequest:
+        """From a JSON object; a key this type does not have is an error naming the known ones."""
+        return from_dict(cls, data)
+
+    def to_json(self) -> dict:
+        return to_dict(self)
+
+    def resolved(self, pipe) -> GenerationRequest:
+        """Every None filled from the model's defaults: what actually runs, and what is recorded."""
+        steps, sampler, guidance = core.resolve_settings(pipe, self.steps, self.sampler, self.guidance)
+        strength = self.strength
+        if strength is None and self.task in STRENGTH_DEFAULTS:
+            strength = STRENGTH_DEFAULTS[self.task]
+        noise_level = self.noise_level
+        if noise_level is None and self.task == "upscale" and pipe.config.lowres is not None:
+            noise_level = pipe.config.lowres.noise_level
+        return replace(self, steps=steps, sampler=sampler, guidance=guidance, strength=strength,
+                       noise_level=noise_level)
+
+    def png_text(self) -> dict:
+        """The settings for a PNG's text: the task (unless txt2img), the five always recorded,
+        then every other setting that differs from its default. Seeds and sizes are per image."""
+        text = {} if self.task == "txt2img" else {"task": self.task}
+        text |= {name: getattr(self, name) for name in ALWAYS_RECORDED}
+        skip = {"task", "num_images", "seed", "height", "width", *ALWAYS_RECORDED}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name not in skip and value != field.default:
+                text[field.name] = value
+        return text
+
+
+FIELD_NAMES = tuple(GenerationRequest.__dataclass_fields__)
+HELP = {  # what each setting means, for the command line's --help and the API's schema
+    "negative_prompt": "what to steer away from (classifier-free guidance's unconditional side)",
+    "num_images": "images per prompt",
+    "steps": "sampler steps (default: the model's)",
+    "sampler": "ddpm | ddim | euler | euler_a | heun | dpmpp_2m | dpmpp_2m_sde (default: the model's)",
+    "guidance": "classifier-free guidance scale; 1 = none (default: the model's)",
+    "guidance_rescale": "rescale the guided prediction's std towards the conditional one's (0 = off)",
+    "seed": "image k gets seed + k",
+    "height": "pixels (default: the model's size)",
+    "width": "pixels (default: the model's size)",
+    "strength": "in (0, 1]: how far to noise the input (1 = from pure noise; default 0.6 img2img, 1 else)",
+    "resample": "RePaint: extra passes per step (0: off)",
+    "noise_level": "noise added to the low-resolution input, 0..max (default: the model's, 20 for SD x4)",
+    "left": "pixels to add on the left", "right": "pixels to add on the right",
+    "top": "pixels to add on the top", "bottom": "pixels to add on the bottom",
+}
+
+
+def task_fields(task: str) -> tuple[str, ...]:
+    """The settings `task` takes, in declaration order."""
+    return tuple(name for name in FIELD_NAMES if name in _settable(task))
+
+
+def _settable(task: str) -> set[str]:
+    return {*COMMON, *TASK_FIELDS.get(task, ())}
+
+
+def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "pil", progress: bool = False,
+        hook: core.StepHook | None = None, batch_size: int = 64, vae_tile: int | None = None):
+    """The images `request` asks of `pipe`; `image` (and `mask`, for inpaint) where the task
+    takes them. hook(Step) runs after every sampler step and may raise core.Cancelled.
+    batch_size, vae_tile: how txt2img runs (images sampled together, decoding in tiles)."""
+    r = request.resolved(pipe)
+    common = dict(negative_prompt=r.negative_prompt, num_images=r.num_images, steps=r.steps, sampler=r.sampler,
+                  guidance=r.guidance, seed=r.seed, output=output, progress=progress,
+                  guidance_rescale=r.guidance_rescale, hook=hook)
+    if r.task != "txt2img" and image is None:
+        raise ValueError(f"the {r.task} task needs an input image")
+    if r.task == "txt2img":
+        return generate(pipe, r.prompt, height=r.height, width=r.width, batch_size=batch_size, vae_tile=vae_tile,
+                        **common)
+    if r.task == "img2img":
+        return img2img(pipe, image, r.prompt, strength=r.strength, **common)
+    if r.task == "inpaint":
+        if mask is None:
+            raise ValueError("the inpaint task needs a mask (white: repaint)")
+        return inpaint(pipe, image, mask, r.prompt, strength=r.strength, resample=r.resample, **common)
+    if r.task == "outpaint":
+        return outpaint(pipe, image, r.prompt, r.left, r.right, r.top, r.bottom, strength=r.strength,
+                        resample=r.resample, **common)
+    return upscale(pipe, image, r.prompt, noise_level=r.noise_level, **common)

@@ -1,0 +1,60 @@
+"""Text (or class, or nothing) to images: the task the LDM paper's sec. 3.3 describes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from . import core
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompt: str | Sequence[str] = "",
+    negative_prompt: str = "",
+    num_images: int = 1,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    latents: torch.Tensor | None = None,
+    output: str = "pil",
+    guidance_rescale: float = 0.0,
+    batch_size: int = 64,
+    progress: bool = False,
+    height: int | None = None,
+    width: int | None = None,
+    vae_tile: int | None = None,
+    hook: core.StepHook | None = None,
+) -> list[Image.Image] | torch.Tensor:
+    """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
+    generator seeded with seed + k, so it is the same image when generated alone with that
+    seed. output: "pil" (a list of images), "tensor" ((N, C, H, W) in [-1, 1]) or "latent"
+    (the final latents z_0, (N, c, h, w)). An empty prompt samples unconditionally.
+    height, width: pixels (default: the model's image size). vae_tile: decode in tiles of this
+    many latent pixels (bounds memory for large images). hook(Step) runs after every sampler
+    step (progress, previews; raising core.Cancelled stops the run). The sampler runs in
+    float32 whatever the networks' dtype; only the networks see half precision."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
+    shape = core.latent_shape(pipe, height, width)
+    core.check_generation_model(pipe)
+    core.check_settings(prompts, num_images, steps, sampler, guidance, output)
+    expected = (len(prompts) * num_images, *shape)
+    if latents is not None and tuple(latents.shape) != expected:
+        raise ValueError(f"latents must have shape {expected} (images, channels, height, width), "
+                         f"got {tuple(latents.shape)}")
+    prompts = [p for p in prompts for _ in range(num_images)]
+    if latents is None:
+        latents = core.initial_latents(pipe, len(prompts), seed, shape)
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        z_T = latents[start : start + len(chunk)].to(pipe.device, torch.float32)
+        inputs = core.network_inputs(pipe, chunk, negative_prompt, guidance)
+        results.append(core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale,
+                                        core.generators(seed + start, len(chunk)), progress, hook=hook))
+    return core.finish(pipe, torch.cat(results), output, vae_tile)

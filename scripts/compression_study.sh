@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The LDM compression study on Fashion-MNIST (docs/compression.md; the LDM paper's figs. 6-7):
+# first stages at f = 2, 4, 8 (KL, c = 4, the same recipe), an LDM on each with the shipped
+# model's recipe (the fashion-mnist preset: 7,000 steps of batch 64), every run on ONE thread so
+# that other work can have the second core. Each step is skipped when done and resumes exactly
+# when stopped, so the study may span sessions: run this again and it goes on.
+# f = 4 is the shipped model's own UNet with the fmnist-kl-f4 decoder (trained with this preset).
+# Usage: bash scripts/compression_study.sh [RUNS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-runs/study}"
+L=.venv/bin/ldmkit
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+mkdir -p "$out"
+
+for f in 2 8; do  # f = 2 first: the likeliest route to the quality target
+  [ -f "$out/fmnist-kl-f$f/metrics.json" ] || $L train-autoencoder --preset "fmnist-kl-f$f" --out "$out/fmnist-kl-f$f"
+  # every 1,000-step checkpoint kept: FD against training time is read from them
+  [ -d "$out/ldm-f$f/model" ] || $L train --preset fashion-mnist --out "$out/ldm-f$f" \
+    --set "autoencoder=$out/fmnist-kl-f$f/model" --set keep_checkpoints=10 --set checkpoint_every=1000
+done
+for f in 2 8; do
+  [ -f "docs/results/compression-ldm-f$f.json" ] || $L evaluate --model "$out/ldm-f$f/model" --guidance 1 1.5 2 3 \
+    --out "docs/results/compression-ldm-f$f.json"
+done
+[ -f docs/results/compression-ldm-f4.json ] || $L evaluate --model models/fashion-mnist \
+  --autoencoder models/autoencoders/fmnist-kl-f4 --guidance 1 1.5 2 3 --out docs/results/compression-ldm-f4.json
