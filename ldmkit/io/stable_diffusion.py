@@ -138,7 +138,7 @@ def load_single_file(path: str | Path, tokenizer: str | Path | None = None, pred
         config, vae_config = _infer_configs(path, parts, metadata, prediction)
     if prediction is not None:
         config = replace(config, prediction=prediction)
-    unet = build(UNet, config.unet, keys.unet_ldm_to_diffusers(unet_ldm, config.unet))
+    unet = build(UNet, config.net, keys.unet_ldm_to_diffusers(unet_ldm, config.net))
     autoencoder = build(Autoencoder, vae_config, keys.vae_ldm_to_diffusers(parts[VAE], vae_config))
 
     text_encoder = None
@@ -202,14 +202,14 @@ def _infer_configs(path: Path, parts, metadata, prediction):
         schedule, sampling, inferred = cfgs.schedule_from_diffusers(cfgs.SD_X4_SCHEDULER_CONFIG)
         vae_config = replace(vae_config, scaling_factor=cfgs.SD_X4_VAE_SCALE)
         return LatentDiffusionConfig(
-            unet=unet_config, schedule=schedule, prediction=prediction or inferred, conditioning="text",
+            net=unet_config, schedule=schedule, prediction=prediction or inferred, conditioning="text",
             text_encoder="clip", image_size=128, sampling=sampling, task="upscaling", lowres=LowResConfig(channels=3),
         ), vae_config
     if prediction is None:
         prediction = _v2_prediction(path, metadata) if v2 and extra_channels == 0 else "eps"
     schedule, sampling = cfgs.sd_schedule()
     config = LatentDiffusionConfig(
-        unet=unet_config, schedule=schedule, prediction=prediction, conditioning="text",
+        net=unet_config, schedule=schedule, prediction=prediction, conditioning="text",
         text_encoder="clip", image_size=768 if v2 and prediction == "v" and extra_channels == 0 else 512,
         sampling=sampling, task=_task(unet_config.in_channels, vae_config.z_channels, None),
     )
@@ -307,13 +307,13 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         unet_config = cfgs.unet_config_from_diffusers(unet_cfg)
         lowres = _upscaler(path, unet_config.in_channels - vae_config.z_channels)
         config = LatentDiffusionConfig(
-            unet=unet_config, schedule=schedule, prediction=inferred, conditioning="text", text_encoder="clip",
+            net=unet_config, schedule=schedule, prediction=inferred, conditioning="text", text_encoder="clip",
             sampling=sampling, image_size=unet_cfg.get("sample_size", 64) * vae_config.downsampling_factor,
             task=_task(unet_config.in_channels, vae_config.z_channels, lowres), lowres=lowres,
         )
     if prediction is not None:
         config = replace(config, prediction=prediction)
-    unet = build(UNet, config.unet, _read_component(path / "unet", "UNet"))
+    unet = build(UNet, config.net, _read_component(path / "unet", "UNet"))
     autoencoder = build(Autoencoder, vae_config, _read_component(path / "vae", "VAE"))
     text_encoder = None
     if config.conditioning == "text" and config.text_encoder == "clip":

@@ -9,6 +9,7 @@ foreign files, once, on loading.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..diffusion.gaussian import PREDICTIONS
 from ..diffusion.sampling import SamplingConfig
@@ -37,7 +38,7 @@ class LowResConfig:
 class LatentDiffusionConfig:
     """What a trained model is: saved in its config.json beside the weights."""
 
-    unet: UNetConfig = UNET_PRESETS["small"]
+    net: UNetConfig = UNET_PRESETS["small"]  # the denoiser's config, tagged by its "kind"
     schedule: ScheduleConfig = ScheduleConfig()
     prediction: str = "eps"
     conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
@@ -47,6 +48,8 @@ class LatentDiffusionConfig:
     sampling: SamplingConfig = SamplingConfig()
     task: str = "generation"  # generation | inpainting (+ mask, masked latent) | upscaling (+ low-res image)
     lowres: LowResConfig | None = None  # the low-resolution input of an upscaling model
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"unet": "net"}  # config.json files written before
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -60,9 +63,9 @@ class LatentDiffusionConfig:
         if (self.task == "upscaling") != (self.lowres is not None):
             raise ValueError("an upscaling model needs lowres (its low-resolution input), and only it has one: "
                              f"task {self.task!r}, lowres {self.lowres}")
-        if self.conditioning == "text" and self.unet.context_dim is None:
+        if self.conditioning == "text" and self.net.context_dim is None:
             raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
-        if self.conditioning == "class" and self.unet.num_classes is None:
+        if self.conditioning == "class" and self.net.num_classes is None:
             raise ValueError("class conditioning needs unet.num_classes (the classes + 1 null class)")
 
     @property
@@ -95,4 +98,5 @@ def task_of_legacy_config(model: dict, z_channels: int) -> str:
     """The task of a config.json written before tasks were explicit, told once from the channels."""
     if model.get("lowres") is not None:
         return "upscaling"
-    return "inpainting" if model["unet"]["in_channels"] == 2 * z_channels + 1 else "generation"
+    net = model.get("net", model.get("unet"))
+    return "inpainting" if net["in_channels"] == 2 * z_channels + 1 else "generation"

@@ -66,7 +66,7 @@ def load_model(folder: str | Path) -> ModelParts:
     if meta.get("type") != "latent-diffusion" or not {"unet", "autoencoder"} <= set(states):
         raise CheckpointError(f"{folder} does not hold an ldmkit latent diffusion model (type {meta.get('type')!r})")
     config = model_config(meta)
-    net = UNet(config.unet)
+    net = UNet(config.net)
     net.load_state_dict(states["unet"])
     first_stage = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
     first_stage.load_state_dict(states["autoencoder"])

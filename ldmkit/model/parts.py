@@ -33,9 +33,9 @@ class ModelParts:
         if config.conditioning == "class" and not self.class_names:
             raise ValueError("a class-conditioned model needs the names of its classes")
         z, wanted = self.autoencoder.config.z_channels, config.net_in_channels(self.autoencoder.config.z_channels)
-        if config.unet.in_channels != wanted:
+        if config.net.in_channels != wanted:
             raise ValueError(f"a {config.task} model on {z}-channel latents needs a network with {wanted} input "
-                             f"channels, this one has {config.unet.in_channels}")
+                             f"channels, this one has {config.net.in_channels}")
         self.class_names = list(self.class_names or [])
 
     @property

@@ -24,6 +24,7 @@ class UNetConfig:
     num_classes: int | None = None              # None: no class embedding
     norm_groups: int = 32
     dropout: float = 0.0
+    kind: str = "unet"                          # the tag of this backbone in a model's config
 
     def __post_init__(self):
         # JSON gives lists; keep the value hashable and comparable.

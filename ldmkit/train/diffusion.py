@@ -121,7 +121,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         )
     latents = encode_dataset(autoencoder, images.to(device))  # (N, c, h, w)
     model_cfg = config.model
-    z, unet_in = latents.shape[1], model_cfg.unet.in_channels
+    z, unet_in = latents.shape[1], model_cfg.net.in_channels
     inpainting = model_cfg.task == "inpainting"
     if unet_in != model_cfg.net_in_channels(z):
         if model_cfg.task == "generation":
@@ -145,7 +145,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     sched = make_schedule(model_cfg.schedule)
 
     torch.manual_seed(config.seed)
-    unet = UNet(model_cfg.unet, gradient_checkpointing=config.gradient_checkpointing).to(device)
+    unet = UNet(model_cfg.net, gradient_checkpointing=config.gradient_checkpointing).to(device)
     if config.init_from:
         start_from(unet, config.init_from)
     point = resume_point(run_dir, config) if resume else None
@@ -158,7 +158,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     ema = EMA(unet, config.ema_decay)  # under FSDP, sharded as the weights are
     # generates with the EMA weights: the sample grids during training and the final model
     parts = ModelParts(
-        UNet(model_cfg.unet).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
+        UNet(model_cfg.net).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
         GenerationDefaults(guidance=config.guidance), name=run_dir.name,
     )
     pipeline = Pipeline(parts)

@@ -74,7 +74,7 @@ class DiffusionTrainConfig:
 
 TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
 # The shipped models: sized to train in well under an hour on a 2-core CPU (timings: docs/stage2.md).
-COMPACT = LatentDiffusionConfig(unet=UNET_PRESETS["compact"])
+COMPACT = LatentDiffusionConfig(net=UNET_PRESETS["compact"])
 DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     "fashion-mnist": DiffusionTrainConfig(model=COMPACT, steps=7000, lr=3e-4, min_snr_gamma=5.0),
     "shapes": DiffusionTrainConfig(
@@ -84,7 +84,7 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     # 4x super-resolution, 8x8 -> 32x32: the low-res image joined to the 8x8 latents (LDM sec. 4.4)
     "fashion-mnist-x4": DiffusionTrainConfig(
         model=LatentDiffusionConfig(
-            unet=replace(UNET_PRESETS["compact"], in_channels=5, context_dim=None, num_classes=351),
+            net=replace(UNET_PRESETS["compact"], in_channels=5, context_dim=None, num_classes=351),
             conditioning="none", task="upscaling",
             lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0),
         ),
@@ -92,12 +92,12 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     ),
     # 9-channel inpainting (z_t, mask, masked image's latent) started from the shipped model
     "fashion-mnist-inpaint": DiffusionTrainConfig(
-        model=replace(COMPACT, unet=replace(UNET_PRESETS["compact"], in_channels=9), task="inpainting"),
+        model=replace(COMPACT, net=replace(UNET_PRESETS["compact"], in_channels=9), task="inpainting"),
         autoencoder="models/autoencoders/fmnist-kl-f4-gan-decoder", init_from="models/fashion-mnist",
         steps=3000, lr=1e-4, warmup_steps=100, min_snr_gamma=5.0,
     ),
     "tiny": DiffusionTrainConfig(
-        model=LatentDiffusionConfig(unet=TINY_UNET),
+        model=LatentDiffusionConfig(net=TINY_UNET),
         data=DiffusionDataConfig(limit=64),
         steps=4, batch_size=8, warmup_steps=1, log_every=1, sample_every=2, checkpoint_every=2,
     ),

@@ -74,7 +74,7 @@ def tiny_pipeline(encoder) -> Pipeline:
     kind = "clip" if isinstance(encoder, CLIPTextEncoder) else "minilm"
     first_stage = Autoencoder(AutoencoderConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                                 norm_groups=8, mid_attention=False))
-    config = LatentDiffusionConfig(unet=unet, text_encoder=kind, image_size=16)
+    config = LatentDiffusionConfig(net=unet, text_encoder=kind, image_size=16)
     return Pipeline(ModelParts(UNet(unet), first_stage, config, encoder))
 
 

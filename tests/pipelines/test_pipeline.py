@@ -123,8 +123,8 @@ def test_cli_generate_and_its_errors(tmp_path, tiny_run, capsys):
 
 
 def test_class_conditioned_model_takes_class_names_as_prompts(tmp_path):
-    unet = replace(TINY.model.unet, context_dim=None, num_classes=11)  # 10 classes + the null class
-    config = replace(TINY, model=replace(TINY.model, unet=unet, conditioning="class"), steps=2)
+    unet = replace(TINY.model.net, context_dim=None, num_classes=11)  # 10 classes + the null class
+    config = replace(TINY, model=replace(TINY.model, net=unet, conditioning="class"), steps=2)
     train_diffusion(config, tmp_path, progress=False)
     pipe = Pipeline.from_pretrained(tmp_path / "model")
     assert pipe.encode_prompts(["a photo of a bag", "ankle boot", ""])["class_labels"].tolist() == [8, 9, 10]

@@ -27,10 +27,10 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_class_conditioned_run_on_shapes(tmp_path):
-    unet = replace(TINY.model.unet, context_dim=None, num_classes=49)
+    unet = replace(TINY.model.net, context_dim=None, num_classes=49)
     config = replace(
         TINY,
-        model=LatentDiffusionConfig(unet=unet, conditioning="class"),
+        model=LatentDiffusionConfig(net=unet, conditioning="class"),
         autoencoder="models/autoencoders/fmnist-kl-f4",
         data=DiffusionDataConfig(dataset="shapes", limit=16),
         steps=2,
@@ -41,13 +41,13 @@ def test_class_conditioned_run_on_shapes(tmp_path):
 
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="text conditioning needs a UNet with cross-attention"):
-        LatentDiffusionConfig(unet=replace(TINY.model.unet, context_dim=None))
+        LatentDiffusionConfig(net=replace(TINY.model.net, context_dim=None))
     with pytest.raises(ValueError, match="class conditioning needs unet.num_classes"):
-        LatentDiffusionConfig(unet=TINY.model.unet, conditioning="class")
+        LatentDiffusionConfig(net=TINY.model.net, conditioning="class")
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         DiffusionDataConfig(dataset="cifar")
     with pytest.raises(ValueError, match="in_channels"):
-        train_diffusion(replace(TINY, model=replace(TINY.model, unet=replace(TINY.model.unet, in_channels=3))),
+        train_diffusion(replace(TINY, model=replace(TINY.model, net=replace(TINY.model.net, in_channels=3))),
                         "/tmp/never")
 
 
@@ -60,7 +60,7 @@ def test_super_resolution_run_trains_and_upscales(tmp_path):
 
     preset = DIFFUSION_PRESETS["fashion-mnist-x4"]
     tiny_unet = replace(UNET_PRESETS["tiny-uncond"], in_channels=5, num_classes=351)
-    config = replace(preset, model=replace(preset.model, unet=tiny_unet), data=DiffusionDataConfig(limit=32),
+    config = replace(preset, model=replace(preset.model, net=tiny_unet), data=DiffusionDataConfig(limit=32),
                      steps=3, batch_size=4, warmup_steps=1, log_every=1, sample_every=3, checkpoint_every=3)
     train_diffusion(config, tmp_path, progress=False)
     pipe = Pipeline.from_pretrained(tmp_path / "model")

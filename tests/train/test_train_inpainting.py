@@ -17,7 +17,7 @@ from ldmkit.train.masks import random_masks
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = DIFFUSION_PRESETS["tiny"]
 # fmnist-kl-f4: 4 latent channels
-NINE = replace(TINY.model, unet=replace(TINY.model.unet, in_channels=9), task="inpainting")
+NINE = replace(TINY.model, net=replace(TINY.model.net, in_channels=9), task="inpainting")
 
 
 def test_random_masks_mix_whole_half_and_boxes():
@@ -41,7 +41,7 @@ def base_model(tmp_path_factory):
 
 def test_widened_start_behaves_as_the_text_to_image_model(base_model):
     base = Pipeline.from_pretrained(base_model).unet
-    nine = UNet(NINE.unet)
+    nine = UNet(NINE.net)
     start_from(nine, str(base_model))
     x, concat = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 8, 8)
     context = torch.randn(2, 3, 384)
@@ -50,7 +50,7 @@ def test_widened_start_behaves_as_the_text_to_image_model(base_model):
         got = nine(torch.cat([x, concat], dim=1), torch.tensor([10, 900]), context=context)
     assert torch.allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match=r"init_from .*: [a-z_.0-9]+ has shape \(\d+, \d+.*this UNet.s"):
-        start_from(UNet(replace(NINE.unet, base_channels=NINE.unet.base_channels * 2)), str(base_model))
+        start_from(UNet(replace(NINE.net, base_channels=NINE.net.base_channels * 2)), str(base_model))
 
 
 def test_tiny_inpainting_run_makes_a_model_that_inpaints(base_model, tmp_path):
@@ -73,7 +73,7 @@ def test_tiny_inpainting_run_makes_a_model_that_inpaints(base_model, tmp_path):
 
 
 def test_unet_channels_that_fit_no_task_are_refused(tmp_path):
-    config = replace(TINY, model=replace(TINY.model, unet=replace(TINY.model.unet, in_channels=7)),
+    config = replace(TINY, model=replace(TINY.model, net=replace(TINY.model.net, in_channels=7)),
                      data=DiffusionDataConfig(limit=8))
     with pytest.raises(ValueError, match=r"must be 4 \(text-to-image\) or 9 \(inpainting"):
         train_diffusion(config, tmp_path, progress=False)
