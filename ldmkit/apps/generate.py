@@ -10,7 +10,7 @@ import torch
 
 from .. import __version__
 from ..pipelines import Pipeline
-from ..pipelines.request import GenerationRequest, run
+from ..pipelines.request import FIELD_NAMES, GenerationRequest, run
 from ..utils.images import image_grid, save_png
 from .adapters import parse_adapters
 
@@ -43,9 +43,8 @@ def generate_to_folder(
     the paths written. Other options: tokenizer=, prediction=, use_ema= for Stable Diffusion
     files. adapters: files to apply first, {"loras": ["FILE:SCALE"], "embeddings":
     ["FILE[:TOKEN]"], "hypernetworks": [...]}. hook: after every sampler step (pipelines.core)."""
-    fields = {name for name in GenerationRequest.__dataclass_fields__}
     if isinstance(request, str):
-        request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in fields})
+        request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in FIELD_NAMES})
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
                                                 autoencoder=autoencoder, **options)
     parsed, applied = parse_adapters(**(adapters or {}))

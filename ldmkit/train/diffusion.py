@@ -157,11 +157,10 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         net = distributed.data_parallel(unet, rank, device)
     ema = EMA(unet, config.ema_decay)  # under FSDP, sharded as the weights are
     # generates with the EMA weights: the sample grids during training and the final model
-    parts = ModelParts(
+    pipeline = Pipeline(ModelParts(
         UNet(model_cfg.net).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
         GenerationDefaults(guidance=config.guidance), name=run_dir.name,
-    )
-    pipeline = Pipeline(parts)
+    ))
     opt = fused_adam(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     log = JsonlLog(run_dir / "log.jsonl") if rank.is_main else None
