@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .finetune_commands import adapters, add_adapter_arguments, add_finetune_commands
 
@@ -50,6 +51,21 @@ def _train(args: argparse.Namespace) -> None:
 
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .server import Limits, ServerSettings, create_app, parse_auth
+
+    settings = ServerSettings(
+        model=args.model, models_dir=args.models_dir, host=args.host, port=args.port, auth=parse_auth(args.api_auth),
+        outputs=args.outputs, device=args.device,
+        limits=Limits(max_side=args.max_side, queue_size=args.queue_size),
+    )
+    app = create_app(settings)
+    print(f"ldmkit serve: http://{args.host}:{args.port}/ (model {settings.model}; Ctrl+C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning")
 
 
 def _dtype(name: str):
@@ -283,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output format (default: single-file for .safetensors, else ldmkit)")
     _add_sd_arguments(conv)
     conv.set_defaults(run=_convert)
+    serve = commands.add_parser("serve", help="a web page and an AUTOMATIC1111-compatible HTTP API")
+    serve.add_argument("--model", default="fashion-mnist", help=model_help)
+    serve.add_argument("--models-dir", type=Path, default=None,
+                       help="more models (folders, SD .safetensors) and Lora/, embeddings/, hypernetworks/")
+    serve.add_argument("--host", default="127.0.0.1", help="another address than loopback needs --api-auth")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--api-auth", default=None, help="USER:PASS[,USER2:PASS2]: basic auth on every route")
+    serve.add_argument("--outputs", type=Path, default=None, help="also write every result here as a PNG")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--max-side", type=int, default=1024, help="the largest width or height a request may ask")
+    serve.add_argument("--queue-size", type=int, default=8, help="jobs that may wait; more are answered 503")
+    serve.set_defaults(run=_serve)
     add_finetune_commands(commands)
     return parser
 

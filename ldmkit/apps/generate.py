@@ -10,6 +10,7 @@ import torch
 
 from .. import __version__
 from ..pipelines import Pipeline
+from ..pipelines.infotext import format_infotext
 from ..pipelines.request import FIELD_NAMES, GenerationRequest, run
 from ..utils.images import image_grid, save_png
 from .adapters import parse_adapters
@@ -50,7 +51,7 @@ def generate_to_folder(
     parsed, applied = parse_adapters(**(adapters or {}))
     request = request.resolved(pipe)
     with pipe.adapters(**parsed):  # a pipeline passed in is left as it was
-        images = run(pipe, request, image=image, mask=mask, progress=True, batch_size=_batch_size(pipe),
+        images = run(pipe, request, image=image, mask=mask, progress=True, batch_size=sampling_batch_size(pipe),
                      vae_tile=vae_tile, hook=hook)  # a hook raising Cancelled: nothing is written
     inputs = {name: str(value) for name, value in (("input", image), ("mask", mask))
               if isinstance(value, (str, Path))}
@@ -64,21 +65,26 @@ def save_images(images, out: str | Path, settings: dict, seed: int, grid: bool =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next_index(out)
-    settings = {**settings, "size": f"{images[0].width}x{images[0].height}", "software": f"ldmkit {__version__}"}
-    paths = [
-        save_png(image, out / f"{first + k:05d}_seed{seed + k}.png", {**settings, "seed": seed + k})
-        for k, image in enumerate(images)
-    ]
+    paths = [save_png(image, out / f"{first + k:05d}_seed{seed + k}.png", png_text(settings, image, seed + k))
+             for k, image in enumerate(images)]
     if grid and len(images) > 1:
         columns = math.ceil(math.sqrt(len(images)))
         scale = max(1, 128 // images[0].width)  # small models make small images: enlarge for viewing
         tiles = [im.resize((im.width * scale, im.height * scale), 0) for im in images]
         seeds = list(range(seed, seed + len(images)))
-        paths.append(save_png(image_grid(tiles, columns), out / f"grid_{first:05d}.png", {**settings, "seed": seeds}))
+        grid_text = png_text(settings, images[0], seeds)
+        paths.append(save_png(image_grid(tiles, columns), out / f"grid_{first:05d}.png", grid_text))
     return paths
 
 
-def _batch_size(pipe: Pipeline) -> int:
+def png_text(settings: dict, image, seed) -> dict:
+    """An image's PNG text: ldmkit's settings (+ its size, the software, its seed) one chunk
+    each, and A1111's "parameters" text of them (pipelines.infotext) for the tools of that family."""
+    settings = {**settings, "size": f"{image.width}x{image.height}", "software": f"ldmkit {__version__}", "seed": seed}
+    return {**settings, "parameters": format_infotext(settings)}
+
+
+def sampling_batch_size(pipe: Pipeline) -> int:
     """Images sampled together: many for the small models, one at a time for SD-sized ones
     (activations of a 512 px image in a 860M UNet are gigabytes)."""
     return 64 if sum(p.numel() for p in pipe.net.parameters()) < 50_000_000 else 1

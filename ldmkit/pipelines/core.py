@@ -7,8 +7,9 @@ with classifier-free guidance, decode x = D(z_0 / s).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,6 +70,20 @@ def check_generation_model(pipe) -> None:
             f"{pipe.autoencoder.config.z_channels}: it is an inpainting model (latents + mask + masked "
             "image), which text-to-image generate() cannot drive"
         )
+
+
+@contextlib.contextmanager
+def timestep_spacing(pipe, spacing: str | None) -> Iterator[None]:
+    """Sample with another timestep spacing (e.g. "karras") inside the block; None: the model's."""
+    if spacing is None:
+        yield
+        return
+    saved = pipe.config
+    pipe.config = replace(saved, sampling=replace(saved.sampling, spacing=spacing))  # validated there
+    try:
+        yield
+    finally:
+        pipe.config = saved
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,15 +55,26 @@ def image_grid(
     return grid
 
 
+def _png_info(metadata: Mapping[str, object] | None) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    return info
+
+
 def save_png(image: Image.Image, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:
     """Save a PNG whose text chunks carry `metadata` (each value as text; dicts as JSON)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    for key, value in (metadata or {}).items():
-        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    image.save(path, pnginfo=info)
+    image.save(path, pnginfo=_png_info(metadata))
     return path
+
+
+def png_bytes(image: Image.Image, metadata: Mapping[str, object] | None = None) -> bytes:
+    """The bytes save_png would write."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(metadata))
+    return buffer.getvalue()
 
 
 def read_png_metadata(path: str | Path) -> dict[str, str]:
