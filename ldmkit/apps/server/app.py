@@ -65,6 +65,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        worker.start()
         yield
         worker.stop()
 

@@ -69,11 +69,19 @@ class Worker:
         self.progress = Progress()
         self._pipes: OrderedDict[str, Pipeline] = OrderedDict()
         self._loaded_models = loaded_models
-        self._thread = threading.Thread(target=self._loop, name="ldmkit-worker", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the thread (again, after stop(): an app's lifespan may run more than once)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="ldmkit-worker", daemon=True)
+            self._thread.start()
 
     # ---- the handlers' side ----------------------------------------------------------------
     def submit(self, work: Callable[[Worker], Any], label: str) -> Job:
+        if self._thread is None or not self._thread.is_alive():
+            raise QueueFull("the server is stopping")
         job = Job(work, label)
         try:
             self.queue.put_nowait(job)
@@ -104,8 +112,19 @@ class Worker:
             return Progress(**vars(self.progress))
 
     def stop(self) -> None:
-        self.queue.put(None)
-        self._thread.join()
+        """Interrupt the running job, fail the waiting ones, end the thread."""
+        self.interrupt()
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.error = QueueFull("the server is stopping")
+                job.done.set()
+        if self._thread is not None and self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join()
 
     # ---- the worker's side -----------------------------------------------------------------
     def pipeline(self, name: str | None = None) -> Pipeline:
@@ -127,13 +146,14 @@ class Worker:
     def begin_batch(self, model: str, job_no: int, job_count: int, steps: int) -> None:
         with self.lock:
             p = self.progress
-            p.model, p.job_no, p.job_count, p.step, p.steps, p.x0, p.skipped = model, job_no, job_count, 0, steps, None, False
+            p.model, p.job_no, p.job_count, p.steps = model, job_no, job_count, steps
+            p.step, p.x0, p.skipped = 0, None, False
 
     def hook(self, step: Step) -> None:
         """The per-step hook of every sampling run: progress, the preview's latent, and the stop flags."""
         with self.lock:
             p = self.progress
-            p.step, p.steps, p.x0 = step.index + 1, step.total + 1, step.x0
+            p.step, p.steps, p.x0 = step.index + 1, step.total, step.x0
             if p.interrupted:
                 raise Cancelled("interrupted")
             if p.skipped:
