@@ -13,6 +13,7 @@ from ldmkit.apps.cli import main
 from ldmkit.apps.generate import generate_to_folder
 from ldmkit.model import ModelParts
 from ldmkit.pipelines import Pipeline
+from ldmkit.pipelines.infotext import parse_infotext
 from ldmkit.storage import load_checkpoint
 from ldmkit.train.diffusion import train_diffusion
 from ldmkit.train.diffusion_config import DIFFUSION_PRESETS, DiffusionDataConfig
@@ -85,6 +86,10 @@ def test_png_metadata_round_trip_regenerates_the_image(tmp_path, pipe):
         "prompt": "a photo of a dress", "negative_prompt": "", "seed": "8", "sampler": "euler", "steps": "3",
         "guidance": "2.5"}
     assert meta["model"] == pipe.name
+    a1111 = parse_infotext(meta["parameters"])  # A1111's text of the same settings, for that family of tools
+    assert {k: a1111[k] for k in ("prompt", "seed", "sampler", "steps", "guidance", "model", "size")} == {
+        "prompt": "a photo of a dress", "seed": 8, "sampler": "euler", "steps": 3, "guidance": 2.5,
+        "model": pipe.name, "size": "32x32"}
     again = pipe.generate(meta["prompt"], meta["negative_prompt"], seed=int(meta["seed"]), steps=int(meta["steps"]),
                           sampler=meta["sampler"], guidance=float(meta["guidance"]))[0]
     diff = np.abs(np.asarray(again, np.int16) - np.asarray(Image.open(paths[1]), np.int16))

@@ -24,7 +24,8 @@ def test_txt2img_gives_the_pipelines_pixels_and_reports_each_seed(client, pipe):
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert info["all_seeds"] == [11, 12, 13, 14] and info["seed"] == 11
-    expected = pipe.generate(PROMPT, num_images=4, steps=5, sampler="euler_a", guidance=2.5, seed=11)
+    expected = [image for seed in (11, 13)  # n_iter batches of batch_size, as A1111 runs them
+                for image in pipe.generate(PROMPT, num_images=2, steps=5, sampler="euler_a", guidance=2.5, seed=seed)]
     images = [from_b64(data) for data in r.json()["images"]]
     assert len(images) == 4
     for image, want, seed, text in zip(images, expected, info["all_seeds"], info["infotexts"]):
@@ -178,3 +179,12 @@ def test_preview_projects_the_latent_estimate(pipe):
     preview = np.asarray(preview_image(z, weights, 1), dtype=float)  # at latent resolution
     decoded = torch.nn.functional.avg_pool2d(pipe.decode(z), 4)[0, 0].numpy()
     assert np.corrcoef(preview.ravel(), decoded.ravel())[0, 1] > 0.85
+
+
+def test_gallery_keeps_the_newest_and_writes_outputs(tmp_path):
+    from ldmkit.apps.server.jobs import Gallery
+
+    gallery = Gallery(size=2, outputs=tmp_path)
+    ids = [gallery.add(bytes([k]), {"seed": k}).id for k in range(3)]
+    assert [r.id for r in gallery.newest(5)] == ids[:0:-1] and gallery.get(ids[0]) is None
+    assert sorted(p.read_bytes() for p in tmp_path.glob("*.png")) == [b"\x00", b"\x01", b"\x02"]

@@ -72,6 +72,21 @@ def test_interrupt_stops_a_job_mid_way(api, live_server):
     assert len(api.txt2img(prompt=PROMPT, seed=1, steps=2, width=32, height=32).images) == 1
 
 
+def test_skip_drops_the_current_batch_and_goes_on(api):
+    results = {}
+    job = threading.Thread(target=lambda: results.update(r=api.txt2img(
+        prompt=PROMPT, seed=1, steps=150, n_iter=3, width=32, height=32)))
+    job.start()
+    deadline = time.time() + 60
+    while api.get_progress()["state"]["sampling_step"] < 2:
+        assert time.time() < deadline and job.is_alive(), "the job never started sampling"
+        time.sleep(0.02)
+    assert api.get_progress()["state"]["job_no"] == 0
+    api.skip()
+    job.join(60)
+    assert results["r"].info["all_seeds"] == [2, 3]  # batch 0 (seed 1) skipped, the others made
+
+
 def test_preview_is_made_while_someone_watches(live_server):
     base = live_server[0]
     done = threading.Event()
