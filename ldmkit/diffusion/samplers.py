@@ -17,38 +17,15 @@ sample is x / sqrt(a_t) = x0 + sigma eps (Karras et al. 2022).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
+from .consistency import sample_lcm, sample_tcd
 from .denoiser import Denoiser
 from .gaussian import eps_from_x0
 from .schedule import Schedule
-
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
-
-
-def noise_like(x: torch.Tensor, gen: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
-    """N(0, I) of x's shape, drawn on the generator's device so a seed means the same noise on
-    any device. A list of generators, one per batch row, makes each row's noise depend on its own
-    seed only: image k of a batch is the same image when generated alone."""
-    if isinstance(gen, (list, tuple)):
-        if len(gen) != x.shape[0]:
-            raise ValueError(f"{len(gen)} generators for a batch of {x.shape[0]}: give one per row")
-        return torch.cat([noise_like(row, g) for row, g in zip(x.split(1), gen)])
-    device = gen.device if gen is not None else x.device
-    return torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype).to(x.device)
-
-
-def _pairs(timesteps: torch.Tensor) -> list[tuple[float, float]]:
-    ts = [float(t) for t in timesteps]
-    if len(ts) < 2:
-        raise ValueError(
-            f"a sampler needs at least 2 timesteps (one step and where it lands), got {len(ts)}"
-        )
-    if any(s >= t for t, s in zip(ts[:-1], ts[1:])):
-        raise ValueError(f"timesteps must be strictly descending, got {ts}")
-    return list(zip(ts[:-1], ts[1:]))
+from .steps import Callback, noise_like, step_pairs
 
 
 @torch.no_grad()
@@ -58,7 +35,7 @@ def sample_ddpm(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, vari
     variance: "small" = beta_tilde (eq. 7), "large" = beta (sec. 3.2)."""
     if variance not in ("small", "large"):
         raise ValueError(f"DDPM variance must be 'small' or 'large', got {variance!r}")
-    for i, (t, s) in enumerate(_pairs(timesteps)):
+    for i, (t, s) in enumerate(step_pairs(timesteps)):
         a_t, a_s = sched.alpha_bar_at(t), sched.alpha_bar_at(s)
         alpha, beta = a_t / a_s, 1 - a_t / a_s  # the step from s to t
         x0 = denoise(x, t)
@@ -73,7 +50,7 @@ def sample_ddpm(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, vari
 @torch.no_grad()
 def sample_ddim(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, eta=0.0, callback: Callback = None):
     """DDIM, Song et al. 2021. eta=0 is deterministic; eta=1 over every step is ancestral DDPM."""
-    for i, (t, s) in enumerate(_pairs(timesteps)):
+    for i, (t, s) in enumerate(step_pairs(timesteps)):
         a_t, a_s = sched.alpha_bar_at(t), sched.alpha_bar_at(s)
         x0 = denoise(x, t)
         eps = eps_from_x0(x, x0, a_t)  # eq. 9 solved for eps
@@ -102,7 +79,7 @@ def _to_vp(x, sigma):
 def sample_euler(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, callback: Callback = None):
     """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma,
     Karras et al. 2022 eq. 3 / Algorithm 1 without the Heun correction."""
-    pairs, sigmas = _pairs(timesteps), _sigmas(sched, timesteps)
+    pairs, sigmas = step_pairs(timesteps), _sigmas(sched, timesteps)
     x = _to_sigma_space(x, sigmas[0])
     for i, (t, _) in enumerate(pairs):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -119,7 +96,7 @@ def sample_euler_ancestral(denoise: Denoiser, x, sched: Schedule, timesteps, gen
                            callback: Callback = None):
     """Euler down to sigma_down, then fresh noise of std sigma_up, so that
     sigma_down^2 + sigma_up^2 = sigma_next^2 (the ancestral split of k-diffusion)."""
-    pairs, sigmas = _pairs(timesteps), _sigmas(sched, timesteps)
+    pairs, sigmas = step_pairs(timesteps), _sigmas(sched, timesteps)
     x = _to_sigma_space(x, sigmas[0])
     for i, (t, _) in enumerate(pairs):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -137,7 +114,7 @@ def sample_euler_ancestral(denoise: Denoiser, x, sched: Schedule, timesteps, gen
 def sample_heun(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, callback: Callback = None):
     """Heun's second-order method, Karras et al. 2022 Algorithm 1 (S_churn = 0): an Euler step,
     then the average of the slopes at both ends; the last step to sigma = 0 stays Euler."""
-    pairs, sigmas = _pairs(timesteps), _sigmas(sched, timesteps)
+    pairs, sigmas = step_pairs(timesteps), _sigmas(sched, timesteps)
     x = _to_sigma_space(x, sigmas[0])
     for i, (t, s) in enumerate(pairs):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -178,7 +155,7 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x, sched: Schedule, timesteps, gen=No
 
 
 def _dpmpp_2m(denoise, x, sched, timesteps, gen, sde, callback):
-    pairs, sigmas = _pairs(timesteps), _sigmas(sched, timesteps)
+    pairs, sigmas = step_pairs(timesteps), _sigmas(sched, timesteps)
     x0_prev, h_prev = None, None
     for i, (t, _) in enumerate(pairs):
         alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(sigmas[i])
@@ -217,6 +194,8 @@ SAMPLERS: dict[str, Callable] = {
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "lcm": sample_lcm,  # consistency.py: few-step sampling of consistency models
+    "tcd": sample_tcd,
 }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .consistency import consistency_timesteps
 from .denoiser import as_denoiser
 from .guidance import classifier_free_guidance
 from .samplers import get_sampler
@@ -28,6 +29,8 @@ class SamplingConfig:
     # Euler-type samplers start from sigma_max * noise in sigma space (k-diffusion's convention,
     # and diffusers' for linspace / trailing spacing) rather than sqrt(1 + sigma_max^2) * noise
     sigma_max_start: bool = False
+    # consistency models (lcm, tcd) sample on the grid they were distilled on: this many points
+    original_inference_steps: int = 50
 
     def __post_init__(self):
         if self.spacing is not None and self.spacing not in SPACINGS:
@@ -43,9 +46,12 @@ def sampler_timesteps(sched: Schedule, sampler: str, steps: int,
     scheduler places them. Its rules differ by scheduler: DPM-Solver divides T into steps + 1
     parts and drops the smallest; Euler-type linspace timesteps are not rounded; only DDIM may
     land on t = 0 instead of -1 (set_alpha_to_one=False)."""
+    T = sched.num_timesteps
+    if sampler in ("lcm", "tcd"):  # diffusers' LCMScheduler / TCDScheduler rule, whatever the spacing
+        ts = consistency_timesteps(T, steps, config.original_inference_steps)
+        return torch.tensor([*ts, -1 if sampler == "lcm" else 0], dtype=torch.float64)
     spacing = config.spacing or _DIFFUSERS_DEFAULT_SPACING.get(sampler, "linspace")
     final = -1 if sampler != "ddim" or config.ddim_final_alpha_one else 0
-    T = sched.num_timesteps
     if sampler.startswith("dpmpp") and spacing in ("leading", "linspace"):
         ts = make_timesteps(sched, steps + 1, spacing, config.offset if spacing == "leading" else 0)
         return torch.cat([ts[:-2], ts.new_tensor([final])])

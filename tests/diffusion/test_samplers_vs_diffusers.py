@@ -248,3 +248,48 @@ def test_v_and_x0_models_through_ddim(prediction):
     denoise = as_denoiser(eps_model, sched, {"v_prediction": "v", "sample": "x0"}[prediction])
     get_sampler("ddim")(denoise, x, sched, with_final(ref.timesteps), callback=lambda i, x, x0: ours.append(x))
     assert_same_trajectory(ours, theirs)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_lcm(steps):
+    ref = diffusers.LCMScheduler(**SD)
+    sched = table(ref)
+    ref.set_timesteps(steps)
+    in_float64(ref)
+    ts = with_final(ref.timesteps, -1)
+    x = start()
+    gen = torch.Generator().manual_seed(1)
+    theirs, xd = [], x.clone()
+    for t in ref.timesteps:
+        xd, denoised = ref.step(eps_model(xd, t), t, xd, generator=gen, return_dict=False)
+        theirs.append(xd)
+    assert torch.equal(xd, denoised)  # the last step's answer is its consistency output
+    assert_same_trajectory(run_ldmkit("lcm", x, ts, sched), theirs)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+def test_tcd(steps, gamma):
+    ref = diffusers.TCDScheduler(**SD)
+    sched = table(ref)
+    ref.set_timesteps(steps)
+    in_float64(ref)
+    ts = with_final(ref.timesteps, 0)
+    x = start()
+    gen = torch.Generator().manual_seed(1)
+    theirs, xd = [], x.clone()
+    for t in ref.timesteps:
+        xd = ref.step(eps_model(xd, t), t, xd, eta=gamma, generator=gen).prev_sample
+        theirs.append(xd)
+    assert_same_trajectory(run_ldmkit("tcd", x, ts, sched, gamma=gamma), theirs)
+
+
+@pytest.mark.parametrize("steps, original, strength", [(4, 50, 1.0), (1, 50, 1.0), (6, 25, 1.0), (3, 50, 0.6),
+                                                        (8, 100, 0.5)])
+def test_consistency_timesteps_rule(steps, original, strength):
+    from ldmkit.diffusion.consistency import consistency_timesteps
+
+    for cls in (diffusers.LCMScheduler, diffusers.TCDScheduler):
+        ref = cls(**SD, original_inference_steps=original)
+        ref.set_timesteps(steps, strength=strength)
+        assert consistency_timesteps(1000, steps, original, strength) == ref.timesteps.tolist()
