@@ -50,6 +50,20 @@ def _train(args: argparse.Namespace) -> None:
         print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
 
 
+def _distill(args: argparse.Namespace) -> None:
+    from ..train.distill import distill
+    from ..train.distill_config import DISTILL_PRESETS
+
+    preset = args.preset or (f"{args.teacher}-lora" if args.lora else args.teacher)
+    if preset not in DISTILL_PRESETS:  # a teacher without a preset of its own: the fashion-mnist recipe
+        preset = "fashion-mnist-lora" if args.lora else "fashion-mnist"
+    args.preset = preset
+    args.set = [f"teacher={args.teacher}", *(["lora=true"] if args.lora else []), *args.set]
+    summary = distill(_run_config(DISTILL_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
+    made = summary.get("lora") or f"{args.out}/model"
+    print(f"done: {made} ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
+
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -235,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a latent diffusion model on a frozen autoencoder")
     _add_run_arguments(train, DIFFUSION_PRESETS, "fashion-mnist", "--set model.conditioning=class --set batch_size=32")
     train.set_defaults(run=_train)
+
+    from ..train.distill_config import DISTILL_PRESETS
+
+    dist = commands.add_parser("distill", help="latent consistency distillation: a 1-4 step model (or LCM-LoRA)")
+    _add_run_arguments(dist, DISTILL_PRESETS, None, "--set guidance_max=6 --set batch_size=32")
+    dist.add_argument("--teacher", default="fashion-mnist", help="the model to distil (a shipped name or a folder)")
+    dist.add_argument("--lora", action="store_true", help="LCM-LoRA: a LoRA file for the teacher instead of a model")
+    dist.set_defaults(run=_distill)
 
     clf = commands.add_parser("train-classifier", help="train the Fashion-MNIST metric network")
     clf.add_argument("--out", default="ldmkit/metrics/weights/fmnist-classifier")

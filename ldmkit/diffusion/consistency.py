@@ -95,16 +95,3 @@ def sample_tcd(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, gamma
         if callback is not None:
             callback(i, x, x0)
     return x
-
-
-def guidance_embedding(scale: torch.Tensor, dim: int) -> torch.Tensor:
-    """The sinusoidal embedding of a guidance scale, (B,) -> (B, dim), as LCM's UNet takes it
-    (its `time_cond_proj_dim` input): sin | cos of 1000 w at geometric frequencies, w = scale - 1
-    (the w of LCM's guided teacher (1 + w) eps_c - w eps_u)."""
-    w = (scale.float() - 1) * 1000.0
-    half = dim // 2
-    frequencies = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, dtype=torch.float32,
-                                                                            device=scale.device))
-    angles = w[:, None] * frequencies[None]
-    embedding = torch.cat([angles.sin(), angles.cos()], dim=1)
-    return torch.nn.functional.pad(embedding, (0, 1)) if dim % 2 else embedding

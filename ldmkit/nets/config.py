@@ -22,6 +22,7 @@ class UNetConfig:
     context_dim: int | None = 768               # None: no cross-attention
     use_linear_projection: bool = False         # proj_in/out: Linear (SD v2) or 1x1 conv (SD v1)
     num_classes: int | None = None              # None: no class embedding
+    guidance_embed_dim: int | None = None       # LCM: the guidance scale as an input (diffusers' time_cond_proj_dim)
     norm_groups: int = 32
     dropout: float = 0.0
     kind: str = "unet"                          # the tag of this backbone in a model's config

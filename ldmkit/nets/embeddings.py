@@ -29,13 +29,32 @@ def timestep_embedding(t: torch.Tensor | float, dim: int,
 
 
 class TimestepEmbedding(nn.Module):
-    """Two-layer MLP from the sinusoids to the width every ResBlock reads (DDPM's temb)."""
+    """Two-layer MLP from the sinusoids to the width every ResBlock reads (DDPM's temb). With
+    cond_dim, a condition (LCM's guidance-scale embedding) is projected and added to the
+    sinusoids first (diffusers' `cond_proj`)."""
 
-    def __init__(self, in_dim: int, dim: int):
+    def __init__(self, in_dim: int, dim: int, cond_dim: int | None = None):
         super().__init__()
+        self.cond_proj = nn.Linear(cond_dim, in_dim, bias=False) if cond_dim is not None else None
         self.linear_1 = nn.Linear(in_dim, dim)
         self.act = nn.SiLU()
         self.linear_2 = nn.Linear(dim, dim)
 
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is not None:
+            emb = emb + self.cond_proj(condition)                              # (B, in_dim)
         return self.linear_2(self.act(self.linear_1(emb)))                     # (B, D)
+
+
+def guidance_embedding(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sinusoidal embedding of a guidance scale, (B,) -> (B, dim), as LCM's UNet takes it
+    (its `time_cond_proj_dim` input): sin | cos of 1000 w at geometric frequencies, w = scale - 1
+    (the w of LCM's guided teacher (1 + w) eps_c - w eps_u)."""
+    w = (scale.float() - 1) * 1000.0
+    half = dim // 2
+    k = torch.arange(half, dtype=torch.float32, device=scale.device)
+    frequencies = torch.exp(-math.log(10000.0) * k / (half - 1))  # note half - 1, where timesteps use half
+    angles = w[:, None] * frequencies[None]
+    embedding = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return F.pad(embedding, (0, 1)) if dim % 2 else embedding
+

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ldmkit.nets.attention import SpatialTransformer
 from ldmkit.nets.config import UNetConfig
-from ldmkit.nets.embeddings import TimestepEmbedding, timestep_embedding
+from ldmkit.nets.embeddings import TimestepEmbedding, guidance_embedding, timestep_embedding
 from ldmkit.nets.inplace import silu_of_temporary
 from ldmkit.nets.upsample import Upsample
 
@@ -97,7 +97,7 @@ class UNet(nn.Module):
             return SpatialTransformer(ch, c.heads(ch), c.transformer_depth, c.context_dim,
                                       c.norm_groups, c.use_linear_projection, c.dropout)
 
-        self.time_embedding = TimestepEmbedding(c.base_channels, c.time_dim)
+        self.time_embedding = TimestepEmbedding(c.base_channels, c.time_dim, c.guidance_embed_dim)
         self.class_embedding = (nn.Embedding(c.num_classes, c.time_dim)
                                 if c.num_classes is not None else None)
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
@@ -148,14 +148,21 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                class_labels: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, in_channels, H, W) noisy latents; t a number, 0-d, (1,) or (B,) timesteps (float
         allowed); context (B, L, context_dim) tokens tau(y); context_mask (B, L) bool, True = keep;
-        class_labels (B,) ints. Returns (B, out_channels, H, W), e.g. the predicted eps."""
+        class_labels (B,) ints; guidance (B,) classifier-free guidance scales, for a network that
+        takes them as an input (an LCM: guidance_embed_dim). Returns (B, out_channels, H, W)."""
         t = check_inputs(self.config, x, t, context, context_mask, class_labels)  # (B,)
 
         emb = timestep_embedding(t, self.config.base_channels).to(x.dtype)  # (B, C_base)
-        emb = self.time_embedding(emb)                                 # (B, E)
+        condition = None
+        if guidance is not None:
+            if self.config.guidance_embed_dim is None:
+                raise ValueError("this network takes no guidance input (guidance_embed_dim is None): "
+                                 "guide it with classifier-free guidance instead")
+            condition = guidance_embedding(guidance.reshape(-1), self.config.guidance_embed_dim).to(x.dtype)
+        emb = self.time_embedding(emb, condition)                      # (B, E)
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(class_labels).to(emb.dtype)  # (B, E)
 

@@ -110,11 +110,21 @@ def initial_latents(pipe, count: int, seed: int = 0, shape: tuple[int, int, int]
     return torch.cat([torch.randn((1, *shape), generator=g) for g in generators(seed, count)])
 
 
+def folds_guidance(pipe) -> bool:
+    """A network that takes the guidance scale as an input (an LCM, distilled from its guided
+    teacher): one pass a step, no unconditional branch, no negative prompt."""
+    return getattr(pipe.net.config, "guidance_embed_dim", None) is not None
+
+
 @torch.no_grad()
 def network_inputs(pipe, prompts: Sequence[str], negative_prompt: str, guidance: float, extra: dict | None = None):
     """(cond, uncond) for the sampler: the prompts' and, under guidance, the negative prompt's
-    conditioning; `extra` (e.g. concat=...) goes to the network under both."""
+    conditioning; `extra` (e.g. concat=...) goes to the network under both. A network that
+    folds guidance in gets the scale as an input instead of an unconditional branch."""
     cond = pipe.encode_prompts(prompts)
+    if folds_guidance(pipe):
+        scale = torch.full((len(prompts),), float(guidance), device=pipe.device)
+        return {**cond, **(extra or {}), "guidance": scale}, None
     uncond = pipe.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
     cond = {**cond, **(extra or {})}
     return cond, None if uncond is None else {**uncond, **(extra or {})}
@@ -137,6 +147,8 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
     latent over `timesteps` (image-to-image). inputs: (cond, uncond) from network_inputs.
     hook(Step) runs after every step; it may raise Cancelled."""
     cond, uncond = inputs
+    if folds_guidance(pipe):
+        guidance = 1.0  # already an input of the network (network_inputs)
     if timesteps is None:
         timesteps = sampler_timesteps(pipe.schedule, sampler, steps, pipe.config.sampling)
         z = z * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ..diffusion import noise_like, q_sample, sampler_timesteps, start_scale
+from ..diffusion.consistency import consistency_timesteps
 from ..utils.images import to_pil
 from . import core
 from .inputs import as_pil, image_tensor, mask_tensor
@@ -50,9 +51,13 @@ def inpainting_inputs(autoencoder, x: torch.Tensor, mask: torch.Tensor) -> torch
 
 def partial_timesteps(pipe, sampler: str, steps: int, strength: float) -> torch.Tensor:
     """The last int(steps * strength) steps of the model's `steps`-step schedule (as diffusers'
-    image-to-image pipelines take them)."""
+    image-to-image pipelines take them); for a consistency sampler, diffusers' LCM rule."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1] (1 = start from pure noise), got {strength}")
+    if sampler in ("lcm", "tcd"):  # all `steps` steps, on the first `strength` of the distillation grid
+        ts = consistency_timesteps(pipe.schedule.num_timesteps, steps, pipe.config.sampling.original_inference_steps,
+                                   strength)
+        return torch.tensor([*ts, -1 if sampler == "lcm" else 0], dtype=torch.float64)
     taken = min(int(steps * strength), steps)
     if taken < 1:
         raise ValueError(f"strength {strength} of {steps} steps leaves no step to take: raise strength or steps")

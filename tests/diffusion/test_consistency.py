@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from ldmkit.diffusion import get_sampler, make_schedule, sampler_timesteps
-from ldmkit.diffusion.consistency import boundary_scalings, consistency_timesteps, guidance_embedding
+from ldmkit.diffusion.consistency import boundary_scalings, consistency_timesteps
 from ldmkit.diffusion.sampling import SamplingConfig
+from ldmkit.nets.embeddings import guidance_embedding
 
 MU, S = 0.3, 0.6  # data: x0 ~ N(MU, S^2)
 

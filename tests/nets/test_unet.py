@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
 from diffusers.models.embeddings import Timesteps
 
 from ldmkit.nets import UNET_PRESETS, UNet, UNetConfig, timestep_embedding
@@ -33,7 +33,7 @@ def diffusers_kwargs(c: UNetConfig) -> dict:
         attention_head_dim=tuple(c.heads(w) for w in widths),  # diffusers' name for the head count
         transformer_layers_per_block=c.transformer_depth, cross_attention_dim=c.context_dim,
         use_linear_projection=c.use_linear_projection, norm_num_groups=c.norm_groups,
-        num_class_embeds=c.num_classes,
+        num_class_embeds=c.num_classes, time_cond_proj_dim=c.guidance_embed_dim,
     )
 
 
@@ -87,6 +87,7 @@ PARITY_CONFIGS = {
                                  num_heads=None, head_dim=16, transformer_depth=2, context_dim=24,
                                  use_linear_projection=True, norm_groups=8),
     "classes": dataclasses.replace(TINY, num_classes=10),
+    "lcm": dataclasses.replace(TINY, guidance_embed_dim=24),  # the guidance scale as an input
 }
 
 
@@ -104,9 +105,14 @@ def test_parity_with_diffusers(name):
     context = torch.randn(2, 5, c.context_dim, generator=g)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     labels = torch.tensor([3, 7]) if c.num_classes else None
+    guidance = torch.tensor([8.0, 2.5]) if c.guidance_embed_dim else None
+    # diffusers' LCM pipeline embeds guidance - 1 itself and hands the UNet the embedding
+    w_embedding = None if guidance is None else LatentConsistencyModelPipeline.get_guidance_scale_embedding(
+        None, guidance - 1, embedding_dim=c.guidance_embed_dim)
     with torch.no_grad():
-        expected = ref(x, t, context, class_labels=labels, encoder_attention_mask=mask).sample
-        out = ours(x, t, context, context_mask=mask, class_labels=labels)
+        expected = ref(x, t, context, class_labels=labels, encoder_attention_mask=mask,
+                       timestep_cond=w_embedding).sample
+        out = ours(x, t, context, context_mask=mask, class_labels=labels, guidance=guidance)
         unmasked = ours(x, t, context, class_labels=labels)
     assert expected.std() > 0.1  # a real signal, not zeros
     assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
