@@ -149,7 +149,8 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> UNetConfig:
         mid_attention=cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn",
         transformer_depth=depth, context_dim=cfg.get("cross_attention_dim", 1280),
         use_linear_projection=cfg.get("use_linear_projection", False), num_classes=cfg.get("num_class_embeds"),
-        norm_groups=cfg.get("norm_num_groups", 32), **head_kwargs,
+        norm_groups=cfg.get("norm_num_groups", 32), guidance_embed_dim=cfg.get("time_cond_proj_dim"),
+        **head_kwargs,
     )
 
 
@@ -168,7 +169,7 @@ def unet_config_to_diffusers(c: UNetConfig, sample_size: int) -> dict[str, Any]:
         "layers_per_block": c.num_res_blocks, "attention_head_dim": [c.heads(w) for w in widths],
         "transformer_layers_per_block": c.transformer_depth, "cross_attention_dim": c.context_dim,
         "use_linear_projection": c.use_linear_projection, "norm_num_groups": c.norm_groups,
-        "num_class_embeds": c.num_classes, **_UNET_DEFAULTS,
+        "num_class_embeds": c.num_classes, "time_cond_proj_dim": c.guidance_embed_dim, **_UNET_DEFAULTS,
     }
 
 
@@ -218,7 +219,8 @@ def schedule_from_diffusers(cfg: Mapping[str, Any]) -> tuple[ScheduleConfig, Sam
     defaulted = set(cfg.get("_use_default_values", []))
     named = lambda key, default: cfg[key] if key in cfg and key not in defaulted else default  # noqa: E731
     sampling = SamplingConfig(spacing=named("timestep_spacing", None), offset=named("steps_offset", 0),
-                              ddim_final_alpha_one=named("set_alpha_to_one", True), sigma_max_start=True)
+                              ddim_final_alpha_one=named("set_alpha_to_one", True), sigma_max_start=True,
+                              original_inference_steps=named("original_inference_steps", 50))
     return schedule, sampling, PREDICTION_FROM_DIFFUSERS[prediction]
 
 
@@ -228,6 +230,9 @@ SD_X4_SCHEDULER_CONFIG = {"_class_name": "DDIMScheduler", "beta_end": 0.02, "bet
                           "beta_start": 0.0001, "clip_sample": False, "num_train_timesteps": 1000,
                           "prediction_type": "v_prediction", "set_alpha_to_one": False, "steps_offset": 1}
 SD_X4_VAE_SCALE = 0.08333
+
+
+CONSISTENCY_SCHEDULERS = {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}  # a folder's scheduler -> its sampler
 
 
 def sd_schedule() -> tuple[ScheduleConfig, SamplingConfig]:

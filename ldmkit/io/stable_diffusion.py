@@ -300,9 +300,8 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         config, vae_config = _ldmkit_configs(ours)
     else:
         unet_cfg = _read_json(path / "unet" / "config.json")
-        schedule, sampling, inferred = cfgs.schedule_from_diffusers(
-            _read_json(path / "scheduler" / "scheduler_config.json")
-        )
+        scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+        schedule, sampling, inferred = cfgs.schedule_from_diffusers(scheduler)
         vae_config = cfgs.vae_config_from_diffusers(_read_json(path / "vae" / "config.json"))
         unet_config = cfgs.unet_config_from_diffusers(unet_cfg)
         lowres = _upscaler(path, unet_config.in_channels - vae_config.z_channels)
@@ -320,7 +319,12 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         text_cfg = _read_json(path / "text_encoder" / "config.json")
         folder = _tokenizer_folder(tokenizer, {}, path / "tokenizer", str(path))
         text_encoder = clip_text_encoder(text_cfg, _read_component(path / "text_encoder", "text encoder"), folder)
-    return _assemble(config, unet, autoencoder, text_encoder, ours, path.name, path, "diffusers folder")
+    parts = _assemble(config, unet, autoencoder, text_encoder, ours, path.name, path, "diffusers folder")
+    consistency = cfgs.CONSISTENCY_SCHEDULERS.get(scheduler.get("_class_name")) if ours is None else None
+    if consistency is not None:  # an LCM / TCD folder: few steps by default, guidance as its card says
+        guidance = 8.0 if config.net.guidance_embed_dim is not None else 1.0
+        parts.defaults = GenerationDefaults(guidance=guidance, sampler=consistency, steps=4)
+    return parts
 
 
 def _task(in_channels: int, z_channels: int, lowres: LowResConfig | None) -> str:
