@@ -66,3 +66,23 @@ def test_upsample_benchmark_times_both_ways_and_they_agree(tmp_path):
     [row] = json.loads(out.read_text())["rows"]
     assert row["backward"] and row["input"] == [4, 256, 8, 8]
     assert row["max_abs_difference"] < 1e-4 and row["median_two_step"] > 0 and row["median_small_grid"] > 0
+
+
+def test_lcm_curve_scores_every_cell_against_the_teacher(tmp_path):
+    """A 6-step distillation scored on 2 images per class: every cell, the teacher's, the plot."""
+    import dataclasses
+
+    from ldmkit.train.distill import distill
+    from ldmkit.train.distill_config import DISTILL_PRESETS
+
+    distill(dataclasses.replace(DISTILL_PRESETS["tiny"], steps=6, sample_every=6), tmp_path / "run", progress=False)
+    out = tmp_path / "lcm.json"
+    command = [sys.executable, "-m", "benchmarks.lcm_curve", "--model", str(tmp_path / "run" / "model"),
+               "--per-class", "2", "--steps", "1", "2", "--threads", "1", "--out", str(out),
+               "--plot", str(tmp_path / "lcm.png")]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    results = json.loads(out.read_text())
+    cells = {(c["sampler"], c["steps"]): c for c in results["cells"]}
+    assert set(cells) == {("lcm", 1), ("lcm", 2), ("dpmpp_2m", 20)}
+    assert (cells["lcm", 1]["nfe"], cells["lcm", 2]["nfe"], cells["dpmpp_2m", 20]["nfe"]) == (1, 2, 20)
+    assert set(results["fd_over_teacher_20"]) == {"1", "2"} and (tmp_path / "lcm.png").stat().st_size > 0
