@@ -130,6 +130,16 @@ def network_inputs(pipe, prompts: Sequence[str], negative_prompt: str, guidance:
     return cond, None if uncond is None else {**uncond, **(extra or {})}
 
 
+def custom_timesteps(pipe, sampler: str, timesteps: Sequence[int]) -> torch.Tensor:
+    """Timesteps a caller chose (e.g. an LCM's [999, 499]) with the sampler's landing point added."""
+    ts = list(timesteps)
+    last = pipe.schedule.num_timesteps - 1
+    if not ts or any(int(t) != t or not 0 <= t <= last for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be strictly descending whole numbers in [0, {last}], got {ts}")
+    final = 0 if sampler == "tcd" or (sampler == "ddim" and not pipe.config.sampling.ddim_final_alpha_one) else -1
+    return torch.tensor([*ts, final], dtype=torch.float64)
+
+
 def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, **cond) -> torch.Tensor:
     """The network in its own dtype, its output back in the sampler's float32. `concat`:
     channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image)."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from ..diffusion import start_scale
 from . import core
 
 
@@ -29,6 +30,7 @@ def generate(
     width: int | None = None,
     vae_tile: int | None = None,
     hook: core.StepHook | None = None,
+    timesteps: Sequence[int] | None = None,
 ) -> list[Image.Image] | torch.Tensor:
     """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
     generator seeded with seed + k, so it is the same image when generated alone with that
@@ -36,10 +38,11 @@ def generate(
     (the final latents z_0, (N, c, h, w)). An empty prompt samples unconditionally.
     height, width: pixels (default: the model's image size). vae_tile: decode in tiles of this
     many latent pixels (bounds memory for large images). hook(Step) runs after every sampler
-    step (progress, previews; raising core.Cancelled stops the run). The sampler runs in
+    step (progress, previews; raising core.Cancelled stops the run). timesteps: descending
+    timesteps to sample at instead of the sampler's `steps` (e.g. [999, 499] for a 2-step LCM). The sampler runs in
     float32 whatever the networks' dtype; only the networks see half precision."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
+    steps, sampler, guidance = core.resolve_settings(pipe, len(timesteps) if timesteps else steps, sampler, guidance)
     shape = core.latent_shape(pipe, height, width)
     core.check_generation_model(pipe)
     core.check_settings(prompts, num_images, steps, sampler, guidance, output)
@@ -50,11 +53,15 @@ def generate(
     prompts = [p for p in prompts for _ in range(num_images)]
     if latents is None:
         latents = core.initial_latents(pipe, len(prompts), seed, shape)
+    custom = None if timesteps is None else core.custom_timesteps(pipe, sampler, timesteps)
+    if custom is not None:
+        latents = latents * start_scale(pipe.schedule, sampler, custom, pipe.config.sampling)
     results = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         z_T = latents[start : start + len(chunk)].to(pipe.device, torch.float32)
         inputs = core.network_inputs(pipe, chunk, negative_prompt, guidance)
         results.append(core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale,
-                                        core.generators(seed + start, len(chunk)), progress, hook=hook))
+                                        core.generators(seed + start, len(chunk)), progress, timesteps=custom,
+                                        hook=hook))
     return core.finish(pipe, torch.cat(results), output, vae_tile)

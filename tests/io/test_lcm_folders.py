@@ -105,3 +105,17 @@ def test_lcm_lora_with_conv_layers_gives_diffusers_latents(sd_folder, tmp_path):
                                                          output="latent")
     assert rel_err(plain, expected) > 1e-2  # the LoRA did something
     assert rel_err(got, expected) < 1e-3
+
+
+def test_custom_timesteps_give_diffusers_latents(lcm_folder):
+    ref, folder = lcm_folder
+    ours = Pipeline.from_pretrained(folder)
+    expected = ref(PROMPT, timesteps=[999, 639, 259], guidance_scale=6.0, latents=start_latents(),
+                   num_images_per_prompt=2, height=16, width=16, generator=generators(5), output_type="latent").images
+    got = ours.generate(PROMPT, num_images=2, timesteps=[999, 639, 259], guidance=6.0, latents=start_latents(),
+                        height=16, width=16, seed=5, output="latent")
+    assert rel_err(got, expected) < 1e-3
+    with pytest.raises(ValueError, match="strictly descending"):
+        ours.generate(PROMPT, timesteps=[259, 999])
+    with pytest.raises(ValueError, match="at most original_inference_steps = 50"):
+        ours.generate(PROMPT, steps=60)
