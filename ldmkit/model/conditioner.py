@@ -59,5 +59,5 @@ def conditioner_for(config, text_encoder=None, class_names: Sequence[str] = ()):
     if config.conditioning == "text":
         return TextConditioner(text_encoder)
     if config.conditioning == "class":
-        return ClassConditioner(class_names, config.net.num_classes)
+        return ClassConditioner(class_names, config.net.num_labels)
     return Unconditional()

@@ -15,6 +15,7 @@ from ..diffusion.gaussian import PREDICTIONS
 from ..diffusion.sampling import SamplingConfig
 from ..diffusion.schedule import ScheduleConfig
 from ..nets.config import UNET_PRESETS, UNetConfig
+from ..nets.dit_config import DiTConfig
 
 CONDITIONINGS = ("text", "class", "none")
 TEXT_ENCODERS = ("minilm", "clip")  # clip: Stable Diffusion's, weights stored with the model
@@ -38,7 +39,7 @@ class LowResConfig:
 class LatentDiffusionConfig:
     """What a trained model is: saved in its config.json beside the weights."""
 
-    net: UNetConfig = UNET_PRESETS["small"]  # the denoiser's config, tagged by its "kind"
+    net: UNetConfig | DiTConfig = UNET_PRESETS["small"]  # the denoiser's config, tagged by its "kind"
     schedule: ScheduleConfig = ScheduleConfig()
     prediction: str = "eps"
     conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none

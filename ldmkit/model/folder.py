@@ -19,7 +19,7 @@ from ..autoencoders import Autoencoder, AutoencoderConfig
 from ..conditioning import TextEncoder
 from ..conditioning.clip import clip_file_state, clip_text_encoder, tokenizer_files
 from ..config import from_dict, to_dict
-from ..nets import UNet
+from ..nets import make_net
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint
 from .config import GenerationDefaults, LatentDiffusionConfig, task_of_legacy_config
 from .parts import ModelParts
@@ -66,7 +66,7 @@ def load_model(folder: str | Path) -> ModelParts:
     if meta.get("type") != "latent-diffusion" or not {"unet", "autoencoder"} <= set(states):
         raise CheckpointError(f"{folder} does not hold an ldmkit latent diffusion model (type {meta.get('type')!r})")
     config = model_config(meta)
-    net = UNet(config.net)
+    net = make_net(config.net)
     net.load_state_dict(states["unet"])
     first_stage = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
     first_stage.load_state_dict(states["autoencoder"])

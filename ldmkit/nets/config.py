@@ -39,6 +39,11 @@ class UNetConfig:
         return 4 * self.base_channels
 
     @property
+    def num_labels(self) -> int | None:
+        """Class-label embeddings, the null class included (here num_classes counts it)."""
+        return self.num_classes
+
+    @property
     def downsampling_factor(self) -> int:
         """H and W must be multiples of this: the deepest level is 1/2**(levels-1) of the input."""
         return 2 ** (len(self.channel_mult) - 1)

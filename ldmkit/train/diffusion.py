@@ -25,7 +25,7 @@ from ..data import ImageFolder, fashion_mnist, load_fashion_mnist, shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
 from ..model import GenerationDefaults, ModelParts, load_autoencoder, resolve_repo_path
 from ..model.conditioner import NULL_PROMPT
-from ..nets import UNet
+from ..nets import make_net
 from ..pipelines import Pipeline, inpainting_inputs
 from ..storage import load_checkpoint, save_checkpoint
 from ..utils.images import image_grid, save_png
@@ -145,7 +145,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     sched = make_schedule(model_cfg.schedule)
 
     torch.manual_seed(config.seed)
-    unet = UNet(model_cfg.net, gradient_checkpointing=config.gradient_checkpointing).to(device)
+    unet = make_net(model_cfg.net, gradient_checkpointing=config.gradient_checkpointing).to(device)
     if config.init_from:
         start_from(unet, config.init_from)
     point = resume_point(run_dir, config) if resume else None
@@ -158,7 +158,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     ema = EMA(unet, config.ema_decay)  # under FSDP, sharded as the weights are
     # generates with the EMA weights: the sample grids during training and the final model
     pipeline = Pipeline(ModelParts(
-        UNet(model_cfg.net).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
+        make_net(model_cfg.net).to(device), autoencoder, model_cfg, encoder, class_names(config.data.dataset),
         GenerationDefaults(guidance=config.guidance), name=run_dir.name,
     ))
     opt = fused_adam(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -304,7 +304,7 @@ def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.T
     return total
 
 
-def start_from(unet: UNet, folder: str) -> None:
+def start_from(unet: torch.nn.Module, folder: str) -> None:
     """Load another model's UNet weights into `unet`; a conv_in with more input channels keeps
     the given ones and gets zeros for the rest, so training starts from that model's behaviour."""
     states, _, _ = load_checkpoint(resolve_repo_path(folder))

@@ -30,7 +30,7 @@ from ..diffusion.consistency import SIGMA_DATA, TIMESTEP_SCALING
 from ..diffusion.gaussian import eps_from_x0, prediction_to_x0
 from ..model import GenerationDefaults, ModelParts
 from ..model.conditioner import NULL_PROMPT
-from ..nets import UNet
+from ..nets import make_net
 from ..pipelines import Pipeline
 from ..pipelines.core import folds_guidance
 from ..storage import save_checkpoint
@@ -82,12 +82,12 @@ class Distiller:
             self.ema = None
         else:
             net_config = replace(self.teacher.net.config, guidance_embed_dim=config.guidance_embed_dim)
-            self.student = UNet(net_config).to(device)
+            self.student = make_net(net_config).to(device)
             missing = self.student.load_state_dict(self.teacher.net.state_dict(), strict=False).missing_keys
             assert missing == ["time_embedding.cond_proj.weight"], missing
             with torch.no_grad():  # w enters at zero: the student starts as the teacher's conditional branch
                 self.student.time_embedding.cond_proj.weight.zero_()
-            self.target = UNet(net_config).to(device).requires_grad_(False)
+            self.target = make_net(net_config).to(device).requires_grad_(False)
             self.ema = EMA(self.student, config.target_ema)
             self.ema.copy_to(self.target)
             self.lora = None
