@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -40,9 +41,16 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+# What a resumed run may change: how long it runs (a run extended by more steps goes on exactly as
+# one planned that long, where the learning rate after warm-up does not depend on the length) and
+# how often it reports.
+EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every")
+
+
 def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:
     """(folder, state dicts, train state) of the run's newest complete checkpoint, or None for a
-    fresh run. A checkpoint written under another config is refused, not silently continued;
+    fresh run. A checkpoint written under another config is refused, not silently continued,
+    but for EXTENDABLE settings (steps only where the learning rate is constant after warm-up);
     options added to ldmkit since it was written count at their defaults."""
     from ..config import from_dict, to_dict
     from ..storage.folder import CheckpointError, load_checkpoint
@@ -56,8 +64,14 @@ def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{found} holds a config this ldmkit cannot read ({error}); "
                               "use a new run folder or --no-resume") from None
-    if written != to_dict(config):
+    now = to_dict(config)
+    extendable = [k for k in EXTENDABLE if k != "steps" or getattr(config, "lr_schedule", "constant") == "constant"]
+    differ = sorted(k for k in set(written) | set(now) if written.get(k) != now.get(k))
+    if [k for k in differ if k not in extendable]:
         raise CheckpointError(
-            f"{found} was written by a run with another config; use a new run folder or --no-resume"
+            f"{found} was written by a run with another config (differing: {differ}); use a new run folder or "
+            "--no-resume" + ("" if "steps" in extendable else " (this run's learning rate decays over its steps)")
         )
+    if train_state["step"] > now.get("steps", math.inf):
+        raise CheckpointError(f"{found} is at step {train_state['step']}, past this run's {now['steps']} steps")
     return found, states, train_state

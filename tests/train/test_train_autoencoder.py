@@ -47,6 +47,9 @@ def test_resume_refuses_a_changed_config(tmp_path):
     train_autoencoder(TINY, tmp_path, progress=False, max_steps=2)
     with pytest.raises(CheckpointError, match="another config"):
         train_autoencoder(replace(TINY, lr=1e-3), tmp_path, progress=False)
+    if TINY.lr_schedule == "cosine":  # its learning rate depends on the length: not extendable
+        with pytest.raises(CheckpointError, match="decays over its steps"):
+            train_autoencoder(replace(TINY, steps=TINY.steps * 2), tmp_path, progress=False)
 
 
 def test_bad_input_is_reported(tmp_path):

@@ -77,6 +77,10 @@ def test_resume_takes_options_added_since_at_their_defaults_and_refuses_other_co
         resume_point(tmp_path, replace(config, lr=config.lr * 2))
     with pytest.raises(CheckpointError, match="another config"):
         resume_point(tmp_path, replace(config, accumulate=2))  # not the default the old run used
+    longer = replace(config, steps=config.steps * 3, checkpoint_every=7)  # a run extended: allowed
+    assert resume_point(tmp_path, longer)[2]["step"] == 2
+    with pytest.raises(CheckpointError, match="past this run's 1 steps"):
+        resume_point(tmp_path, replace(config, steps=1))
     written["no_such_option"] = 1
     save_checkpoint(checkpoint_dir(tmp_path, 4), {"m": {"w": torch.ones(1)}}, {"train": written}, {"step": 4})
     with pytest.raises(CheckpointError, match="cannot read"):
