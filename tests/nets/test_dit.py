@@ -107,3 +107,24 @@ def test_a_dit_model_saves_loads_and_generates_through_the_pipeline(tmp_path):
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, again.generate("trouser", steps=3, seed=1, output="latent"))
     assert isinstance(first_stage, Autoencoder)
+
+
+def test_reference_checkpoints_load_safely_with_their_config_read_off_the_weights(tmp_path):
+    from ldmkit.io.dit_checkpoints import load_dit_checkpoint
+    from ldmkit.storage import CheckpointError
+
+    config = DiTConfig(hidden_size=384, depth=2, num_heads=6, input_size=8, patch_size=4, num_classes=10,
+                       learn_sigma=True)
+    net = DiT(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.05)
+    torch.save(net.state_dict(), tmp_path / "DiT-tiny.pt")  # as the reference saves its models
+    loaded = load_dit_checkpoint(tmp_path / "DiT-tiny.pt")
+    assert loaded.config == config
+    x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.tensor([2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, class_labels=y), net(x, t, class_labels=y))
+    wrong = r"pos_embed has shape \(1, 4, 384\), the config.s DiT \(1, 16, 64\) \(hidden_size 64"
+    with pytest.raises(CheckpointError, match=wrong):
+        load_dit_checkpoint(tmp_path / "DiT-tiny.pt", config=dataclasses.replace(TINY, hidden_size=64))
