@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from .gaussian import PREDICTIONS, q_sample, training_target
+from .learned_variance import vlb_bits
 from .schedule import Schedule
 
 
@@ -41,12 +42,16 @@ def diffusion_loss(
     offset_noise: float = 0.0,
     gen: torch.Generator | None = None,
     shard: tuple[int, int] = (0, 1),
+    learn_sigma: bool = False,
 ) -> torch.Tensor:
     """Mean loss over the batch. model_fn(x_t, t) takes t as a (B,) long tensor and returns a
     tensor shaped like x_t; conditioning is bound into it by the caller. shard = (rank, world):
     x0 is rows rank*B .. (rank+1)*B of a global batch of world*B, and t and eps are drawn for
     the global batch and cut the same way, so data-parallel processes together draw exactly
-    what one process would."""
+    what one process would. learn_sigma: the network also outputs variance channels, trained by
+    IDDPM's hybrid loss L_simple + L_vlb (learned_variance.py; eps prediction only)."""
+    if learn_sigma and prediction != "eps":
+        raise ValueError(f"a learned variance is trained with eps prediction (IDDPM's hybrid loss), not {prediction}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}")
     B, (rank, world) = x0.shape[0], shard
@@ -60,7 +65,13 @@ def diffusion_loss(
     alpha_bar = sched.alpha_bar.to(x0.device)[t].to(x0.dtype).view(B, *([1] * (x0.ndim - 1)))
     x_t = q_sample(x0, alpha_bar, eps)
     target = training_target(x0, eps, alpha_bar, prediction)
-    per_sample = (model_fn(x_t, t).float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    output = model_fn(x_t, t).float()
+    if learn_sigma:
+        output, v = output.split(x0.shape[1], dim=1)  # (eps, variance interpolation)
+        vlb = vlb_bits(x0.float(), x_t.float(), t, output.detach(), v, sched)  # the mean held fixed
+    per_sample = (output - target.float()).pow(2).flatten(1).mean(1)  # (B,)
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weight(alpha_bar.flatten().float(), min_snr_gamma, prediction)
+    if learn_sigma:
+        per_sample = per_sample + vlb
     return per_sample.mean()

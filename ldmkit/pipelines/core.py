@@ -142,11 +142,13 @@ def custom_timesteps(pipe, sampler: str, timesteps: Sequence[int]) -> torch.Tens
 
 def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, **cond) -> torch.Tensor:
     """The network in its own dtype, its output back in the sampler's float32. `concat`:
-    channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image)."""
-    if concat is not None:
-        x_in = torch.cat([x, concat.to(x.dtype)], dim=1)
-        return pipe.net(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
-    return pipe.net(x.to(pipe.dtype), t, **cond).to(x.dtype)
+    channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image).
+    A learned variance (a DiT's second C channels) is dropped, as DiT's own pipelines do."""
+    x_in = x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)
+    out = pipe.net(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
+    if getattr(pipe.net.config, "learn_sigma", False):  # the variance channels: the samplers use the mean only
+        out = out[:, : pipe.net.config.out_channels]
+    return out
 
 
 @torch.no_grad()

@@ -298,6 +298,7 @@ def backward_in_micro_batches(net, z0: torch.Tensor, cond: dict, concat: torch.T
                 loss = diffusion_loss(
                     model, z0[rows], sched, config.model.prediction, min_snr_gamma=config.min_snr_gamma,
                     offset_noise=config.offset_noise, gen=gen, shard=(rank.rank * parts + m, rank.world * parts),
+                    learn_sigma=getattr(config.model.net, "learn_sigma", False),
                 ) / parts
             scaler.scale(loss).backward()
         total = total + loss.detach()
