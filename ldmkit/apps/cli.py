@@ -181,7 +181,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ..pipelines import Pipeline
     from .evaluate import evaluate
 
-    pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
+    config = Path(args.model) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("type") == "diffusion-run":  # a run's checkpoint
+        from ..train.diffusion import pipeline_from_checkpoint
+
+        pipe = pipeline_from_checkpoint(args.model, torch.device(args.device))
+    else:
+        pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
     results = []
     for guidance in args.guidance or [None]:
         result = evaluate(
@@ -264,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     clf.set_defaults(run=_train_classifier)
 
     ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")
-    ev.add_argument("--model", default="fashion-mnist")
+    ev.add_argument("--model", default="fashion-mnist", help="a model (name or folder), or a run's checkpoint folder")
     ev.add_argument(
         "--size", type=int, default=None, help="images per prompt (default: 200 per class / 25 per combination)"
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import to_dict
+from ..config import from_dict, to_dict
 from ..data import ImageFolder, fashion_mnist, load_fashion_mnist, shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
 from ..model import GenerationDefaults, ModelParts, load_autoencoder, resolve_repo_path
@@ -367,3 +367,23 @@ def save_inpainting_grid(pipeline: Pipeline, images: torch.Tensor, captions: lis
     grid = image_grid([im.resize((64, 64), 0) for row in rows for im in row], columns=len(images),
                       row_labels=["masked", "ldmkit", "original"])
     save_png(grid, path, {"step": step, "task": "inpaint right half", "prompts": captions})
+
+
+def pipeline_from_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """The model a run's checkpoint holds, as the run would have saved it at that step: its EMA
+    weights, the run's first stage, text encoder and class names (for FD against training time)."""
+    states, meta, _ = load_checkpoint(checkpoint)
+    if meta.get("type") != "diffusion-run":
+        raise ValueError(f"{checkpoint} is not a checkpoint of `ldmkit train` (type {meta.get('type')!r})")
+    config = from_dict(DiffusionTrainConfig, meta["train"])
+    autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
+    net = make_net(config.model.net).to(device)
+    net.load_state_dict(states["ema_unet"])
+    encoder = None
+    if config.model.conditioning == "text":
+        from ..conditioning import TextEncoder
+
+        encoder = TextEncoder.minilm(config.model.text_length).to(device)
+    return Pipeline(ModelParts(net, autoencoder, config.model, encoder, class_names(config.data.dataset),
+                               GenerationDefaults(guidance=config.guidance), name=Path(checkpoint).name,
+                               meta={"dataset": config.data.dataset, "train": to_dict(config)}))

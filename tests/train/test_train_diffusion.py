@@ -24,6 +24,14 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
         for key, value in whole[part].items():
             assert torch.equal(value, split[part][key]), f"{part}.{key}"
     assert len((tmp_path / "split" / "log.jsonl").read_text().splitlines()) == 4
+    # a checkpoint is the model as the run would save it at that step (FD against training time)
+    from ldmkit import Pipeline
+    from ldmkit.train.diffusion import pipeline_from_checkpoint
+
+    at_end = pipeline_from_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000004")
+    saved = Pipeline.from_pretrained(tmp_path / "split" / "model")
+    torch.testing.assert_close(at_end.generate("a photo of a bag", steps=2, output="latent"),
+                               saved.generate("a photo of a bag", steps=2, output="latent"))
 
 
 def test_class_conditioned_run_on_shapes(tmp_path):
