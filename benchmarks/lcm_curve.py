@@ -34,15 +34,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def settings_for(bench: Bench, model: str, per_class: int, seed: int) -> dict:
+def settings_for(bench: Bench, model: str, per_class: int, seed: int, guidance: float | None = None) -> dict:
     return {"model": model, "per_class": per_class, "chunk_per_class": min(10, per_class),
-            "guidance": bench.pipe.defaults.guidance, "seed": seed}
+            "guidance": bench.pipe.defaults.guidance if guidance is None else guidance, "seed": seed}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fashion-mnist-lcm")
     parser.add_argument("--teacher", default="fashion-mnist")
+    parser.add_argument("--lora", type=Path, default=None, help="an LCM-LoRA file: --model is then the base it adapts")
+    parser.add_argument("--guidance", type=float, default=None, help="the LCM's (default: the model's; 1 with --lora)")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -56,17 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     cache = default_cache(args.out)
     lcm, teacher = Bench(args.model), Bench(args.teacher)
     teacher.classifier, teacher.test_features = lcm.classifier, lcm.test_features  # computed once
+    name, guidance = args.model, args.guidance
+    if args.lora is not None:
+        lcm.pipe.load_lora(args.lora)
+        name, guidance = f"{args.model} + {args.lora.name}", 1.0 if args.guidance is None else args.guidance
     rows = []
     for steps in args.steps:
-        cell = run_cell(lcm, "lcm", steps, settings_for(lcm, args.model, args.per_class, args.seed), cache / "lcm")
-        rows.append({"model": args.model, **cell})
+        cell = run_cell(lcm, "lcm", steps, settings_for(lcm, name, args.per_class, args.seed, guidance), cache / "lcm")
+        rows.append({"model": name, **cell})
     cell = run_cell(teacher, "dpmpp_2m", 20, settings_for(teacher, args.teacher, args.per_class, args.seed),
                     cache / "teacher")
     rows.append({"model": args.teacher, **cell})
     reference = _teacher_reference(args)
     if reference is not None:
         rows.append(reference)
-    target = next(r for r in rows if r["model"] == args.teacher and r["steps"] == 20)
+    target = next(r for r in rows if r["model"] == args.teacher and r["sampler"] == "dpmpp_2m")
     results = {
         "settings": {"per_class": args.per_class, "images": 10 * args.per_class, "seed": args.seed,
                      "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -75,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         "floor": floor(lcm, args.per_class),
         "cells": rows,
         "fd_over_teacher_20": {str(r["steps"]): r["frechet_distance"] / target["frechet_distance"]
-                               for r in rows if r["model"] == args.model},
+                               for r in rows if r["model"] == name},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     partial.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(partial, args.out)
     print(table(results))
-    print(f"written {args.out} and {plot(results, args.plot, args.model)}")
+    print(f"written {args.out} and {plot(results, args.plot, name)}")
     return 0
 
 
