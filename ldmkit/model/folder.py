@@ -25,7 +25,8 @@ from .config import GenerationDefaults, LatentDiffusionConfig, task_of_legacy_co
 from .parts import ModelParts
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"  # the models shipped in the repository
-BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint", "fashion-mnist-lcm", "shapes-lcm")
+BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint", "fashion-mnist-lcm", "shapes-lcm",
+           "fashion-mnist-f2")
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
