@@ -18,20 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 from .sampler_curve import Bench, default_cache, floor, number, run_cell
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+from .sd_models import cpu_name
 
 
 def settings_for(bench: Bench, model: str, per_class: int, seed: int, guidance: float | None = None) -> dict:
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     target = next(r for r in rows if r["model"] == args.teacher and r["sampler"] == "dpmpp_2m")
     results = {
         "settings": {"per_class": args.per_class, "images": 10 * args.per_class, "seed": args.seed,
-                     "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "metric": "as benchmarks/sampler_curve.py; seconds: generation of all images on this machine",
                      "target": "LCM at 4 steps: FD within 15% of the teacher's 20-step FD, agreement >= 85%"},
         "floor": floor(lcm, args.per_class),

@@ -309,18 +309,23 @@ def timed(times: dict, name: str):
         times[name] = round(times.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        if names:
+            return names[0]
+    return platform.processor()
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import diffusers
     import transformers
 
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     return {
-        "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
     }

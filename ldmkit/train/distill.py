@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import from_dict, to_dict
-from ..diffusion.consistency import SIGMA_DATA, TIMESTEP_SCALING
+from ..diffusion.consistency import boundary_scalings
 from ..diffusion.gaussian import eps_from_x0, prediction_to_x0
 from ..model import GenerationDefaults, ModelParts
 from ..model.conditioner import NULL_PROMPT
@@ -43,11 +43,9 @@ from .logging import JsonlLog, plot_losses
 from .steps import fused_adam, learning_rate, step_generator
 
 
-def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_skip, c_out) per sample, shaped to broadcast over latents (diffusion.consistency)."""
-    scaled = TIMESTEP_SCALING * t.double()
-    c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
-    c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
+def per_sample_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) of diffusion.consistency for each sample's t, shaped to broadcast over latents."""
+    c_skip, c_out = boundary_scalings(t.double())
     return c_skip.float().view(-1, 1, 1, 1), c_out.float().view(-1, 1, 1, 1)
 
 
@@ -112,7 +110,7 @@ class Distiller:
         a_t, a_s = self.alpha_bar[t].view(-1, 1, 1, 1), self.alpha_bar[s].view(-1, 1, 1, 1)
         x_t = a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise
 
-        c_skip_t, c_out_t = boundary_scalings(t)
+        c_skip_t, c_out_t = per_sample_scalings(t)
         prediction = c_skip_t * x_t + c_out_t * self._net(self.student, x_t, t, cond, w)
         with torch.no_grad():
             both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
@@ -122,7 +120,7 @@ class Distiller:
             x0 = x0_c + gw * (x0_c - x0_u)  # classifier-free guidance in x0 (and so in eps)
             eps = eps_from_x0(x_t, x0, a_t)
             x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps  # one DDIM step t -> s
-            c_skip_s, c_out_s = boundary_scalings(s)
+            c_skip_s, c_out_s = per_sample_scalings(s)
             target = c_skip_s * x_s + c_out_s * self._net(self.target, x_s, s, cond, w)
         return pseudo_huber(prediction, target, c.huber_c)
 

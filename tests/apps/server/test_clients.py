@@ -53,15 +53,22 @@ def test_webuiapi_png_info_round_trip(api):
     assert "Euler a" in api.util_get_sampler_names()
 
 
-def test_interrupt_stops_a_job_mid_way(api, live_server):
+def start_long_job(api, n_iter: int):
+    """A 150-step txt2img of n_iter batches in a thread, returned once it is sampling:
+    (thread, dict that gets the result under "r")."""
     results = {}
     job = threading.Thread(target=lambda: results.update(r=api.txt2img(
-        prompt=PROMPT, seed=1, steps=150, n_iter=8, width=32, height=32)))
+        prompt=PROMPT, seed=1, steps=150, n_iter=n_iter, width=32, height=32)))
     job.start()
     deadline = time.time() + 60
     while api.get_progress()["state"]["sampling_step"] < 2:
         assert time.time() < deadline and job.is_alive(), "the job never started sampling"
         time.sleep(0.02)
+    return job, results
+
+
+def test_interrupt_stops_a_job_mid_way(api, live_server):
+    job, results = start_long_job(api, n_iter=8)
     progress = api.get_progress()
     assert progress["state"]["job"] == "txt2img" and 0 < progress["progress"] < 1
     api.interrupt()
@@ -73,14 +80,7 @@ def test_interrupt_stops_a_job_mid_way(api, live_server):
 
 
 def test_skip_drops_the_current_batch_and_goes_on(api):
-    results = {}
-    job = threading.Thread(target=lambda: results.update(r=api.txt2img(
-        prompt=PROMPT, seed=1, steps=150, n_iter=3, width=32, height=32)))
-    job.start()
-    deadline = time.time() + 60
-    while api.get_progress()["state"]["sampling_step"] < 2:
-        assert time.time() < deadline and job.is_alive(), "the job never started sampling"
-        time.sleep(0.02)
+    job, results = start_long_job(api, n_iter=3)
     assert api.get_progress()["state"]["job_no"] == 0
     api.skip()
     job.join(60)
