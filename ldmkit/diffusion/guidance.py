@@ -20,12 +20,15 @@ def classifier_free_guidance(
     uncond: Mapping[str, torch.Tensor | None],
     scale: float,
     rescale: float = 0.0,
+    guided_channels: int | None = None,
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """model_fn(x, t) = u + scale * (c - u), with u and c the outputs under `uncond` (the null or
     negative prompt) and `cond`, from one batched call of the model on [uncond; cond].
 
     rescale in [0, 1] (Lin et al. 2024, eq. 15-16): blend in the guided output rescaled to the
     per-sample std of the conditional one, against over-exposure at high scales.
+    guided_channels: guide the first this many channels only; the rest (a learned variance,
+    IDDPM / DiT) are the conditional output's, as in DiT's sampler and diffusers' DiTPipeline.
     """
     if scale < 0:
         raise ValueError(f"guidance scale must be >= 0, got {scale}")
@@ -39,11 +42,13 @@ def classifier_free_guidance(
 
     def guided(x: torch.Tensor, t: float) -> torch.Tensor:
         out_uncond, out_cond = model(torch.cat([x, x]), t, **both).chunk(2)  # (B, C, H, W) each
+        rest = out_cond[:, guided_channels:] if guided_channels is not None else None  # unguided channels
+        out_uncond, out_cond = out_uncond[:, :guided_channels], out_cond[:, :guided_channels]
         out = out_uncond + scale * (out_cond - out_uncond)
         if rescale > 0:
             dims = tuple(range(1, out.ndim))
             rescaled = out * (out_cond.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True))
             out = rescale * rescaled + (1 - rescale) * out
-        return out
+        return out if rest is None else torch.cat([out, rest], dim=1)
 
     return guided

@@ -3,6 +3,11 @@ trains them: the network's second C channels v in [-1, 1] interpolate the log-va
 the two bounds DDPM names, log Sigma = f log beta_t + (1 - f) log beta_tilde_t with f = (v + 1)/2,
 and the variational bound L_vlb trains them while the simple loss trains the mean (the mean is
 held fixed inside L_vlb: IDDPM's stop-gradient, eq. 16: L_hybrid = L_simple + L_vlb).
+
+Sampling with it (IDDPM sec. 4, DiT's sampler): ancestral DDPM whose step t -> s takes the
+variance exp(log Sigma) of eq. 15 written with that step's own beta and beta_tilde, so that
+strided (respaced) timesteps work as well as all T (`step_log_variance`); `split_variance` lets
+one network evaluation give both the denoiser's mean channels and the sampler's v.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import math
 
 import torch
 
+from .denoiser import ModelFn
 from .gaussian import q_posterior, x0_from_eps
 from .schedule import Schedule
 
@@ -24,13 +30,51 @@ def posterior_log_variance(sched: Schedule, t: torch.Tensor) -> torch.Tensor:
     return beta_tilde.log().to(t.device)[t].float()
 
 
+def interpolate_log_variance(v: torch.Tensor, min_log, max_log) -> torch.Tensor:
+    """log Sigma = f log beta + (1 - f) log beta_tilde, f = (v + 1)/2 (eq. 15): v = -1 gives
+    beta_tilde (`min_log`), v = +1 beta (`max_log`)."""
+    fraction = (v + 1) / 2
+    return fraction * max_log + (1 - fraction) * min_log
+
+
 def learned_log_variance(v: torch.Tensor, sched: Schedule, t: torch.Tensor) -> torch.Tensor:
     """log Sigma_theta(x_t, t) from the network's variance channels v (B, C, ...)."""
     shape = (-1,) + (1,) * (v.ndim - 1)
     min_log = posterior_log_variance(sched, t).view(shape)
     max_log = sched.betas.double().log().to(t.device)[t].float().view(shape)
-    fraction = (v + 1) / 2
-    return fraction * max_log + (1 - fraction) * min_log
+    return interpolate_log_variance(v, min_log, max_log)
+
+
+def step_log_variance(v: torch.Tensor, alpha_bar_t: float, alpha_bar_s: float) -> torch.Tensor:
+    """log Sigma of a reverse step t -> s, s < t not necessarily t - 1: eq. 15 with the step's own
+    beta = 1 - alpha_bar_t / alpha_bar_s and beta_tilde = beta (1 - alpha_bar_s) / (1 - alpha_bar_t),
+    those of IDDPM's respaced chain (sec. 4) and of diffusers' DDPMScheduler "learned_range" with
+    its prev_t. beta_tilde = 0 (s = -1, landing on clean data) is clamped to 1e-20 as diffusers
+    does; DDPM adds no noise there anyway."""
+    beta = 1 - alpha_bar_t / alpha_bar_s
+    beta_tilde = max(beta * (1 - alpha_bar_s) / (1 - alpha_bar_t), 1e-20)  # DDPM eq. 7
+    return interpolate_log_variance(v, math.log(beta_tilde), math.log(beta))
+
+
+def split_variance(model_fn: ModelFn, channels: int) -> tuple[ModelFn, ModelFn]:
+    """(mean_fn, variance_fn) from a network whose output (B, 2C, ...) is its prediction (eps)
+    and then its variance channels v, C = `channels`: mean_fn(x_t, t) returns the first C
+    channels, variance_fn(x_t, t) the last C. One evaluation serves both: variance_fn returns
+    the v of mean_fn's last call when that was at the same x_t (the same tensor) and t, as in a
+    DDPM step, and evaluates the network again otherwise."""
+    last: list = [None, None, None]  # x_t, t, v of mean_fn's last call
+
+    def mean_fn(x_t: torch.Tensor, t: float) -> torch.Tensor:
+        out = model_fn(x_t, t)  # (B, 2C, ...)
+        last[:] = x_t, t, out[:, channels:]
+        return out[:, :channels]  # (B, C, ...)
+
+    def variance_fn(x_t: torch.Tensor, t: float) -> torch.Tensor:
+        if last[0] is x_t and last[1] == t:
+            return last[2]
+        return model_fn(x_t, t)[:, channels:]
+
+    return mean_fn, variance_fn
 
 
 def normal_kl(mean1, log_var1, mean2, log_var2) -> torch.Tensor:

@@ -24,24 +24,35 @@ import torch
 from .consistency import sample_lcm, sample_tcd
 from .denoiser import Denoiser
 from .gaussian import eps_from_x0
+from .learned_variance import step_log_variance
 from .schedule import Schedule
 from .steps import Callback, noise_like, step_pairs
 
 
 @torch.no_grad()
-def sample_ddpm(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None, variance="small",
+def sample_ddpm(denoise: Denoiser, x, sched: Schedule, timesteps, gen=None,
+                variance: str | Callable[[torch.Tensor, float], torch.Tensor] = "small",
                 callback: Callback = None):
     """Ancestral sampling from the posterior q(x_s | x_t, x0_hat), Ho et al. 2020 (Algorithm 2).
-    variance: "small" = beta_tilde (eq. 7), "large" = beta (sec. 3.2)."""
-    if variance not in ("small", "large"):
-        raise ValueError(f"DDPM variance must be 'small' or 'large', got {variance!r}")
+    variance: "small" = beta_tilde (eq. 7), "large" = beta (sec. 3.2), or a learned variance:
+    a function v(x_t, t) -> the network's variance channels in [-1, 1], called after
+    denoise(x_t, t) (learned_variance.split_variance), giving IDDPM's eq. 15 for each step."""
+    learned = callable(variance)
+    if not learned and variance not in ("small", "large"):
+        raise ValueError(f"DDPM variance must be 'small' or 'large' (or a learned v(x_t, t)), got {variance!r}")
     for i, (t, s) in enumerate(step_pairs(timesteps)):
         a_t, a_s = sched.alpha_bar_at(t), sched.alpha_bar_at(s)
         alpha, beta = a_t / a_s, 1 - a_t / a_s  # the step from s to t
         x0 = denoise(x, t)
         mean = a_s**0.5 * beta / (1 - a_t) * x0 + alpha**0.5 * (1 - a_s) / (1 - a_t) * x  # eq. 7
-        var = beta * (1 - a_s) / (1 - a_t) if variance == "small" else beta
-        x = mean + var**0.5 * noise_like(x, gen) if s >= 0 else mean
+        if s < 0:
+            x = mean
+        elif learned:
+            log_var = step_log_variance(variance(x, t), a_t, a_s)  # IDDPM eq. 15, (B, C, H, W)
+            x = mean + (0.5 * log_var).exp() * noise_like(x, gen)
+        else:
+            var = beta * (1 - a_s) / (1 - a_t) if variance == "small" else beta
+            x = mean + var**0.5 * noise_like(x, gen)
         if callback:
             callback(i, x, x0)
     return x

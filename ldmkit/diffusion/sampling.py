@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .consistency import consistency_timesteps
 from .denoiser import as_denoiser
 from .guidance import classifier_free_guidance
+from .learned_variance import split_variance
 from .samplers import get_sampler
 from .schedule import SPACINGS, Schedule, make_timesteps
 
@@ -88,6 +89,7 @@ def sample(
     timesteps: torch.Tensor | None = None,
     denoiser_wrapper: Callable[[Callable], Callable] | None = None,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    learn_sigma: bool = False,
     **sampler_options,
 ) -> torch.Tensor:
     """Run `sampler` for `steps` steps from x (noise at the first timestep) to clean data.
@@ -99,13 +101,22 @@ def sample(
     `denoiser_wrapper`, if given, wraps the denoiser (x_t, t) -> x0_hat, e.g. to keep the known
     part of an image fixed while inpainting.
     `callback(i, x_i, x0_hat)`, if given, runs after each step (previews, cancelling).
+    `learn_sigma`: the model's output has twice x's channels, its prediction and then a learned
+    variance v (IDDPM, DiT). Guidance combines the prediction only, v is the conditional
+    branch's; "ddpm" samples with the learned variance (unless `variance` is given among the
+    sampler options), every other sampler uses the prediction only.
     """
     get_sampler(sampler)  # a clear error for a bad name before any work
     cond = dict(cond or {})
+    channels = x.shape[1] if learn_sigma else None  # the prediction's; v follows
     if uncond is not None and guidance != 1.0:
-        model_fn = classifier_free_guidance(model, cond, uncond, guidance, guidance_rescale)
+        model_fn = classifier_free_guidance(model, cond, uncond, guidance, guidance_rescale, channels)
     else:
         model_fn = lambda x_t, t: model(x_t, t, **cond)  # noqa: E731
+    if learn_sigma:
+        model_fn, variance_fn = split_variance(model_fn, channels)
+        if sampler == "ddpm":
+            sampler_options.setdefault("variance", variance_fn)
     denoise = as_denoiser(model_fn, sched, prediction)
     if denoiser_wrapper is not None:
         denoise = denoiser_wrapper(denoise)

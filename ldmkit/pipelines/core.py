@@ -140,13 +140,19 @@ def custom_timesteps(pipe, sampler: str, timesteps: Sequence[int]) -> torch.Tens
     return torch.tensor([*ts, final], dtype=torch.float64)
 
 
-def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, **cond) -> torch.Tensor:
+def learns_variance(pipe) -> bool:
+    """A network that also outputs a learned variance (a DiT's second C channels, IDDPM)."""
+    return bool(getattr(pipe.net.config, "learn_sigma", False))
+
+
+def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, keep_variance: bool = False,
+             **cond) -> torch.Tensor:
     """The network in its own dtype, its output back in the sampler's float32. `concat`:
     channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image).
-    A learned variance (a DiT's second C channels) is dropped, as DiT's own pipelines do."""
+    A learned variance (a DiT's second C channels) is dropped unless `keep_variance` (DDPM uses it)."""
     x_in = x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)
     out = pipe.net(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
-    if getattr(pipe.net.config, "learn_sigma", False):  # the variance channels: the samplers use the mean only
+    if learns_variance(pipe) and not keep_variance:  # the variance channels: only DDPM uses them
         out = out[:, : pipe.net.config.out_channels]
     return out
 
@@ -157,7 +163,8 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
                 denoiser_wrapper=None, hook: StepHook | None = None) -> torch.Tensor:
     """Sample from z (pure noise) over the model's `steps` timesteps, or from a partly noised
     latent over `timesteps` (image-to-image). inputs: (cond, uncond) from network_inputs.
-    hook(Step) runs after every step; it may raise Cancelled."""
+    hook(Step) runs after every step; it may raise Cancelled. A network with a learned variance
+    samples "ddpm" with it (IDDPM, DiT's sampler); every other sampler uses its mean only."""
     cond, uncond = inputs
     if folds_guidance(pipe):
         guidance = 1.0  # already an input of the network (network_inputs)
@@ -166,11 +173,12 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
         z = z * start_scale(pipe.schedule, sampler, timesteps, pipe.config.sampling)
     total = len(timesteps) - 1
     callback = None if hook is None else (lambda i, x_i, x0: hook(Step(i, total, x_i, x0)))
+    learned = learns_variance(pipe) and sampler == "ddpm"
     return sample(
-        lambda x, t, **c: call_net(pipe, x, t, **c), z, pipe.schedule, sampler=sampler,
+        lambda x, t, **c: call_net(pipe, x, t, keep_variance=learned, **c), z, pipe.schedule, sampler=sampler,
         prediction=pipe.config.prediction, cond=cond, uncond=uncond, guidance=guidance,
         guidance_rescale=guidance_rescale, gen=gens, progress=progress, timesteps=timesteps,
-        denoiser_wrapper=denoiser_wrapper, callback=callback,
+        denoiser_wrapper=denoiser_wrapper, callback=callback, learn_sigma=learned,
     )
 
 
