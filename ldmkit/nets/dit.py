@@ -10,6 +10,11 @@ checkpoints load by name.
 adaLN-Zero (DiT sec. 3.2): each block regresses six vectors from c, (shift, scale, gate) for the
 attention and for the MLP, x <- x + gate * f(LayerNorm(x) * (1 + scale) + shift), by a linear
 layer initialised to zero, so every block starts as the identity.
+
+Text conditioning as PixArt-alpha (Chen et al. 2023, sec. 2.3), where config.context_dim is set:
+adaLN-single, one linear layer (t_block) regresses the six vectors from t for all blocks, and each
+block adds its own learned offsets (scale_shift_table); a cross-attention layer between the
+self-attention and the MLP reads the text encoder's states, projected to the width by y_embedder.
 """
 
 from __future__ import annotations
@@ -89,12 +94,32 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
+class CrossAttention(nn.Module):
+    """PixArt's: queries from the tokens, keys and values from the text states (B, L, D)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask (B, L) bool, True = attend to that text position."""
+        B, N, D = x.shape
+        heads, L = self.heads, context.shape[1]
+        q = self.q_linear(x).reshape(B, N, heads, D // heads).transpose(1, 2)
+        k, v = self.kv_linear(context).reshape(B, L, 2, heads, D // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -105,36 +130,61 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, mlp_norm_eps: float):
+    """adaLN-Zero around self-attention and the MLP; with `text`, PixArt's block: the modulation
+    comes in shared (c = t_block(t), B x 6D) plus this block's scale_shift_table, and
+    cross-attention on the text sits between the two."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, mlp_norm_eps: float, text: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        if text:
+            self.cross_attn = CrossAttention(dim, heads)
+            self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        text = hasattr(self, "cross_attn")
+        modulation = (c.view(-1, 6, x.shape[-1]) + self.scale_shift_table[None]).unbind(1) if text else \
+            self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        if text:
+            x = x + self.cross_attn(x, context, context_mask)
         return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, patch: int, out_channels: int):
+    """The last adaLN and the projection to patches; with `text`, PixArt's: shift and scale are
+    the timestep embedding plus a learned table, no regression."""
+
+    def __init__(self, dim: int, patch: int, out_channels: int, text: bool = False):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, patch * patch * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        if text:
+            self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        """c: the conditioning vector (B, D) (with text, the timestep embedding alone)."""
+        if hasattr(self, "scale_shift_table"):
+            shift, scale = (self.scale_shift_table[None] + c[:, None]).unbind(1)
+        else:
+            shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class DiT(nn.Module):
     # what tools working on a backbone from outside ask of it (see UNet): FSDP units, LoRA targets
     shard_units = (DiTBlock,)
-    layer_groups = {"attention": r"(^|\.)attn\.(qkv|proj)$", "feed_forward": r"(^|\.)mlp\.(fc1|fc2)$"}
+    layer_groups = {"attention": r"(^|\.)(attn\.(qkv|proj)|cross_attn\.(q_linear|kv_linear|proj))$",
+                    "feed_forward": r"(^|\.)mlp\.(fc1|fc2)$"}
 
     def __init__(self, config: DiTConfig, gradient_checkpointing: bool = False):
         super().__init__()
@@ -144,10 +194,15 @@ class DiT(nn.Module):
         side = c.input_size // c.patch_size
         self.register_buffer("pos_embed", sincos_position_embedding(c.hidden_size, side), persistent=True)
         self.t_embedder = TimestepEmbedder(c.hidden_size, shift=c.time_freq_shift)
-        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout) if c.num_classes else None
-        self.blocks = nn.ModuleList([DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.mlp_norm_eps)
+        text = c.context_dim is not None
+        if text:  # PixArt: the text states projected to the width, and one shared adaLN regression
+            self.y_embedder = Mlp(c.context_dim, c.hidden_size, c.hidden_size)
+            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden_size, 6 * c.hidden_size))
+        else:
+            self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout) if c.num_classes else None
+        self.blocks = nn.ModuleList([DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.mlp_norm_eps, text)
                                      for _ in range(c.depth)])
-        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.output_channels)
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.output_channels, text)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -160,12 +215,19 @@ class DiT(nn.Module):
         w = self.x_embedder.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
-        if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1],
-                      self.final_layer.linear]:
+        if self.config.context_dim is not None:  # PixArt's: zero cross-attention outputs
+            nn.init.normal_(self.y_embedder.fc1.weight, std=0.02)
+            nn.init.normal_(self.y_embedder.fc2.weight, std=0.02)
+            nn.init.normal_(self.t_block[1].weight, std=0.02)
+            zeroed = [*(b.cross_attn.proj for b in self.blocks), self.final_layer.linear]
+        else:
+            if self.y_embedder is not None:
+                nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+            zeroed = [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1],
+                      self.final_layer.linear]
+        for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -188,32 +250,54 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t, context=None, context_mask=None, class_labels=None,
                 guidance=None) -> torch.Tensor:
         """x (B, C, H, W); t a number or (B,); class_labels (B,) in [0, num_classes] (the last is
-        the null class). Returns (B, C_out, H, W) (C_out = 2C with learn_sigma)."""
+        the null class), or with text, context (B, L, context_dim) and context_mask (B, L) (True =
+        a token to attend to). Returns (B, C_out, H, W) (C_out = 2C with learn_sigma)."""
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must be (B, {c.in_channels}, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2] % c.patch_size or x.shape[-1] % c.patch_size:
             raise ValueError(f"patch size {c.patch_size} does not divide the {x.shape[-2]}x{x.shape[-1]} latent")
-        if context is not None or guidance is not None:
-            raise ValueError("this DiT takes no text context and no guidance input")
+        if guidance is not None:
+            raise ValueError("this DiT takes no guidance input")
         B = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(B)
-        cond = self.t_embedder(t)
-        if self.y_embedder is not None:
-            if class_labels is None:
-                raise ValueError(f"this DiT is class-conditional: give class_labels in 0..{c.num_classes} "
-                                 f"({c.num_classes} is the null class)")
-            labels = torch.as_tensor(class_labels, device=x.device).reshape(-1)
-            if labels.min() < 0 or labels.max() > c.num_classes:
-                raise ValueError(f"class label {int(labels.max() if labels.max() > c.num_classes else labels.min())} "
-                                 f"is out of range 0..{c.num_classes}")
-            cond = cond + self.y_embedder(labels.expand(B))
-        elif class_labels is not None:
-            raise ValueError("class_labels were given but this DiT is unconditional (num_classes None)")
+        t_emb = self.t_embedder(t)
+        if c.context_dim is not None:
+            context = self._text_states(context, class_labels, B)
+            cond, final_cond = self.t_block(t_emb), t_emb
+        else:
+            if context is not None:
+                raise ValueError("this DiT takes no text context (config.context_dim is None)")
+            cond = final_cond = t_emb + self._label_embedding(class_labels, B, x.device)
         tokens = self.patchify(x)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, cond, use_reentrant=False)
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, cond, context, context_mask,
+                                                           use_reentrant=False)
             else:
-                tokens = block(tokens, cond)
-        return self.unpatchify(self.final_layer(tokens, cond), x.shape[-2], x.shape[-1])
+                tokens = block(tokens, cond, context, context_mask)
+        return self.unpatchify(self.final_layer(tokens, final_cond), x.shape[-2], x.shape[-1])
+
+    def _text_states(self, context, class_labels, batch: int) -> torch.Tensor:
+        c = self.config
+        if class_labels is not None:
+            raise ValueError("this DiT is text-conditioned: give context (text states), not class_labels")
+        if context is None or context.ndim != 3 or context.shape[-1] != c.context_dim:
+            shape = None if context is None else tuple(context.shape)
+            raise ValueError(f"this DiT is text-conditioned: context must be (B, L, {c.context_dim}), got {shape}")
+        return self.y_embedder(context.expand(batch, -1, -1))
+
+    def _label_embedding(self, class_labels, batch: int, device) -> torch.Tensor | float:
+        c = self.config
+        if self.y_embedder is None:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but this DiT is unconditional (num_classes None)")
+            return 0.0
+        if class_labels is None:
+            raise ValueError(f"this DiT is class-conditional: give class_labels in 0..{c.num_classes} "
+                             f"({c.num_classes} is the null class)")
+        labels = torch.as_tensor(class_labels, device=device).reshape(-1)
+        if labels.min() < 0 or labels.max() > c.num_classes:
+            bad = int(labels.max() if labels.max() > c.num_classes else labels.min())
+            raise ValueError(f"class label {bad} is out of range 0..{c.num_classes}")
+        return self.y_embedder(labels.expand(batch))

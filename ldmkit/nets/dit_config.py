@@ -20,6 +20,8 @@ class DiTConfig:
     # labels itself, seeded by the step (exact resume), so the DiTs it trains keep 0 here.
     class_dropout: float = 0.0
     learn_sigma: bool = False
+    # text conditioning, PixArt-alpha style: the text encoder's state width (None: class or none)
+    context_dim: int | None = None
     # where the two references differ numerically (the loaders set them): the timestep frequencies
     # exp(-ln(10^4) k / (half - shift)) (DiT: shift 0; diffusers: 1), and the eps of the LayerNorm
     # before each MLP (DiT 1e-6, diffusers 1e-5)
@@ -34,6 +36,8 @@ class DiTConfig:
             raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} does not split into {self.num_heads} heads")
+        if self.context_dim is not None and self.num_classes is not None:
+            raise ValueError("a DiT is conditioned on text (context_dim) or on classes (num_classes), not both")
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 (2-D sin-cos positions)")
 
@@ -50,10 +54,6 @@ class DiTConfig:
     @property
     def output_channels(self) -> int:
         return 2 * self.out_channels if self.learn_sigma else self.out_channels
-
-    @property
-    def context_dim(self) -> None:
-        return None  # no cross-attention (text conditioning, PixArt style, is not built yet)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,4 +73,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 } | {
     "tiny": DiTConfig(hidden_size=64, depth=2, num_heads=4, input_size=8, patch_size=2, num_classes=10),
     "cpu-s": DiTConfig(hidden_size=192, depth=8, num_heads=6, input_size=8, patch_size=1, num_classes=10),
+    # text-conditioned (PixArt style) on MiniLM's 384-d states: tiny for tests, and shapes-dit's
+    "tiny-text": DiTConfig(hidden_size=64, depth=2, num_heads=4, input_size=8, patch_size=2, context_dim=384),
+    "cpu-text": DiTConfig(hidden_size=256, depth=5, num_heads=4, input_size=8, patch_size=2, context_dim=384),
 }

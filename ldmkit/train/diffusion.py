@@ -224,7 +224,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
             with torch.no_grad():
                 concat = inpainting_inputs(autoencoder, images[index].to(device), repaint)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps)
+            group["lr"] = learning_rate(config.lr, step, config.warmup_steps, config.steps, config.lr_schedule)
 
         opt.zero_grad(set_to_none=True)
         loss = backward_in_micro_batches(net, latents[index], cond, concat, sched, config, gen, rank, scaler, autocast)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from ..data.shapes import DEFAULT_HOLDOUT
 from ..model.config import LatentDiffusionConfig, LowResConfig
 from ..nets.config import UNET_PRESETS
+from ..nets.dit_config import DIT_PRESETS
 
 LDM_DATASETS = ("fashion-mnist", "shapes", "folder")
 
@@ -38,6 +39,7 @@ class DiffusionTrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 200
+    lr_schedule: str = "constant"  # constant (a run may be extended) | cosine (decay to 0 over the run), after warm-up
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     cond_dropout: float = 0.1  # share of samples trained unconditionally, for guidance
@@ -60,6 +62,8 @@ class DiffusionTrainConfig:
     def __post_init__(self):
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.accumulate < 1:
             raise ValueError(f"accumulate must be >= 1 (micro-batches per step), got {self.accumulate}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -81,6 +85,13 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
         model=COMPACT, autoencoder="models/autoencoders/shapes-kl-f4",
         data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=6000, lr=3e-4, min_snr_gamma=5.0,
     ),
+    # the DiT backbone (PixArt-style text conditioning) on the same data and first stage: DiT-S-like
+    # width 256 at patch 2 (16 tokens), 6.0 M parameters
+    "shapes-dit": DiffusionTrainConfig(
+        model=LatentDiffusionConfig(net=DIT_PRESETS["cpu-text"]), autoencoder="models/autoencoders/shapes-kl-f4",
+        data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=6000, lr=3e-4, warmup_steps=500,
+        min_snr_gamma=5.0,
+    ),
     # 4x super-resolution, 8x8 -> 32x32: the low-res image joined to the 8x8 latents (LDM sec. 4.4)
     "fashion-mnist-x4": DiffusionTrainConfig(
         model=LatentDiffusionConfig(
@@ -98,6 +109,11 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     ),
     "tiny": DiffusionTrainConfig(
         model=LatentDiffusionConfig(net=TINY_UNET),
+        data=DiffusionDataConfig(limit=64),
+        steps=4, batch_size=8, warmup_steps=1, log_every=1, sample_every=2, checkpoint_every=2,
+    ),
+    "tiny-dit": DiffusionTrainConfig(
+        model=LatentDiffusionConfig(net=DIT_PRESETS["tiny-text"]),
         data=DiffusionDataConfig(limit=64),
         steps=4, batch_size=8, warmup_steps=1, log_every=1, sample_every=2, checkpoint_every=2,
     ),

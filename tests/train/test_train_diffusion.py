@@ -14,10 +14,13 @@ from ldmkit.train.diffusion_config import DIFFUSION_PRESETS, DiffusionDataConfig
 TINY = DIFFUSION_PRESETS["tiny"]
 
 
-def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
-    train_diffusion(TINY, tmp_path / "whole", progress=False)
-    train_diffusion(TINY, tmp_path / "split", progress=False, max_steps=2)
-    train_diffusion(TINY, tmp_path / "split", progress=False)
+# the UNet, and the text-conditioned DiT with a cosine learning rate
+@pytest.mark.parametrize("config", [TINY, replace(DIFFUSION_PRESETS["tiny-dit"], lr_schedule="cosine")],
+                         ids=["unet", "dit-cosine"])
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, config):
+    train_diffusion(config, tmp_path / "whole", progress=False)
+    train_diffusion(config, tmp_path / "split", progress=False, max_steps=2)
+    train_diffusion(config, tmp_path / "split", progress=False)
     whole, _, _ = load_checkpoint(tmp_path / "whole" / "checkpoints" / "step-00000004")
     split, _, _ = load_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000004")
     for part in ("unet", "ema_unet"):
