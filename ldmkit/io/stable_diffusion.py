@@ -21,12 +21,13 @@ their whole ldmkit config in the safetensors metadata, so they read back exactly
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def load_stable_diffusion(path: str | Path, **options):
     if path.is_file():
         return load_single_file(path, **options)
     if is_diffusers_folder(path):
+        from .dit_folders import is_dit_folder, load_dit_folder  # it reads folders with this module's helpers
+
+        if is_dit_folder(path):
+            return load_dit_folder(path, **options)
         return load_diffusers_folder(path, **options)
     raise CheckpointError(f"{path} is neither a Stable Diffusion file nor a diffusers folder "
                           f"(no model_index.json or unet/)")
@@ -261,7 +266,7 @@ def _zero_last_resblock(open_clip: Mapping[str, torch.Tensor]) -> dict[str, torc
 
 
 # ---- diffusers folders ------------------------------------------------------------------------
-def _read_component(folder: Path, what: str) -> dict[str, torch.Tensor]:
+def read_component(folder: Path, what: str) -> dict[str, torch.Tensor]:
     """The weights of a diffusers/transformers component folder: safetensors preferred, fp16
     variants and sharded files too; .bin files only through torch.load(weights_only=True)."""
     for stem in WEIGHTS_NAMES:
@@ -280,7 +285,7 @@ def _read_component(folder: Path, what: str) -> dict[str, torch.Tensor]:
                           ".safetensors or .bin, plain, fp16 or sharded)")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: a diffusers folder needs it")
     try:
@@ -295,14 +300,14 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
     path = Path(path)
     if use_ema:
         raise ValueError("a diffusers folder holds one set of UNet weights (no EMA copy): load it without use_ema")
-    ours = _read_json(path / "ldmkit.json") if (path / "ldmkit.json").is_file() else None
+    ours = read_json(path / "ldmkit.json") if (path / "ldmkit.json").is_file() else None
     if ours is not None:
         config, vae_config = _ldmkit_configs(ours)
     else:
-        unet_cfg = _read_json(path / "unet" / "config.json")
-        scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+        unet_cfg = read_json(path / "unet" / "config.json")
+        scheduler = read_json(path / "scheduler" / "scheduler_config.json")
         schedule, sampling, inferred = cfgs.schedule_from_diffusers(scheduler)
-        vae_config = cfgs.vae_config_from_diffusers(_read_json(path / "vae" / "config.json"))
+        vae_config = cfgs.vae_config_from_diffusers(read_json(path / "vae" / "config.json"))
         unet_config = cfgs.unet_config_from_diffusers(unet_cfg)
         lowres = _upscaler(path, unet_config.in_channels - vae_config.z_channels)
         config = LatentDiffusionConfig(
@@ -312,13 +317,13 @@ def load_diffusers_folder(path: str | Path, tokenizer: str | Path | None = None,
         )
     if prediction is not None:
         config = replace(config, prediction=prediction)
-    unet = build(UNet, config.net, _read_component(path / "unet", "UNet"))
-    autoencoder = build(Autoencoder, vae_config, _read_component(path / "vae", "VAE"))
+    unet = build(UNet, config.net, read_component(path / "unet", "UNet"))
+    autoencoder = build(Autoencoder, vae_config, read_component(path / "vae", "VAE"))
     text_encoder = None
     if config.conditioning == "text" and config.text_encoder == "clip":
-        text_cfg = _read_json(path / "text_encoder" / "config.json")
+        text_cfg = read_json(path / "text_encoder" / "config.json")
         folder = _tokenizer_folder(tokenizer, {}, path / "tokenizer", str(path))
-        text_encoder = clip_text_encoder(text_cfg, _read_component(path / "text_encoder", "text encoder"), folder)
+        text_encoder = clip_text_encoder(text_cfg, read_component(path / "text_encoder", "text encoder"), folder)
     parts = _assemble(config, unet, autoencoder, text_encoder, ours, path.name, path, "diffusers folder")
     consistency = cfgs.CONSISTENCY_SCHEDULERS.get(scheduler.get("_class_name")) if ours is None else None
     if consistency is not None:  # an LCM / TCD folder: few steps by default, guidance as its card says
@@ -338,35 +343,58 @@ def _upscaler(path: Path, image_channels: int):
     """The LowResConfig of a diffusers upscaler folder (SD x4: a low_res_scheduler/), else None."""
     if not (path / "low_res_scheduler").is_dir():
         return None
-    schedule, _, _ = cfgs.schedule_from_diffusers(_read_json(path / "low_res_scheduler" / "scheduler_config.json"))
-    max_level = _read_json(path / "model_index.json").get("max_noise_level", 350)
+    schedule, _, _ = cfgs.schedule_from_diffusers(read_json(path / "low_res_scheduler" / "scheduler_config.json"))
+    max_level = read_json(path / "model_index.json").get("max_noise_level", 350)
     return LowResConfig(channels=image_channels, schedule=schedule, max_noise_level=max_level)
 
 
-def save_diffusers_folder(parts: ModelParts, folder: str | Path) -> Path:
-    """The model as a diffusers folder that diffusers' StableDiffusionPipeline loads (CLIP models)
-    and ldmkit reads back exactly (ldmkit.json keeps its config). Written whole, then renamed."""
-    import diffusers
-
+@contextlib.contextmanager
+def staged_folder(folder: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `folder` to fill in the block; then its files are fsynced and it
+    replaces `folder` whole (removed instead if the block raises)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
+        yield staging
+        for file in staging.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        swap_into_place(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_component(folder: Path, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> None:
+    """A diffusers model folder: config.json and diffusion_pytorch_model.safetensors."""
+    import diffusers
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**config, "_diffusers_version": diffusers.__version__}, indent=2))
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+              folder / "diffusion_pytorch_model.safetensors")
+
+
+def save_diffusers_folder(parts: ModelParts, folder: str | Path) -> Path:
+    """The model as a diffusers folder that diffusers' StableDiffusionPipeline loads (CLIP models)
+    and ldmkit reads back exactly (ldmkit.json keeps its config). Written whole, then renamed.
+    A DiT is written as a DiTPipeline folder (ldmkit.io.dit_folders)."""
+    import diffusers
+
+    if parts.config.net.kind == "dit":
+        from .dit_folders import save_dit_folder
+
+        return save_dit_folder(parts, folder)
+    folder = Path(folder)
+    with staged_folder(folder) as staging:
         size = parts.config.image_size
         factor = parts.autoencoder.config.downsampling_factor
-        components = {
-            "unet": (cfgs.unet_config_to_diffusers(parts.net.config, size // factor), parts.net.state_dict()),
-            "vae": (cfgs.vae_config_to_diffusers(parts.autoencoder.config, size), parts.autoencoder.state_dict()),
-        }
-        for name, (config, state) in components.items():
-            (staging / name).mkdir()
-            (staging / name / "config.json").write_text(
-                json.dumps({**config, "_diffusers_version": diffusers.__version__}, indent=2)
-            )
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in state.items()},
-                staging / name / "diffusion_pytorch_model.safetensors",
-            )
+        write_component(staging / "unet", cfgs.unet_config_to_diffusers(parts.net.config, size // factor),
+                        parts.net.state_dict())
+        write_component(staging / "vae", cfgs.vae_config_to_diffusers(parts.autoencoder.config, size),
+                        parts.autoencoder.state_dict())
         scheduler = cfgs.schedule_to_diffusers(parts.config.schedule, parts.config.sampling, parts.config.prediction)
         (staging / "scheduler").mkdir()
         (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
@@ -384,12 +412,4 @@ def save_diffusers_folder(parts: ModelParts, folder: str | Path) -> Path:
             index |= {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))
         (staging / "ldmkit.json").write_text(json.dumps(parts.describe(), indent=2))
-        for file in staging.rglob("*"):
-            if file.is_file():
-                with open(file, "rb+") as f:
-                    os.fsync(f.fileno())
-        swap_into_place(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder

@@ -32,21 +32,33 @@ class TextConditioner:
 
 
 class ClassConditioner:
+    """A class name may list synonyms after commas, as DiT's ImageNet labels do ("tench, Tinca
+    tinca"): the whole name and each synonym name that class. A synonym of several classes
+    ("crane", a bird and a machine) names the last of them, as diffusers' DiTPipeline does."""
+
+    SHOWN = 12  # class names an error lists
+
     def __init__(self, class_names: Sequence[str], num_labels: int):
         self.class_names, self.null_label = list(class_names), num_labels - 1
+        self.labels: dict[str, int] = {}  # every name and synonym -> its label
+        for index, name in enumerate(self.class_names):
+            for alias in (name, *(s.strip() for s in name.split(","))):
+                if alias:
+                    self.labels[alias] = index
 
     def __call__(self, prompts: Sequence[str], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {"class_labels": torch.tensor([self.label(p) for p in prompts], device=device)}
 
     def label(self, prompt: str) -> int:
-        """A class name (or "a photo of a {name}"); "" is the null class, the last label."""
+        """A class name or synonym (or "a photo of a {name}"); "" is the null class, the last label."""
         if prompt == NULL_PROMPT:
             return self.null_label
-        for index, name in enumerate(self.class_names):
-            if prompt in (name, f"a photo of a {name}"):
-                return index
-        raise ValueError(f"this class-conditioned model knows only the prompts {self.class_names} (or ''), "
-                         f"got {prompt!r}")
+        for name in (prompt, prompt.removeprefix("a photo of a ")):
+            if name in self.labels:
+                return self.labels[name]
+        shown = self.class_names[: self.SHOWN]
+        more = f" and {len(self.class_names) - len(shown)} more" if len(self.class_names) > len(shown) else ""
+        raise ValueError(f"this class-conditioned model knows only the prompts {shown}{more} (or ''), got {prompt!r}")
 
 
 class Unconditional:

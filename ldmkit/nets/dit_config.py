@@ -71,8 +71,11 @@ DIT_PRESETS: dict[str, DiTConfig] = {
                                         "XL": (1152, 28, 16)}.items()
     for p in (2, 4, 8)
 } | {
-    "tiny": DiTConfig(hidden_size=64, depth=2, num_heads=4, input_size=8, patch_size=2, num_classes=10),
-    "cpu-s": DiTConfig(hidden_size=192, depth=8, num_heads=6, input_size=8, patch_size=1, num_classes=10),
+    # class-conditional ones trained here take diffusers' numerics, so they export exactly
+    "tiny": DiTConfig(hidden_size=64, depth=2, num_heads=4, input_size=8, patch_size=2, num_classes=10,
+                      time_freq_shift=1, mlp_norm_eps=1e-5),
+    "cpu-s": DiTConfig(hidden_size=192, depth=8, num_heads=6, input_size=8, patch_size=1, num_classes=10,
+                       time_freq_shift=1, mlp_norm_eps=1e-5),
     # text-conditioned (PixArt style) on MiniLM's 384-d states: tiny for tests, and shapes-dit's
     "tiny-text": DiTConfig(hidden_size=64, depth=2, num_heads=4, input_size=8, patch_size=2, context_dim=384),
     "cpu-text": DiTConfig(hidden_size=256, depth=5, num_heads=4, input_size=8, patch_size=2, context_dim=384),

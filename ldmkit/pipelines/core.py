@@ -8,6 +8,7 @@ with classifier-free guidance, decode x = D(z_0 / s).
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -70,6 +71,29 @@ def check_generation_model(pipe) -> None:
             f"{pipe.autoencoder.config.z_channels}: it is an inpainting model (latents + mask + masked "
             "image), which text-to-image generate() cannot drive"
         )
+
+
+def class_prompts(pipe, class_labels: Sequence[int], prompts: Sequence[str]) -> list[str]:
+    """The class names of a class-conditional model's labels (prompts stay empty beside them)."""
+    if pipe.config.conditioning != "class":
+        raise ValueError(f"class_labels need a class-conditional model; {pipe.name} is conditioned on "
+                         f"{pipe.config.conditioning!r}: give a prompt instead")
+    if any(prompts) and list(prompts) != [""]:
+        raise ValueError("give class_labels or a prompt, not both")
+    labels, count = [_whole(k) for k in class_labels], len(pipe.class_names)
+    bad = [k for k in labels if k is None or not 0 <= k < count]
+    if not labels or bad:
+        raise ValueError(f"class_labels must be whole numbers in 0..{count - 1} ({pipe.name} has {count} classes), "
+                         f"got {bad or labels}")
+    return [pipe.class_names[k] for k in labels]
+
+
+def _whole(value) -> int | None:
+    """An int, numpy integer or one-element integer tensor as an int; None for anything else."""
+    try:
+        return None if isinstance(value, bool | float) else operator.index(value)
+    except TypeError:
+        return None
 
 
 @contextlib.contextmanager

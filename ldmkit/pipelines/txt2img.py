@@ -31,6 +31,7 @@ def generate(
     vae_tile: int | None = None,
     hook: core.StepHook | None = None,
     timesteps: Sequence[int] | None = None,
+    class_labels: Sequence[int] | None = None,
 ) -> list[Image.Image] | torch.Tensor:
     """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
     generator seeded with seed + k, so it is the same image when generated alone with that
@@ -39,9 +40,12 @@ def generate(
     height, width: pixels (default: the model's image size). vae_tile: decode in tiles of this
     many latent pixels (bounds memory for large images). hook(Step) runs after every sampler
     step (progress, previews; raising core.Cancelled stops the run). timesteps: descending
-    timesteps to sample at instead of the sampler's `steps` (e.g. [999, 499] for a 2-step LCM). The sampler runs in
-    float32 whatever the networks' dtype; only the networks see half precision."""
+    timesteps to sample at instead of the sampler's `steps` (e.g. [999, 499] for a 2-step LCM).
+    class_labels: a class-conditional model's class indices, instead of prompts (one each). The
+    sampler runs in float32 whatever the networks' dtype; only the networks see half precision."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if class_labels is not None:
+        prompts = core.class_prompts(pipe, class_labels, prompts)
     steps, sampler, guidance = core.resolve_settings(pipe, len(timesteps) if timesteps else steps, sampler, guidance)
     shape = core.latent_shape(pipe, height, width)
     core.check_generation_model(pipe)
