@@ -44,7 +44,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
 # What a resumed run may change: how long it runs (a run extended by more steps goes on exactly as
 # one planned that long, where the learning rate after warm-up does not depend on the length) and
 # how often it reports.
-EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every")
+EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "latent_cache")
 
 
 def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:

@@ -13,6 +13,8 @@ step on the objective of LDM eq. 2. All randomness of a step comes from a genera
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ from ..model import GenerationDefaults, ModelParts, load_autoencoder, resolve_re
 from ..model.conditioner import NULL_PROMPT
 from ..nets import make_net
 from ..pipelines import Pipeline, inpainting_inputs
-from ..storage import load_checkpoint, save_checkpoint
+from ..storage import atomic_write, load_checkpoint, save_checkpoint
 from ..utils.images import image_grid, save_png
 from . import distributed
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
@@ -92,6 +94,26 @@ def encode_dataset(autoencoder, images: torch.Tensor, batch_size: int = 256) -> 
     return torch.cat([autoencoder.to_latent(chunk) for chunk in images.split(batch_size)])
 
 
+def cached_latents(autoencoder, images: torch.Tensor, config: DiffusionTrainConfig, device) -> torch.Tensor:
+    """encode_dataset, kept in config.latent_cache between runs (a study's many runs on one data
+    set encode it once), under a key of the first stage's weights, the data config and the images."""
+    if config.latent_cache is None:
+        return encode_dataset(autoencoder, images.to(device))
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256(json.dumps([to_dict(config.data), list(images.shape)]).encode())
+    for name, tensor in sorted(autoencoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(images.contiguous().view(torch.uint8).numpy().tobytes())
+    path = Path(config.latent_cache) / f"latents-{digest.hexdigest()[:20]}.safetensors"
+    if path.exists():
+        return load_file(path)["latents"].to(device)
+    latents = encode_dataset(autoencoder, images.to(device))
+    atomic_write(path, lambda tmp: save_file({"latents": latents.cpu().contiguous()}, str(tmp)))
+    return latents
+
+
 def train_diffusion(
     config: DiffusionTrainConfig,
     run_dir: str | Path,
@@ -119,7 +141,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
             f"the {config.data.dataset} images have {images.shape[1]} channels but the autoencoder "
             f"{config.autoencoder} takes {autoencoder.config.in_channels}: train one for this data first"
         )
-    latents = encode_dataset(autoencoder, images.to(device))  # (N, c, h, w)
+    latents = cached_latents(autoencoder, images, config, device)  # (N, c, h, w)
     model_cfg = config.model
     z, unet_in = latents.shape[1], model_cfg.net.in_channels
     inpainting = model_cfg.task == "inpainting"

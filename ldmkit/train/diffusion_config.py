@@ -58,6 +58,7 @@ class DiffusionTrainConfig:
     # under torchrun: ddp (every process holds the whole model) | fsdp (weights, gradients and
     # optimiser state sharded over the processes, for a model too large for one device)
     parallel: str = "ddp"
+    latent_cache: str | None = None  # a folder keeping the encoded data set between runs (studies, grids)
 
     def __post_init__(self):
         if self.parallel not in ("ddp", "fsdp"):

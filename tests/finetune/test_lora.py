@@ -126,6 +126,32 @@ def test_scale_zero_and_detach_give_the_base_model_exactly():
     assert torch.equal(run(unet, inputs), before)
 
 
+def test_a_lora_on_a_dit_targets_the_layers_it_names():
+    from ldmkit.nets.dit import DiT
+    from ldmkit.nets.dit_config import DIT_PRESETS
+
+    torch.manual_seed(0)
+    dit = DiT(DIT_PRESETS["tiny-text"]).eval()
+    for block in dit.blocks:  # wake PixArt's zero-initialised outputs, so that every adapter counts
+        torch.nn.init.normal_(block.cross_attn.proj.weight, std=0.1)
+    torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.1)
+    inputs = (torch.randn(2, 4, 8, 8), torch.tensor([10, 700]), torch.randn(2, 5, 384))
+    before = run(dit, inputs)
+    network = randomize(LoRANetwork.create({"unet": dit}, rank=4, targets=("attention", "feed_forward")))
+    paths = {path for (_, path), _ in network.items()}
+    assert paths == {f"blocks.{i}.{layer}" for i in range(2) for layer in
+                     ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
+                      "mlp.fc1", "mlp.fc2")}
+    with pytest.raises(ValueError, match="no layer .* matches the targets \\['conv'\\]"):
+        LoRANetwork.create({"unet": dit}, targets="conv")
+    network.attach({"unet": dit})
+    hooked = run(dit, inputs)
+    assert (hooked - before).abs().max() > 1e-2 * before.abs().max()
+    network.detach()
+    network.merge({"unet": dit})
+    assert (run(dit, inputs) - hooked).abs().max() < 1e-5
+
+
 def test_dropout_acts_in_training_only():
     unet, inputs = tiny_unet(), unet_inputs()
     network = randomize(LoRANetwork.create({"unet": unet}, dropout=0.5)).attach({"unet": unet})

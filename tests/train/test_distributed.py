@@ -26,10 +26,11 @@ def test_rows_of_a_global_batch():
     assert Rank().rows(8) == slice(0, 8) and Rank().is_main and not Rank(1, 2).is_main
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_process_torchrun_matches_one_process(tmp_path, parallel):
-    train_diffusion(DIFFUSION_PRESETS["tiny"], tmp_path / "one", progress=False)
-    launched = torchrun("train", "--preset", "tiny", "--out", str(tmp_path / "two"), "--set", f"parallel={parallel}")
+# the UNet under DDP and FSDP, and the DiT (its blocks the FSDP units it names) under FSDP
+@pytest.mark.parametrize(("preset", "parallel"), [("tiny", "ddp"), ("tiny", "fsdp"), ("tiny-dit", "fsdp")])
+def test_two_process_torchrun_matches_one_process(tmp_path, preset, parallel):
+    train_diffusion(DIFFUSION_PRESETS[preset], tmp_path / "one", progress=False)
+    launched = torchrun("train", "--preset", preset, "--out", str(tmp_path / "two"), "--set", f"parallel={parallel}")
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stdout.count("done:") == 1  # rank 0 alone reports
     one, _, alone = load_checkpoint(tmp_path / "one" / "checkpoints" / "step-00000004", with_train_state=True)

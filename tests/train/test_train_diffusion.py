@@ -37,6 +37,21 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, config):
                                saved.generate("a photo of a bag", steps=2, output="latent"))
 
 
+def test_a_latent_cache_is_shared_by_runs_and_changes_nothing(tmp_path):
+    cached = replace(TINY, steps=2, latent_cache=str(tmp_path / "cache"))
+    train_diffusion(replace(TINY, steps=2), tmp_path / "plain", progress=False)
+    train_diffusion(cached, tmp_path / "first", progress=False)
+    train_diffusion(cached, tmp_path / "second", progress=False)  # reads the cache
+    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 1
+    runs = [load_checkpoint(tmp_path / run / "checkpoints" / "step-00000002")[0]["unet"]
+            for run in ("plain", "first", "second")]
+    for key, value in runs[0].items():
+        assert torch.equal(value, runs[1][key]) and torch.equal(value, runs[2][key]), key
+    other_data = replace(cached, data=replace(TINY.data, limit=32))
+    train_diffusion(other_data, tmp_path / "other", progress=False)
+    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 2
+
+
 def test_class_conditioned_run_on_shapes(tmp_path):
     unet = replace(TINY.model.net, context_dim=None, num_classes=49)
     config = replace(
