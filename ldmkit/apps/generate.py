@@ -10,6 +10,7 @@ import torch
 
 from .. import __version__
 from ..pipelines import Pipeline
+from ..pipelines.controlnet import control_settings
 from ..pipelines.infotext import format_infotext
 from ..pipelines.request import FIELD_NAMES, GenerationRequest, run
 from ..utils.images import image_grid, save_png
@@ -36,6 +37,7 @@ def generate_to_folder(
     image=None,
     mask=None,
     hook=None,
+    control: dict | None = None,
     **options,
 ) -> list[Path]:
     """Run `request` (or a prompt, with GenerationRequest's fields among `options`) and write
@@ -43,7 +45,9 @@ def generate_to_folder(
     model, the adapters, the inputs' paths, the size, the seed), and out/grid_NNNNN.png. Returns
     the paths written. Other options: tokenizer=, prediction=, use_ema= for Stable Diffusion
     files. adapters: files to apply first, {"loras": ["FILE:SCALE"], "embeddings":
-    ["FILE[:TOKEN]"], "hypernetworks": [...]}. hook: after every sampler step (pipelines.core)."""
+    ["FILE[:TOKEN]"], "hypernetworks": [...]}. hook: after every sampler step (pipelines.core).
+    control: the inputs of the pipeline's loaded ControlNets ({"control_image": path, "control_scale":
+    0.8, ...}: txt2img.generate's control_* arguments), recorded in the PNG text with their names."""
     if isinstance(request, str):
         request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in FIELD_NAMES})
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
@@ -52,10 +56,11 @@ def generate_to_folder(
     request = request.resolved(pipe)
     with pipe.adapters(**parsed):  # a pipeline passed in is left as it was
         images = run(pipe, request, image=image, mask=mask, progress=True, batch_size=sampling_batch_size(pipe),
-                     vae_tile=vae_tile, hook=hook)  # a hook raising Cancelled: nothing is written
+                     vae_tile=vae_tile, hook=hook, control=control)  # a hook raising Cancelled: nothing is written
     inputs = {name: str(value) for name, value in (("input", image), ("mask", mask))
               if isinstance(value, (str, Path))}
-    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied}
+    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied,
+                **control_settings(pipe, **(control or {}))}
     return save_images(images, out, settings, request.seed, grid)
 
 

@@ -6,9 +6,12 @@ the U each level runs num_res_blocks + 1 ResBlocks, each reading the concatenati
 skip, and doubles the size. Parameter names equal diffusers' UNet2DConditionModel's, so its state
 dicts load with strict=True and no key mapping (same network whenever channel_mult[0] == 1, as in
 every SD model; otherwise conv_in and the sinusoids are base_channels wide as in the LDM code,
-where diffusers uses block_out_channels[0]).
+where diffusers uses block_out_channels[0]). The one hook: `control`, a ControlNet's residuals
+(ldmkit.nets.controlnet), added to every skip and to the middle block's output.
 Names: B batch, C channels, H W size, L context length, D_ctx context width, E time-embedding width.
 """
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -90,50 +93,23 @@ class UNet(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         n_levels = len(c.channel_mult)
 
-        def resnet(c_in, c_out):
-            return ResBlock(c_in, c_out, c.time_dim, c.norm_groups, c.dropout)
-
-        def attention(ch):
-            return SpatialTransformer(ch, c.heads(ch), c.transformer_depth, c.context_dim,
-                                      c.norm_groups, c.use_linear_projection, c.dropout)
-
         self.time_embedding = TimestepEmbedding(c.base_channels, c.time_dim, c.guidance_embed_dim)
         self.class_embedding = (nn.Embedding(c.num_classes, c.time_dim)
                                 if c.num_classes is not None else None)
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
-
-        # Down: record the width of every tensor pushed on the skip stack, to size the up path.
-        skip_widths = [c.base_channels]
-        ch = c.base_channels
-        self.down_blocks = nn.ModuleList()
-        for level in range(n_levels):
-            out = c.level_channels(level)
-            resnets, attns = [], []
-            for _ in range(c.num_res_blocks):
-                resnets.append(resnet(ch, out))
-                ch = out
-                if level in c.attn_levels:
-                    attns.append(attention(ch))
-                skip_widths.append(ch)
-            last = level == n_levels - 1
-            down = None if last else Downsample(ch)
-            self.down_blocks.append(Level(resnets, attns, downsample=down))
-            if not last:
-                skip_widths.append(ch)
-
-        self.mid_block = Level([resnet(ch, ch), resnet(ch, ch)],
-                               [attention(ch)] if c.mid_attention else None)
+        self.down_blocks, self.mid_block, skip_widths = encoder_blocks(c)
 
         # Up: deepest level first; each resnet eats one skip, the last one the level's input.
+        ch = skip_widths[-1]
         self.up_blocks = nn.ModuleList()
         for level in reversed(range(n_levels)):
             out = c.level_channels(level)
             resnets, attns = [], []
             for _ in range(c.num_res_blocks + 1):
-                resnets.append(resnet(ch + skip_widths.pop(), out))
+                resnets.append(make_resnet(c, ch + skip_widths.pop(), out))
                 ch = out
                 if level in c.attn_levels:
-                    attns.append(attention(ch))
+                    attns.append(make_attention(c, ch))
             self.up_blocks.append(Level(resnets, attns, upsample=Upsample(ch) if level else None))
 
         self.conv_norm_out = nn.GroupNorm(c.norm_groups, ch, eps=1e-5)
@@ -141,59 +117,131 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)   # predict eps = 0 at first (ADM/LDM zero_module)
         nn.init.zeros_(self.conv_out.bias)
 
-    def _run(self, module: nn.Module, *args) -> torch.Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None,
-                class_labels: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                class_labels: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                control: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, in_channels, H, W) noisy latents; t a number, 0-d, (1,) or (B,) timesteps (float
         allowed); context (B, L, context_dim) tokens tau(y); context_mask (B, L) bool, True = keep;
         class_labels (B,) ints; guidance (B,) classifier-free guidance scales, for a network that
-        takes them as an input (an LCM: guidance_embed_dim). Returns (B, out_channels, H, W)."""
+        takes them as an input (an LCM: guidance_embed_dim); control: residuals added to every skip
+        and to the middle block's output (a ControlNet's, ldmkit.nets.controlnet), one per skip in
+        push order then the middle's, as diffusers' down_block_additional_residuals and
+        mid_block_additional_residual. Returns (B, out_channels, H, W)."""
         t = check_inputs(self.config, x, t, context, context_mask, class_labels)  # (B,)
 
-        emb = timestep_embedding(t, self.config.base_channels).to(x.dtype)  # (B, C_base)
         condition = None
         if guidance is not None:
             if self.config.guidance_embed_dim is None:
                 raise ValueError("this network takes no guidance input (guidance_embed_dim is None): "
                                  "guide it with classifier-free guidance instead")
             condition = guidance_embedding(guidance.reshape(-1), self.config.guidance_embed_dim).to(x.dtype)
-        emb = self.time_embedding(emb, condition)                      # (B, E)
-        if self.class_embedding is not None:
-            emb = emb + self.class_embedding(class_labels).to(emb.dtype)  # (B, E)
+        emb = embed_time(self, t, x.dtype, class_labels, condition)   # (B, E)
 
         h = self.conv_in(x)                                            # (B, C_base, H, W)
-        skips = [h]
-        for level in self.down_blocks:
-            for j, resnet in enumerate(level.resnets):
-                h = self._run(resnet, h, emb)                          # (B, C_level, H', W')
-                if level.attentions is not None:
-                    h = self._run(level.attentions[j], h, context, context_mask)
-                skips.append(h)
-            if level.downsamplers is not None:
-                h = level.downsamplers[0](h)                           # (B, C_level, H'/2, W'/2)
-                skips.append(h)
-
-        h = self._run(self.mid_block.resnets[0], h, emb)
-        if self.mid_block.attentions is not None:
-            h = self._run(self.mid_block.attentions[0], h, context, context_mask)
-        h = self._run(self.mid_block.resnets[1], h, emb)
+        h, skips = run_encoder(self, h, emb, context, context_mask)
+        if control is not None:  # the one hook: a ControlNet's residuals, added, nothing else
+            check_control(control, skips, h)
+            skips = [skip + r for skip, r in zip(skips, control)]
+            h = h + control[-1]                                        # (B, C_mid, H/f, W/f)
 
         for level in self.up_blocks:
             for j, resnet in enumerate(level.resnets):
                 h = torch.cat([h, skips.pop()], dim=1)                 # (B, C + C_skip, H', W')
-                h = self._run(resnet, h, emb)                          # (B, C_level, H', W')
+                h = run_block(self, resnet, h, emb)                    # (B, C_level, H', W')
                 if level.attentions is not None:
-                    h = self._run(level.attentions[j], h, context, context_mask)
+                    h = run_block(self, level.attentions[j], h, context, context_mask)
             if level.upsamplers is not None:
                 h = level.upsamplers[0](h)                             # (B, C_level, 2H', 2W')
 
         h = silu_of_temporary(self.conv_norm_out(h))
         return self.conv_out(h)                                        # (B, out_channels, H, W)
+
+
+# ---- the encoder half (down path and middle), shared with the ControlNet, which copies it ----
+def make_resnet(c: UNetConfig, c_in: int, c_out: int) -> ResBlock:
+    return ResBlock(c_in, c_out, c.time_dim, c.norm_groups, c.dropout)
+
+
+def make_attention(c: UNetConfig, channels: int) -> SpatialTransformer:
+    return SpatialTransformer(channels, c.heads(channels), c.transformer_depth, c.context_dim,
+                              c.norm_groups, c.use_linear_projection, c.dropout)
+
+
+def encoder_blocks(c: UNetConfig) -> tuple[nn.ModuleList, Level, list[int]]:
+    """The down path and the middle of the U, and the width of every tensor the down path pushes
+    on the skip stack (conv_in's output first), which sizes the up path (or a ControlNet's zero
+    convolutions)."""
+    n_levels = len(c.channel_mult)
+    skip_widths = [c.base_channels]
+    ch = c.base_channels
+    down_blocks = nn.ModuleList()
+    for level in range(n_levels):
+        out = c.level_channels(level)
+        resnets, attns = [], []
+        for _ in range(c.num_res_blocks):
+            resnets.append(make_resnet(c, ch, out))
+            ch = out
+            if level in c.attn_levels:
+                attns.append(make_attention(c, ch))
+            skip_widths.append(ch)
+        last = level == n_levels - 1
+        down = None if last else Downsample(ch)
+        down_blocks.append(Level(resnets, attns, downsample=down))
+        if not last:
+            skip_widths.append(ch)
+    mid_block = Level([make_resnet(c, ch, ch), make_resnet(c, ch, ch)],
+                      [make_attention(c, ch)] if c.mid_attention else None)
+    return down_blocks, mid_block, skip_widths
+
+
+def run_block(net: nn.Module, module: nn.Module, *args) -> torch.Tensor:
+    """module(*args); recomputed in backward instead of stored when net.gradient_checkpointing."""
+    if net.gradient_checkpointing and net.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
+
+
+def embed_time(net: nn.Module, t: torch.Tensor, dtype: torch.dtype, class_labels: torch.Tensor | None = None,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
+    """The embedding every ResBlock reads, (B,) -> (B, E): the MLP of t's sinusoids (+ LCM's guidance
+    condition) + the class embedding. net: a UNet or a ControlNet (time_embedding, class_embedding)."""
+    emb = timestep_embedding(t, net.time_embedding.linear_1.in_features).to(dtype)  # (B, C_base)
+    emb = net.time_embedding(emb, condition)                          # (B, E)
+    if net.class_embedding is not None:
+        emb = emb + net.class_embedding(class_labels).to(emb.dtype)    # (B, E)
+    return emb
+
+
+def run_encoder(net: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+                context_mask: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """net's down path and middle from conv_in's output h (B, C_base, H, W): (the middle's output
+    (B, C_mid, H/f, W/f), the skips in push order, h first). net: a UNet or a ControlNet."""
+    skips = [h]
+    for level in net.down_blocks:
+        for j, resnet in enumerate(level.resnets):
+            h = run_block(net, resnet, h, emb)                         # (B, C_level, H', W')
+            if level.attentions is not None:
+                h = run_block(net, level.attentions[j], h, context, context_mask)
+            skips.append(h)
+        if level.downsamplers is not None:
+            h = level.downsamplers[0](h)                               # (B, C_level, H'/2, W'/2)
+            skips.append(h)
+
+    h = run_block(net, net.mid_block.resnets[0], h, emb)
+    if net.mid_block.attentions is not None:
+        h = run_block(net, net.mid_block.attentions[0], h, context, context_mask)
+    return run_block(net, net.mid_block.resnets[1], h, emb), skips
+
+
+def check_control(control: Sequence[torch.Tensor], skips: list[torch.Tensor], mid: torch.Tensor) -> None:
+    """Control residuals must match the skips and the middle one for one, shape for shape."""
+    expected = [tuple(s.shape) for s in [*skips, mid]]
+    got = [tuple(r.shape) for r in control]
+    if got != expected:
+        raise ValueError(f"control must hold {len(expected)} residuals (one per skip, then the middle "
+                         f"block's) of shapes {expected}; got {len(got)} of shapes {got}: was the "
+                         "ControlNet made for this UNet?")
 
 
 def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> torch.Tensor:

@@ -17,6 +17,8 @@ import torch
 from ..autoencoders.tiling import tiled_decode
 from ..diffusion import SAMPLERS, sample, sampler_timesteps, start_scale
 from ..utils.images import to_pil
+from .controlnet import WEIGHT as CONTROL_WEIGHT
+from .controlnet import Control, control_weights
 
 OUTPUTS = ("pil", "tensor", "latent")
 
@@ -141,17 +143,20 @@ def folds_guidance(pipe) -> bool:
 
 
 @torch.no_grad()
-def network_inputs(pipe, prompts: Sequence[str], negative_prompt: str, guidance: float, extra: dict | None = None):
+def network_inputs(pipe, prompts: Sequence[str], negative_prompt: str, guidance: float, extra: dict | None = None,
+                   control: Control | None = None):
     """(cond, uncond) for the sampler: the prompts' and, under guidance, the negative prompt's
     conditioning; `extra` (e.g. concat=...) goes to the network under both. A network that
-    folds guidance in gets the scale as an input instead of an unconditional branch."""
+    folds guidance in gets the scale as an input instead of an unconditional branch. `control`
+    (pipelines.controlnet): which half each ControlNet steers, as a per-sample weight."""
     cond = pipe.encode_prompts(prompts)
+    weights = lambda conditional: control_weights(control, len(prompts), conditional, pipe.device)
     if folds_guidance(pipe):
         scale = torch.full((len(prompts),), float(guidance), device=pipe.device)
-        return {**cond, **(extra or {}), "guidance": scale}, None
+        return {**cond, **(extra or {}), **weights(True), "guidance": scale}, None
     uncond = pipe.encode_prompts([negative_prompt] * len(prompts)) if cond and guidance != 1 else None
-    cond = {**cond, **(extra or {})}
-    return cond, None if uncond is None else {**uncond, **(extra or {})}
+    cond = {**cond, **(extra or {}), **weights(True)}
+    return cond, None if uncond is None else {**uncond, **(extra or {}), **weights(False)}
 
 
 def custom_timesteps(pipe, sampler: str, timesteps: Sequence[int]) -> torch.Tensor:
@@ -170,11 +175,17 @@ def learns_variance(pipe) -> bool:
 
 
 def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, keep_variance: bool = False,
-             **cond) -> torch.Tensor:
+             control: Control | None = None, **cond) -> torch.Tensor:
     """The network in its own dtype, its output back in the sampler's float32. `concat`:
     channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image).
-    A learned variance (a DiT's second C channels) is dropped unless `keep_variance` (DDPM uses it)."""
+    A learned variance (a DiT's second C channels) is dropped unless `keep_variance` (DDPM uses it).
+    `control`: ControlNets whose residuals the UNet adds (pipelines.controlnet)."""
     x_in = x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)
+    weight = cond.pop(CONTROL_WEIGHT, None)
+    if control is not None:
+        residuals = control.residuals(x.to(pipe.dtype), x_in.to(pipe.dtype), t, weight, cond)
+        if residuals is not None:
+            cond["control"] = residuals
     out = pipe.net(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
     if learns_variance(pipe) and not keep_variance:  # the variance channels: only DDPM uses them
         out = out[:, : pipe.net.config.out_channels]
@@ -184,9 +195,10 @@ def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, keep_
 @torch.no_grad()
 def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidance: float,
                 guidance_rescale: float = 0.0, gens=None, progress: bool = False, timesteps=None,
-                denoiser_wrapper=None, hook: StepHook | None = None) -> torch.Tensor:
+                denoiser_wrapper=None, hook: StepHook | None = None, control: Control | None = None) -> torch.Tensor:
     """Sample from z (pure noise) over the model's `steps` timesteps, or from a partly noised
-    latent over `timesteps` (image-to-image). inputs: (cond, uncond) from network_inputs.
+    latent over `timesteps` (image-to-image). inputs: (cond, uncond) from network_inputs (given
+    the same `control`, the ControlNets steering this run, placed on its timesteps here).
     hook(Step) runs after every step; it may raise Cancelled. A network with a learned variance
     samples "ddpm" with it (IDDPM, DiT's sampler); every other sampler uses its mean only."""
     cond, uncond = inputs
@@ -198,10 +210,12 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
     total = len(timesteps) - 1
     callback = None if hook is None else (lambda i, x_i, x0: hook(Step(i, total, x_i, x0)))
     learned = learns_variance(pipe) and sampler == "ddpm"
+    if control is not None:
+        control = control.at_timesteps(timesteps)
+    net = lambda x, t, **c: call_net(pipe, x, t, keep_variance=learned, control=control, **c)
     return sample(
-        lambda x, t, **c: call_net(pipe, x, t, keep_variance=learned, **c), z, pipe.schedule, sampler=sampler,
-        prediction=pipe.config.prediction, cond=cond, uncond=uncond, guidance=guidance,
-        guidance_rescale=guidance_rescale, gen=gens, progress=progress, timesteps=timesteps,
+        net, z, pipe.schedule, sampler=sampler, prediction=pipe.config.prediction, cond=cond, uncond=uncond,
+        guidance=guidance, guidance_rescale=guidance_rescale, gen=gens, progress=progress, timesteps=timesteps,
         denoiser_wrapper=denoiser_wrapper, callback=callback, learn_sigma=learned,
     )
 

@@ -28,6 +28,7 @@ from ..diffusion import noise_like, q_sample, sampler_timesteps, start_scale
 from ..diffusion.consistency import consistency_timesteps
 from ..utils.images import to_pil
 from . import core
+from .controlnet import prepare_control
 from .inputs import as_pil, image_tensor, mask_tensor
 
 
@@ -75,18 +76,22 @@ def _settings(pipe, prompt, num_images, steps, sampler, guidance, output):
 def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_prompt: str = "", num_images: int = 1,
             steps: int | None = None, sampler: str | None = None, guidance: float | None = None, seed: int = 0,
             output: str = "pil", progress: bool = False, guidance_rescale: float = 0.0,
-            hook: core.StepHook | None = None):
+            hook: core.StepHook | None = None, control_image=None, control_scale=1.0, control_guess_mode=False,
+            control_start=0.0, control_end=1.0):
     """`num_images` variations of `image` towards `prompt`; strength in (0, 1]: how much of the
-    sampling path to run (1: the image only fixes the size). hook: as in txt2img.generate."""
+    sampling path to run (1: the image only fixes the size). hook and control_*: as in
+    txt2img.generate (the fractions are of the steps this run takes)."""
     steps, sampler, guidance = _settings(pipe, prompt, num_images, steps, sampler, guidance, output)
     x, _ = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
     timesteps = partial_timesteps(pipe, sampler, steps, strength)
     z0 = _encode(pipe, x).expand(num_images, -1, -1, -1)
     gens = core.generators(seed, num_images)
     z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise_like(z0, gens))
-    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance)
+    control = prepare_control(pipe, control_image, control_scale, control_guess_mode, control_start, control_end,
+                              tuple(x.shape[-2:]))
+    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, control=control)
     z = core.run_sampler(pipe, z_t, inputs, sampler, steps, guidance, guidance_rescale, gens, progress,
-                         timesteps=timesteps, hook=hook)
+                         timesteps=timesteps, hook=hook, control=control)
     return core.finish(pipe, z, output)
 
 
@@ -94,10 +99,12 @@ def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_promp
 def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", strength: float = 1.0,
             num_images: int = 1, steps: int | None = None, sampler: str | None = None,
             guidance: float | None = None, seed: int = 0, output: str = "pil", progress: bool = False,
-            resample: int = 0, guidance_rescale: float = 0.0, hook: core.StepHook | None = None):
+            resample: int = 0, guidance_rescale: float = 0.0, hook: core.StepHook | None = None,
+            control_image=None, control_scale=1.0, control_guess_mode=False, control_start=0.0, control_end=1.0):
     """Repaint the white part of `mask` (same size as `image`) to fit `prompt`; pixels outside
     the mask come back exactly as given. resample: RePaint's extra passes per step (0: off).
-    hook: as in txt2img.generate (with resample, after each pass's step)."""
+    hook: as in txt2img.generate (with resample, after each pass's step); control_*: as there
+    (a ControlNet reads z_t, or z_t with the mask channels if made for a 9-channel UNet)."""
     if not isinstance(resample, int) or resample < 0:
         raise ValueError(f"resample must be a whole number >= 0 (extra passes per step), got {resample!r}")
     steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
@@ -126,9 +133,14 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
         def wrapper(denoise):
             return lambda x_t, t: keep * z0 + (1 - keep) * denoise(x_t, t)
 
-    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, extra)  # once, for every step
+    control = prepare_control(pipe, control_image, control_scale, control_guess_mode, control_start, control_end,
+                              tuple(x.shape[-2:]))
+    control = None if control is None else control.at_timesteps(timesteps)  # RePaint's passes: of the whole run
+    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, extra,  # once, for every step
+                                 control=control)
     run = lambda z, ts: core.run_sampler(pipe, z, inputs, sampler, steps, guidance, guidance_rescale, gens,
-                                         progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, hook=hook)
+                                         progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, hook=hook,
+                                         control=control)
     z = run(z_t, timesteps) if not resample else _resampled(pipe, run, z_t, timesteps, resample, gens)
     if output == "latent":
         return z

@@ -20,8 +20,10 @@ from ..finetune.textual_inversion import apply_embedding
 from ..io import stable_diffusion as sd
 from ..model import ModelParts, load_model, resolve_model, save_model, swap_first_stage
 from ..model.conditioner import TextConditioner, conditioner_for
+from ..nets.controlnet import ControlNet
 from ..utils.memory_format import to_channels_last_owned
 from . import core
+from .controlnet import add_controlnet
 from .image_tasks import img2img, inpaint, outpaint
 from .txt2img import generate
 from .upscale import upscale
@@ -40,6 +42,7 @@ class Pipeline:
         self.meta = dict(parts.meta)  # the model folder's config.json: training run, dataset, metrics
         self.schedule = make_schedule(parts.config.schedule)
         self.conditioner = conditioner_for(parts.config, parts.text_encoder, parts.class_names)
+        self.controlnets: list[ControlNet] = []  # load_controlnet; a run gives one control image each
 
     # ---- loading and saving ------------------------------------------------------------------
     @classmethod
@@ -87,6 +90,8 @@ class Pipeline:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Pipeline:
         self.net.to(device=device, dtype=dtype)
         self.autoencoder.to(device=device, dtype=dtype)
+        for controlnet in self.controlnets:
+            controlnet.to(device=device, dtype=dtype)
         if self.uses_clip:
             self.text_encoder.to(device=device, dtype=dtype)
         elif self.text_encoder is not None:
@@ -138,6 +143,18 @@ class Pipeline:
         """Adapters for one `with` block, then taken off: `with pipe.adapters(loras=[(file, 0.8)],
         embeddings=[(file, None)]) as tokens:` (ldmkit.finetune.scoped)."""
         return adapters_applied(self, loras, embeddings, hypernetworks)
+
+    # ---- ControlNets (ldmkit.pipelines.controlnet) ---------------------------------------------
+    def load_controlnet(self, name_or_path: str | Path | ControlNet) -> ControlNet:
+        """A ControlNet for this model's UNet: an ldmkit ControlNet folder, a diffusers
+        ControlNetModel folder, an original .pth / .safetensors file, or a ControlNet built in
+        Python; one made for another base is refused, naming both. Several stack (their residuals
+        are summed): generate(..., control_image=[one per ControlNet, in load order])."""
+        return add_controlnet(self, name_or_path)
+
+    def unload_controlnets(self) -> None:
+        """Back to the plain model: no ControlNet is loaded."""
+        self.controlnets.clear()
 
     # ---- conditioning ------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:

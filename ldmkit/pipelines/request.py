@@ -125,14 +125,21 @@ def _settable(task: str) -> set[str]:
 
 
 def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "pil", progress: bool = False,
-        hook: core.StepHook | None = None, batch_size: int = 64, vae_tile: int | None = None):
+        hook: core.StepHook | None = None, batch_size: int = 64, vae_tile: int | None = None,
+        control: Mapping | None = None):
     """The images `request` asks of `pipe`; `image` (and `mask`, for inpaint) where the task
     takes them. hook(Step) runs after every sampler step and may raise core.Cancelled.
-    batch_size, vae_tile: how txt2img runs (images sampled together, decoding in tiles)."""
+    batch_size, vae_tile: how txt2img runs (images sampled together, decoding in tiles).
+    control: the loaded ControlNets' inputs, {"control_image": ..., "control_scale": ...} (the
+    control_* arguments of txt2img.generate), for every task but upscale."""
     r = request.resolved(pipe)
     common = dict(negative_prompt=r.negative_prompt, num_images=r.num_images, steps=r.steps, sampler=r.sampler,
                   guidance=r.guidance, seed=r.seed, output=output, progress=progress,
                   guidance_rescale=r.guidance_rescale, hook=hook)
+    if control:
+        if r.task == "upscale":
+            raise ValueError("the upscale task takes no ControlNet control")
+        common |= dict(control)
     if r.task != "txt2img" and image is None:
         raise ValueError(f"the {r.task} task needs an input image")
     if r.task == "txt2img":

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ..diffusion import start_scale
 from . import core
+from .controlnet import prepare_control
 
 
 @torch.no_grad()
@@ -32,6 +33,11 @@ def generate(
     hook: core.StepHook | None = None,
     timesteps: Sequence[int] | None = None,
     class_labels: Sequence[int] | None = None,
+    control_image=None,
+    control_scale: float | Sequence = 1.0,
+    control_guess_mode: bool = False,
+    control_start: float | Sequence[float] = 0.0,
+    control_end: float | Sequence[float] = 1.0,
 ) -> list[Image.Image] | torch.Tensor:
     """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
     generator seeded with seed + k, so it is the same image when generated alone with that
@@ -42,7 +48,11 @@ def generate(
     step (progress, previews; raising core.Cancelled stops the run). timesteps: descending
     timesteps to sample at instead of the sampler's `steps` (e.g. [999, 499] for a 2-step LCM).
     class_labels: a class-conditional model's class indices, instead of prompts (one each). The
-    sampler runs in float32 whatever the networks' dtype; only the networks see half precision."""
+    sampler runs in float32 whatever the networks' dtype; only the networks see half precision.
+    control_image: the hint of each ControlNet loaded (pipe.load_controlnet), resized to the
+    image's size if it has another; control_scale (one, or one per ControlNet, each a number or
+    per-block scales), control_guess_mode, control_start / control_end (the fraction of the steps
+    it acts in): see ldmkit.pipelines.controlnet."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if class_labels is not None:
         prompts = core.class_prompts(pipe, class_labels, prompts)
@@ -57,6 +67,9 @@ def generate(
     prompts = [p for p in prompts for _ in range(num_images)]
     if latents is None:
         latents = core.initial_latents(pipe, len(prompts), seed, shape)
+    f = pipe.autoencoder.config.downsampling_factor
+    control = prepare_control(pipe, control_image, control_scale, control_guess_mode, control_start, control_end,
+                              (shape[1] * f, shape[2] * f))
     custom = None if timesteps is None else core.custom_timesteps(pipe, sampler, timesteps)
     if custom is not None:
         latents = latents * start_scale(pipe.schedule, sampler, custom, pipe.config.sampling)
@@ -64,8 +77,8 @@ def generate(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         z_T = latents[start : start + len(chunk)].to(pipe.device, torch.float32)
-        inputs = core.network_inputs(pipe, chunk, negative_prompt, guidance)
+        inputs = core.network_inputs(pipe, chunk, negative_prompt, guidance, control=control)
         results.append(core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale,
                                         core.generators(seed + start, len(chunk)), progress, timesteps=custom,
-                                        hook=hook))
+                                        hook=hook, control=control))
     return core.finish(pipe, torch.cat(results), output, vae_tile)
