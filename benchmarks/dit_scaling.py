@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.unet:
         largest = max(forward_gflops(c) for _, c, _ in cells)
         unet = compact_unet()
-        cells.append(("unet-compact", unet, round(args.steps * largest / forward_gflops(unet))))
+        cells.append(("unet-compact", unet, max(1, round(args.steps * largest / forward_gflops(unet)))))
     args.metric = None
     for name, net_config, steps in cells:
         if name in done:

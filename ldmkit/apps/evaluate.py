@@ -17,7 +17,7 @@ import time
 import torch
 
 from ..data import fashion_mnist, load_fashion_mnist, shapes
-from ..metrics import classify, feature_frechet_distance, load_fmnist_classifier
+from ..metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
 from ..pipelines import Pipeline
 
 
@@ -25,7 +25,8 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
     classifier = load_fmnist_classifier(device=pipe.device)
     test_features = fashion_mnist_test_features(classifier)
     real, _ = load_fashion_mnist("train", limit=10 * per_class)
-    floor = frechet_to_test(classifier, real, test_features)
+    real_features = classify(classifier, real)[0]
+    floor = feature_frechet_distance(real_features, test_features)
     with torch.no_grad():  # what the first stage alone loses: its reconstructions of the same images
         rebuilt = pipe.decode(
             torch.cat([pipe.autoencoder.to_latent(x.to(pipe.device, pipe.dtype)) for x in real.split(250)])
@@ -41,6 +42,11 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
         "frechet_distance": scores["frechet_distance"],
         "frechet_floor": floor,
         "frechet_first_stage": first_stage,
+        # the small-sample bias extrapolated away (Chong & Forsyth 2020), of all images and of
+        # each half apart (how much it moves with other images), and of as many real images
+        "fd_inf": scores["fd_inf"],
+        "fd_inf_halves": scores["fd_inf_halves"],
+        "fd_inf_floor": _fd_inf(real_features, test_features),
         "class_agreement": scores["class_agreement"],
         "class_agreement_by_class": scores["class_agreement_by_class"],
         "seconds_per_image_batched": seconds / len(images),
@@ -57,6 +63,14 @@ def fashion_mnist_test_features(classifier) -> torch.Tensor:
     return classify(classifier, load_fashion_mnist("test")[0])[0]
 
 
+def _fd_inf(features: torch.Tensor, test_features: torch.Tensor) -> float | None:
+    """FD_inf, or None where the images are too few for it (no more than twice the feature width)."""
+    try:
+        return extrapolated_frechet_distance(features, test_features)
+    except ValueError:
+        return None
+
+
 def frechet_to_test(classifier, images: torch.Tensor, test_features: torch.Tensor) -> float:
     """The Frechet distance of images in [-1, 1] to the test set, on the classifier's features."""
     return feature_frechet_distance(classify(classifier, images)[0], test_features)
@@ -67,8 +81,12 @@ def score_class_images(classifier, images: torch.Tensor, test_features: torch.Te
     prompt, in label order (as generate() returns them for fashion_mnist_prompts())."""
     features, predicted = classify(classifier, images)
     hits = (predicted == torch.arange(10).repeat_interleave(per_class)).float()
+    order = torch.arange(len(images)).view(10, per_class)  # prompt-major: each half takes half of every class
+    halves = [features[order[:, : per_class // 2].flatten()], features[order[:, per_class // 2 :].flatten()]]
     return {
         "frechet_distance": feature_frechet_distance(features, test_features),
+        "fd_inf": _fd_inf(features, test_features),
+        "fd_inf_halves": [_fd_inf(half, test_features) for half in halves],
         "class_agreement": hits.mean().item(),
         "class_agreement_by_class": dict(zip(fashion_mnist.CLASS_NAMES, hits.view(10, per_class).mean(1).tolist())),
     }
