@@ -105,9 +105,34 @@ def _generate(args: argparse.Namespace) -> None:
         request, args.out, model=args.model, device=args.device, grid=not args.no_grid,
         autoencoder=getattr(args, "autoencoder", None), dtype=_dtype(args.dtype),
         vae_tile=getattr(args, "vae_tile", None), adapters=adapters(args), image=getattr(args, "image", None),
-        mask=getattr(args, "mask", None), **_sd_options(args),
+        mask=getattr(args, "mask", None), **_control_options(args), **_sd_options(args),
     )
     print("\n".join(f"wrote {p}" for p in paths))
+
+
+def _control_options(args: argparse.Namespace) -> dict:
+    """--controlnet / --control-image / --control-scale as generate_to_folder's arguments."""
+    nets, images, scales = getattr(args, "controlnet", []), getattr(args, "control_image", []), \
+        getattr(args, "control_scale", [])
+    if not nets and not images:
+        if scales:
+            raise ValueError("--control-scale needs --controlnet and --control-image")
+        return {}
+    if len(images) != len(nets):
+        raise ValueError(f"give one --control-image per --controlnet: got {len(nets)} ControlNet(s) and "
+                         f"{len(images)} control image(s)")
+    one = (lambda values: values[0] if len(values) == 1 else values)
+    control = {"control_image": one(images), "control_scale": one(scales) if scales else 1.0}
+    return {"controlnets": nets, "control": control}
+
+
+def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--controlnet", action="append", default=[], metavar="C",
+                        help="a ControlNet (ldmkit or diffusers folder, original .pth/.safetensors); repeat to stack")
+    parser.add_argument("--control-image", action="append", default=[], metavar="IMG",
+                        help="the hint of each --controlnet, in the same order (resized to the image)")
+    parser.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
+                        help="how strongly each ControlNet steers (one for all, or one each; default 1)")
 
 
 CLI_DEFAULTS = {"num_images": 4}  # a command line shows a few images; the API makes one
@@ -224,6 +249,35 @@ def _evaluate_tasks(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _train_controlnet(args: argparse.Namespace) -> None:
+    from ..train.controlnet import train_controlnet
+    from ..train.controlnet_config import CONTROLNET_PRESETS
+
+    summary = train_controlnet(_run_config(CONTROLNET_PRESETS, args), args.out, device=args.device,
+                               resume=not args.no_resume)
+    obeyed = ", ".join(f"{k}={v:.3g}" for k, v in summary["obedience"].items())
+    print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
+          f"obedience on the held hints: {obeyed})")
+
+
+def _evaluate_controlnet(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from .evaluate_controlnet import evaluate_controlnet_folder
+
+    result = evaluate_controlnet_folder(
+        args.model, args.controlnet, dataset=args.data, device=args.device, size=args.size, seed=args.seed,
+        baseline=not args.no_baseline, control_scale=args.control_scale, steps=args.steps, sampler=args.sampler,
+        guidance=args.guidance,
+    )
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, presets: dict, default: str, example: str) -> None:
     """What every training command takes: a preset, a run folder, overrides, device, resume."""
     parser.add_argument("--preset", default=default, help=" | ".join(presets))
@@ -255,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a latent diffusion model on a frozen autoencoder")
     _add_run_arguments(train, DIFFUSION_PRESETS, "fashion-mnist", "--set model.conditioning=class --set batch_size=32")
     train.set_defaults(run=_train)
+
+    from ..train.controlnet_config import CONTROLNET_PRESETS
+
+    tc = commands.add_parser("train-controlnet",
+                             help="train a ControlNet on a frozen model (fill-shapes outlines, Fashion-MNIST edges)")
+    _add_run_arguments(tc, CONTROLNET_PRESETS, "shapes-control", "--set base=models/my-model --set batch_size=16")
+    tc.set_defaults(run=_train_controlnet)
 
     from ..train.distill_config import DISTILL_PRESETS
 
@@ -299,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--out", default=None, help="JSON file for the results")
     tasks.set_defaults(run=_evaluate_tasks)
 
+    evc = commands.add_parser("evaluate-controlnet",
+                              help="how well a ControlNet's images obey their hints (quadrant, IoU, colour, shape)")
+    evc.add_argument("--model", default="shapes", help="the base model (a shipped name or a folder)")
+    evc.add_argument("--controlnet", required=True, help="a ControlNet folder (train-controlnet's, or a checkpoint)")
+    evc.add_argument("--data", default=None, choices=("fill-shapes", "fashion-mnist-edges"),
+                     help="the hints (default: what the ControlNet was trained on)")
+    evc.add_argument("--size", type=int, default=4,
+                     help="hints per combination (fill-shapes: 48 combinations) / per class (edges: 10 classes)")
+    evc.add_argument("--steps", type=int, default=None)
+    evc.add_argument("--sampler", default=None)
+    evc.add_argument("--guidance", type=float, default=None)
+    evc.add_argument("--control-scale", type=float, default=1.0)
+    evc.add_argument("--seed", type=int, default=0)
+    evc.add_argument("--no-baseline", action="store_true", help="skip the same hints through the base alone")
+    evc.add_argument("--device", default="cpu")
+    evc.add_argument("--out", default=None, help="JSON file for the results")
+    evc.set_defaults(run=_evaluate_controlnet)
+
     gen = commands.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt", nargs="?", default="", help='e.g. "a photo of a sneaker"; "" samples unconditionally')
     _add_sampling_arguments(gen, model_help, "txt2img")
@@ -306,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--vae-tile", type=int, default=None, help="decode in tiles of this many latent pixels (large images)"
     )
+    _add_control_arguments(gen)
     gen.set_defaults(run=_generate)
 
     for name, help_text in (("img2img", "redraw an image towards a prompt (SDEdit)"),
@@ -318,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
             task.add_argument("mask", help="a mask image of the same size: white = repaint")
         task.add_argument("prompt", nargs="?", default="")
         _add_sampling_arguments(task, model_help, name)
+        if name != "upscale":
+            _add_control_arguments(task)
         task.set_defaults(run=_generate)
 
     conv = commands.add_parser("convert", help="convert between ldmkit, SD single-file and diffusers formats")

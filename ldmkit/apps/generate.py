@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ def generate_to_folder(
     mask=None,
     hook=None,
     control: dict | None = None,
+    controlnets: Sequence[str | Path] = (),
     **options,
 ) -> list[Path]:
     """Run `request` (or a prompt, with GenerationRequest's fields among `options`) and write
@@ -47,21 +49,45 @@ def generate_to_folder(
     files. adapters: files to apply first, {"loras": ["FILE:SCALE"], "embeddings":
     ["FILE[:TOKEN]"], "hypernetworks": [...]}. hook: after every sampler step (pipelines.core).
     control: the inputs of the pipeline's loaded ControlNets ({"control_image": path, "control_scale":
-    0.8, ...}: txt2img.generate's control_* arguments), recorded in the PNG text with their names."""
+    0.8, ...}: txt2img.generate's control_* arguments), recorded in the PNG text with their names.
+    controlnets: ControlNet files or folders to load first (pipe.load_controlnet), one control
+    image each; a pipeline passed in is left with the ControlNets it had."""
     if isinstance(request, str):
         request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in FIELD_NAMES})
+    check_control_files(control, controlnets)  # before loading a model: a typo costs nothing
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
                                                 autoencoder=autoencoder, **options)
     parsed, applied = parse_adapters(**(adapters or {}))
     request = request.resolved(pipe)
-    with pipe.adapters(**parsed):  # a pipeline passed in is left as it was
-        images = run(pipe, request, image=image, mask=mask, progress=True, batch_size=sampling_batch_size(pipe),
-                     vae_tile=vae_tile, hook=hook, control=control)  # a hook raising Cancelled: nothing is written
+    loaded = list(pipe.controlnets)
+    try:
+        for controlnet in controlnets:
+            pipe.load_controlnet(controlnet)
+        with pipe.adapters(**parsed):  # a pipeline passed in is left as it was
+            images = run(pipe, request, image=image, mask=mask, progress=True,
+                         batch_size=sampling_batch_size(pipe), vae_tile=vae_tile, hook=hook,
+                         control=control)  # a hook raising Cancelled: nothing is written
+        settings_control = control_settings(pipe, **(control or {}))
+    finally:
+        pipe.controlnets[:] = loaded
     inputs = {name: str(value) for name, value in (("input", image), ("mask", mask))
               if isinstance(value, (str, Path))}
-    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied,
-                **control_settings(pipe, **(control or {}))}
+    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied, **settings_control}
     return save_images(images, out, settings, request.seed, grid)
+
+
+def check_control_files(control: dict | None, controlnets: Sequence[str | Path]) -> None:
+    """Control images given as paths exist, and ControlNets come with control images."""
+    images = (control or {}).get("control_image")
+    if controlnets and images is None:
+        raise ValueError(f"{len(controlnets)} ControlNet(s) to load but no control image: give one per ControlNet")
+    for path in controlnets:
+        if isinstance(path, str | Path) and not Path(path).exists():
+            raise FileNotFoundError(f"no ControlNet at {path}: give an ldmkit or diffusers ControlNet folder, or "
+                                    "an original .pth / .safetensors file")
+    for path in images if isinstance(images, list | tuple) else [images]:
+        if isinstance(path, str | Path) and not Path(path).is_file():
+            raise FileNotFoundError(f"no control image file at {path}")
 
 
 def save_images(images, out: str | Path, settings: dict, seed: int, grid: bool = True) -> list[Path]:
