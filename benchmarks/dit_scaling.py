@@ -3,7 +3,7 @@ forward Gflops rise, by width or by smaller patches), on the Fashion-MNIST laten
 against the shipped UNet at equal training compute.
 
     python -m benchmarks.dit_scaling [--widths 64 128 192] [--patches 1 2 4] [--depth 4] [--steps 1000]
-        [--batch 32] [--per-class 50] [--guidance 1.5] [--unet] [--runs runs/dit-scaling]
+        [--batch 32] [--per-class 50] [--guidance 1.5] [--skip CELL ...] [--unet] [--runs runs/dit-scaling]
         [--out docs/results/dit-scaling.json] [--plot docs/images/dit-scaling.png] [--threads 1]
 
 Every cell is a class-conditional DiT (width w, patch p, --depth blocks, w / 32 heads) trained
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=1.5)
+    parser.add_argument("--skip", nargs="*", default=[], help="cells of the grid not to run, e.g. dit-w192-p1")
     parser.add_argument("--unet", action="store_true", help="add the compact UNet at the largest cell's training flops")
     parser.add_argument("--runs", type=Path, default=Path("runs/dit-scaling"))
     parser.add_argument("--out", type=Path, default=Path("docs/results/dit-scaling.json"))
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.out} holds cells of other settings ({same}): give another --out")
         results["cells"] = kept["cells"]
     done = {c["name"] for c in results["cells"]}
-    cells = [(f"dit-w{w}-p{p}", dit(w, p, args.depth), args.steps) for w in args.widths for p in args.patches]
+    cells = [(f"dit-w{w}-p{p}", dit(w, p, args.depth), args.steps) for w in args.widths for p in args.patches
+             if f"dit-w{w}-p{p}" not in args.skip]
     if args.unet:
         largest = max(forward_gflops(c) for _, c, _ in cells)
         unet = compact_unet()
