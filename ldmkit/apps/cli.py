@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .finetune_commands import adapters, add_adapter_arguments, add_finetune_commands
+from .guidance_commands import add_steering_arguments, evaluation_settings, scoring_clip, steering_options
 
 
 def _forward_demo(args: argparse.Namespace) -> None:
@@ -106,6 +107,7 @@ def _generate(args: argparse.Namespace) -> None:
         autoencoder=getattr(args, "autoencoder", None), dtype=_dtype(args.dtype),
         vae_tile=getattr(args, "vae_tile", None), adapters=adapters(args), image=getattr(args, "image", None),
         mask=getattr(args, "mask", None), **_control_options(args), **_sd_options(args),
+        **(steering_options(args) if task == "txt2img" else {}),
     )
     print("\n".join(f"wrote {p}" for p in paths))
 
@@ -214,10 +216,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     else:
         pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
     results = []
-    for guidance in args.guidance or [None]:
-        result = evaluate(
-            pipe, size=args.size, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=guidance
-        )
+    clip = scoring_clip(pipe, args.clip)  # the CLIP score of a text model's images; reranking's CLIP
+    for settings in evaluation_settings(args):
+        result = evaluate(pipe, size=args.size, seed=args.seed, steps=args.steps, sampler=args.sampler, clip=clip,
+                          **settings)
         results.append({"model": pipe.name, **result})
         print(json.dumps(results[-1], indent=2))
     if args.out:
@@ -258,6 +260,27 @@ def _train_controlnet(args: argparse.Namespace) -> None:
     obeyed = ", ".join(f"{k}={v:.3g}" for k, v in summary["obedience"].items())
     print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
           f"obedience on the held hints: {obeyed})")
+
+
+def _train_noisy_classifier(args: argparse.Namespace) -> None:
+    from ..train.noisy_classifier import train_noisy_classifier
+    from ..train.noisy_classifier_config import NOISY_CLASSIFIER_PRESETS
+
+    summary = train_noisy_classifier(_run_config(NOISY_CLASSIFIER_PRESETS, args), args.out, device=args.device,
+                                     resume=not args.no_resume)
+    accuracy = ", ".join(f"t={t}: {a:.3f}" for t, a in summary["accuracy_by_t"].items())
+    print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
+          f"test accuracy by t: {accuracy})")
+
+
+def _train_clip(args: argparse.Namespace) -> None:
+    from ..train.clip import train_clip
+    from ..train.clip_config import CLIP_PRESETS
+
+    summary = train_clip(_run_config(CLIP_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
+    measured = ", ".join(f"{k}={summary[k]:.3f}" for k in ("shapes_top1", "fashion_zero_shot") if k in summary)
+    print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
+          f"{measured})")
 
 
 def _evaluate_controlnet(args: argparse.Namespace) -> None:
@@ -330,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     clf.add_argument("--epochs", type=int, default=6)
     clf.set_defaults(run=_train_classifier)
 
+    from ..train.clip_config import CLIP_PRESETS
+    from ..train.noisy_classifier_config import NOISY_CLASSIFIER_PRESETS
+
+    tnc = commands.add_parser("train-noisy-classifier",
+                              help="train a classifier of noisy latents, for classifier guidance")
+    _add_run_arguments(tnc, NOISY_CLASSIFIER_PRESETS, "fashion-mnist", "--set batch_size=64 --set steps=2000")
+    tnc.set_defaults(run=_train_noisy_classifier)
+    tclip = commands.add_parser("train-clip",
+                                help="train a small CLIP on shapes, Fashion-MNIST or your captioned images")
+    _add_run_arguments(tclip, CLIP_PRESETS, "clip-small",
+                       "--set data.datasets='[\"folder\"]' --set data.path=my-images")
+    tclip.set_defaults(run=_train_clip)
+
     ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")
     ev.add_argument("--model", default="fashion-mnist", help="a model (name or folder), or a run's checkpoint folder")
     ev.add_argument(
@@ -342,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default=None, help="JSON file for the results")
+    add_steering_arguments(ev, sweep=True)
     ev.set_defaults(run=_evaluate)
 
     model_help = (
@@ -386,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae-tile", type=int, default=None, help="decode in tiles of this many latent pixels (large images)"
     )
     _add_control_arguments(gen)
+    add_steering_arguments(gen)
     gen.set_defaults(run=_generate)
 
     for name, help_text in (("img2img", "redraw an image towards a prompt (SDEdit)"),

@@ -8,6 +8,10 @@
 - shapes: the share of images whose colour, shape and quadrant all match the prompt, read off
   the pixels (data/shapes.read_attributes), on seen and on held-out combinations.
 - speed: seconds per image at batch 1 and amortised over the evaluation's batches.
+- with a CLIP (clip-small for text models, when it exists): the CLIP score of the images and their
+  prompts (torchmetrics' CLIPScore: max(mean 100 cos, 0); metrics/clip_score.py). Reranking by the
+  same CLIP raises it by construction: compare reranked models by the other measures.
+Other generate() settings (classifier=, classifier_scale=, rerank=, ...) pass through.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..metrics import classify, extrapolated_frechet_distance, feature_frechet_d
 from ..pipelines import Pipeline
 
 
-def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, **settings) -> dict:
+def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, clip=None, **settings) -> dict:
     classifier = load_fmnist_classifier(device=pipe.device)
     test_features = fashion_mnist_test_features(classifier)
     real, _ = load_fashion_mnist("train", limit=10 * per_class)
@@ -34,10 +38,11 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
     first_stage = frechet_to_test(classifier, rebuilt, test_features)
 
     start = time.perf_counter()
-    images = pipe.generate(fashion_mnist_prompts(), num_images=per_class, seed=seed, output="tensor", **settings)
+    images = pipe.generate(fashion_mnist_prompts(), num_images=per_class, seed=seed, output="tensor",
+                           **with_clip(settings, clip))
     seconds = time.perf_counter() - start
     scores = score_class_images(classifier, images, test_features, per_class)
-    return {
+    result = {
         "images": len(images),
         "frechet_distance": scores["frechet_distance"],
         "frechet_floor": floor,
@@ -51,6 +56,9 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
         "class_agreement_by_class": scores["class_agreement_by_class"],
         "seconds_per_image_batched": seconds / len(images),
     }
+    if clip is not None:
+        result["clip_score"] = clip.score(images, [p for p in fashion_mnist_prompts() for _ in range(per_class)])
+    return result
 
 
 def fashion_mnist_prompts() -> list[str]:
@@ -92,7 +100,7 @@ def score_class_images(classifier, images: torch.Tensor, test_features: torch.Te
     }
 
 
-def evaluate_shapes(pipe: Pipeline, per_combination: int = 25, seed: int = 0, **settings) -> dict:
+def evaluate_shapes(pipe: Pipeline, per_combination: int = 25, seed: int = 0, clip=None, **settings) -> dict:
     holdout = {tuple(c) for c in pipe.meta.get("train", {}).get("data", {}).get("holdout", [])}
     results = {}
     start, count = time.perf_counter(), 0
@@ -101,14 +109,21 @@ def evaluate_shapes(pipe: Pipeline, per_combination: int = 25, seed: int = 0, **
         if not combos:
             continue
         n = per_combination if split == "seen" else 4 * per_combination
-        images = pipe.generate(
-            [shapes.caption(*c) for c in combos], num_images=n, seed=seed, output="tensor", **settings
-        )
+        prompts = [shapes.caption(*c) for c in combos]
+        images = pipe.generate(prompts, num_images=n, seed=seed, output="tensor", **with_clip(settings, clip))
         count += len(images)
         expected = [c for c in combos for _ in range(n)]
         results[split] = {"images": len(images), **shapes.attribute_accuracy(images, expected)}
+        if clip is not None:
+            results[split]["clip_score"] = clip.score(images, [p for p in prompts for _ in range(n)])
     results["seconds_per_image_batched"] = (time.perf_counter() - start) / count
     return results
+
+
+def with_clip(settings: dict, clip) -> dict:
+    """generate()'s settings, with the CLIP for reranking or CLIP guidance where they ask for one."""
+    wants = settings.get("rerank", 1) > 1 or settings.get("clip_guidance", 0)
+    return {**settings, "clip": clip} if wants and clip is not None and "clip" not in settings else settings
 
 
 def seconds_per_image(pipe: Pipeline, prompt: str, repeats: int = 5, **settings) -> float:
@@ -122,24 +137,29 @@ def seconds_per_image(pipe: Pipeline, prompt: str, repeats: int = 5, **settings)
     return sorted(times)[len(times) // 2]
 
 
-def evaluate(pipe: Pipeline, size: int | None = None, seed: int = 0, **settings) -> dict:
-    """Dispatch on the dataset the model was trained on; settings: steps, sampler, guidance."""
+def evaluate(pipe: Pipeline, size: int | None = None, seed: int = 0, clip=None, **settings) -> dict:
+    """Dispatch on the dataset the model was trained on; settings: steps, sampler, guidance (and
+    any other of generate()'s); clip: a CLIP scoring the images (and reranking, if asked)."""
     dataset = pipe.meta.get("dataset")
     if dataset == "fashion-mnist":
-        result = evaluate_fashion_mnist(pipe, per_class=size or 200, seed=seed, **settings)
+        result = evaluate_fashion_mnist(pipe, per_class=size or 200, seed=seed, clip=clip, **settings)
         prompt = fashion_mnist.caption(7)
     elif dataset == "shapes":
-        result = evaluate_shapes(pipe, per_combination=size or 25, seed=seed, **settings)
+        result = evaluate_shapes(pipe, per_combination=size or 25, seed=seed, clip=clip, **settings)
         prompt = shapes.caption("red", "circle", "top left")
     else:
         raise ValueError(
             "ldmkit evaluate knows the fashion-mnist and shapes models; "
             f"this one was trained on {dataset!r}"
         )
-    result["seconds_per_image_alone"] = seconds_per_image(pipe, prompt, **settings)
+    result["seconds_per_image_alone"] = seconds_per_image(pipe, prompt, **with_clip(settings, clip))
     steps, sampler, guidance = pipe.resolve_settings(
         settings.get("steps"), settings.get("sampler"), settings.get("guidance")
     )
     result["settings"] = {"steps": steps, "sampler": sampler, "guidance": guidance,
                           "seed": seed, "torch_threads": torch.get_num_threads(), "device": str(pipe.device)}
+    result["settings"] |= {k: getattr(v, "name", str(v)) if k == "classifier" else v for k, v in settings.items()
+                           if k not in ("steps", "sampler", "guidance")}
+    if clip is not None:
+        result["settings"]["clip"] = clip.name
     return result

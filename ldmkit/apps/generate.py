@@ -14,6 +14,7 @@ from ..pipelines import Pipeline
 from ..pipelines.controlnet import control_settings
 from ..pipelines.infotext import format_infotext
 from ..pipelines.request import FIELD_NAMES, GenerationRequest, run
+from ..pipelines.txt2img import generate
 from ..utils.images import image_grid, save_png
 from .adapters import parse_adapters
 
@@ -40,6 +41,7 @@ def generate_to_folder(
     hook=None,
     control: dict | None = None,
     controlnets: Sequence[str | Path] = (),
+    steering: dict | None = None,
     **options,
 ) -> list[Path]:
     """Run `request` (or a prompt, with GenerationRequest's fields among `options`) and write
@@ -51,7 +53,9 @@ def generate_to_folder(
     control: the inputs of the pipeline's loaded ControlNets ({"control_image": path, "control_scale":
     0.8, ...}: txt2img.generate's control_* arguments), recorded in the PNG text with their names.
     controlnets: ControlNet files or folders to load first (pipe.load_controlnet), one control
-    image each; a pipeline passed in is left with the ControlNets it had."""
+    image each; a pipeline passed in is left with the ControlNets it had. steering: txt2img's
+    classifier=, classifier_scale=, classifier_labels=, clip=, clip_guidance=, rerank=
+    (ldmkit.pipelines.guidance), recorded in the PNG text."""
     if isinstance(request, str):
         request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in FIELD_NAMES})
     check_control_files(control, controlnets)  # before loading a model: a typo costs nothing
@@ -64,16 +68,33 @@ def generate_to_folder(
         for controlnet in controlnets:
             pipe.load_controlnet(controlnet)
         with pipe.adapters(**parsed):  # a pipeline passed in is left as it was
-            images = run(pipe, request, image=image, mask=mask, progress=True,
-                         batch_size=sampling_batch_size(pipe), vae_tile=vae_tile, hook=hook,
-                         control=control)  # a hook raising Cancelled: nothing is written
+            if steering:
+                images = run_steered(pipe, request, steering, batch_size=sampling_batch_size(pipe),
+                                     vae_tile=vae_tile, hook=hook, control=control)
+            else:
+                images = run(pipe, request, image=image, mask=mask, progress=True,
+                             batch_size=sampling_batch_size(pipe), vae_tile=vae_tile, hook=hook,
+                             control=control)  # a hook raising Cancelled: nothing is written
         settings_control = control_settings(pipe, **(control or {}))
     finally:
         pipe.controlnets[:] = loaded
     inputs = {name: str(value) for name, value in (("input", image), ("mask", mask))
               if isinstance(value, (str, Path))}
-    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied, **settings_control}
+    recorded = {k: str(v) if isinstance(v, (str, Path)) else getattr(v, "name", v) for k, v in (steering or {}).items()}
+    settings = {**request.png_text(), "model": pipe.name, **inputs, **applied, **settings_control, **recorded}
     return save_images(images, out, settings, request.seed, grid)
+
+
+def run_steered(pipe: Pipeline, request: GenerationRequest, steering: dict, batch_size: int,
+                vae_tile: int | None, hook, control: dict | None):
+    """A txt2img request with classifier or CLIP guidance or reranking (txt2img.generate's options)."""
+    if request.task != "txt2img":
+        raise ValueError(f"classifier guidance, CLIP guidance and reranking are for generate, not {request.task}")
+    r = request.resolved(pipe)
+    return generate(pipe, r.prompt, negative_prompt=r.negative_prompt, num_images=r.num_images, steps=r.steps,
+                    sampler=r.sampler, guidance=r.guidance, guidance_rescale=r.guidance_rescale, seed=r.seed,
+                    height=r.height, width=r.width, progress=True, batch_size=batch_size, vae_tile=vae_tile,
+                    hook=hook, **(control or {}), **steering)
 
 
 def check_control_files(control: dict | None, controlnets: Sequence[str | Path]) -> None:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ..diffusion import start_scale
 from . import core
+from . import guidance as steering
 from .controlnet import prepare_control
 
 
@@ -38,6 +39,12 @@ def generate(
     control_guess_mode: bool = False,
     control_start: float | Sequence[float] = 0.0,
     control_end: float | Sequence[float] = 1.0,
+    classifier=None,
+    classifier_scale: float = 1.0,
+    classifier_labels: Sequence[int] | None = None,
+    clip=None,
+    clip_guidance: float = 0.0,
+    rerank: int = 1,
 ) -> list[Image.Image] | torch.Tensor:
     """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
     generator seeded with seed + k, so it is the same image when generated alone with that
@@ -52,19 +59,42 @@ def generate(
     control_image: the hint of each ControlNet loaded (pipe.load_controlnet), resized to the
     image's size if it has another; control_scale (one, or one per ControlNet, each a number or
     per-block scales), control_guess_mode, control_start / control_end (the fraction of the steps
-    it acts in): see ldmkit.pipelines.controlnet."""
+    it acts in): see ldmkit.pipelines.controlnet.
+    classifier: a noisy latent classifier (a folder of `ldmkit train-noisy-classifier`, or loaded)
+    steering each image towards the class its prompt names, or `classifier_labels` (one per
+    prompt; with the empty prompt alone, one prompt per label: the unconditional model), with
+    strength classifier_scale. clip_guidance: the scale of CLIP guidance towards each prompt.
+    rerank: make this many candidates of each image and keep the one `clip` scores highest (image
+    k of prompt p takes the seeds seed + (p * num_images + k) * rerank + j, j < rerank; `latents`
+    then holds every candidate's). clip: a CLIP, its name or folder; for a text model, default
+    "clip-small"."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if class_labels is not None:
         prompts = core.class_prompts(pipe, class_labels, prompts)
+    if classifier_labels is not None and prompts == [""]:
+        prompts = [""] * len(classifier_labels)  # the unconditional model, steered to each label
+    if isinstance(rerank, bool) or int(rerank) != rerank or rerank < 1:
+        raise ValueError(f"rerank must be a whole number >= 1 (candidates per image), got {rerank!r}")
+    if classifier is None and classifier_labels is not None:
+        raise ValueError("classifier_labels need a classifier")
+    labels = None
+    if classifier is not None:
+        classifier = steering.resolve_classifier(pipe, classifier)
+        labels = steering.classifier_targets(classifier, prompts, classifier_labels)  # one per prompt
+    if rerank > 1 or clip_guidance:
+        clip = steering.resolve_clip(pipe, clip, "reranking" if rerank > 1 else "CLIP guidance of")
     steps, sampler, guidance = core.resolve_settings(pipe, len(timesteps) if timesteps else steps, sampler, guidance)
     shape = core.latent_shape(pipe, height, width)
     core.check_generation_model(pipe)
     core.check_settings(prompts, num_images, steps, sampler, guidance, output)
-    expected = (len(prompts) * num_images, *shape)
+    expected = (len(prompts) * num_images * rerank, *shape)
     if latents is not None and tuple(latents.shape) != expected:
         raise ValueError(f"latents must have shape {expected} (images, channels, height, width), "
                          f"got {tuple(latents.shape)}")
-    prompts = [p for p in prompts for _ in range(num_images)]
+    per_prompt = num_images * rerank
+    prompts = [p for p in prompts for _ in range(per_prompt)]
+    labels = None if labels is None else [k for k in labels for _ in range(per_prompt)]
+    wrappers = steering.guidance_wrappers(pipe, prompts, classifier, classifier_scale, labels, clip, clip_guidance)
     if latents is None:
         latents = core.initial_latents(pipe, len(prompts), seed, shape)
     f = pipe.autoencoder.config.downsampling_factor
@@ -80,5 +110,8 @@ def generate(
         inputs = core.network_inputs(pipe, chunk, negative_prompt, guidance, control=control)
         results.append(core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale,
                                         core.generators(seed + start, len(chunk)), progress, timesteps=custom,
-                                        hook=hook, control=control))
-    return core.finish(pipe, torch.cat(results), output, vae_tile)
+                                        hook=hook, control=control, denoiser_wrapper=wrappers(start, len(chunk))))
+    z0 = torch.cat(results)
+    if rerank > 1:
+        z0, _ = steering.best_of(pipe, clip, z0, prompts, rerank)
+    return core.finish(pipe, z0, output, vae_tile)
