@@ -26,7 +26,7 @@ from .parts import ModelParts
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"  # the models shipped in the repository
 BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint", "fashion-mnist-lcm", "shapes-lcm",
-           "fashion-mnist-f2")
+           "fashion-mnist-f2", "shapes-dit")
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
