@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..model.folder import MODELS_DIR
 from ..pipelines import Pipeline
 from ..pipelines.controlnet import control_settings
 from ..pipelines.infotext import format_infotext
@@ -103,9 +104,10 @@ def check_control_files(control: dict | None, controlnets: Sequence[str | Path])
     if controlnets and images is None:
         raise ValueError(f"{len(controlnets)} ControlNet(s) to load but no control image: give one per ControlNet")
     for path in controlnets:
-        if isinstance(path, str | Path) and not Path(path).exists():
-            raise FileNotFoundError(f"no ControlNet at {path}: give an ldmkit or diffusers ControlNet folder, or "
-                                    "an original .pth / .safetensors file")
+        shipped = MODELS_DIR / "controlnets" / str(path)
+        if isinstance(path, str | Path) and not Path(path).exists() and not shipped.is_dir():
+            raise FileNotFoundError(f"no ControlNet at {path}: give a shipped ControlNet's name, an ldmkit or "
+                                    "diffusers ControlNet folder, or an original .pth / .safetensors file")
     for path in images if isinstance(images, list | tuple) else [images]:
         if isinstance(path, str | Path) and not Path(path).is_file():
             raise FileNotFoundError(f"no control image file at {path}")

@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import from_dict, to_dict
+from ..model.folder import MODELS_DIR
 from ..nets import UNet, UNetConfig
 from ..nets.controlnet import ControlNet, ControlNetConfig, check_base
 from ..storage import CheckpointError, atomic_write, load_checkpoint, read_weights, save_checkpoint
@@ -155,8 +156,12 @@ def config_to_diffusers(config: ControlNetConfig) -> dict[str, Any]:
 def load_controlnet(path: str | Path, base: UNetConfig | None = None) -> ControlNet:
     """The ControlNet in an ldmkit folder, a diffusers ControlNetModel folder or an original
     single file (.pth / .ckpt / .safetensors, "control_model." keys or stripped ones). base: the
-    UNet it will steer; one it does not fit is refused, naming both."""
+    UNet it will steer; one it does not fit is refused, naming both. A shipped ControlNet's name
+    (models/controlnets/NAME, e.g. "shapes-control") works too."""
     path = Path(path)
+    shipped = MODELS_DIR / "controlnets" / str(path)
+    if not path.exists() and len(path.parts) == 1 and shipped.is_dir():
+        path = shipped
     if path.is_dir():
         config_file = read_json(path / "config.json")
         if config_file.get("kind") == KIND:
