@@ -118,3 +118,15 @@ def test_the_png_text_records_the_control(fresh, pipe, tmp_path):
     assert text["controlnet"] == "trained-1" and text["control_scale"] == "0.6"
     assert text["control_image"] == str(tmp_path / "edges.png")
     assert "controlnet: trained-1" in text["parameters"] and "control_scale: 0.6" in text["parameters"]
+
+
+def test_the_shipped_shapes_control_puts_the_shape_where_the_outline_is():
+    from ldmkit.data.fill_shapes import fill_obedience
+    from ldmkit.train.controlnet_hints import fill_shapes_hints, generate_from_hints
+
+    pipe = Pipeline.from_pretrained("shapes")
+    pipe.load_controlnet("shapes-control")  # by its shipped name
+    held = fill_shapes_hints([("red", "circle", "bottom right"), ("blue", "square", "top right"),
+                              ("green", "triangle", "bottom left")])  # the base alone draws top left
+    scores = fill_obedience(generate_from_hints(pipe, held, steps=10), held.targets, held.combos)
+    assert scores["quadrant"] == 1.0 and scores["iou"] > 0.7
