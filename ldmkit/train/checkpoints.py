@@ -75,3 +75,22 @@ def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:
     if train_state["step"] > now.get("steps", math.inf):
         raise CheckpointError(f"{found} is at step {train_state['step']}, past this run's {now['steps']} steps")
     return found, states, train_state
+
+
+def resume_module(run_dir: str | Path, config, resume: bool, module, key: str, optimizer, nonfinite,
+                  log) -> tuple[int, float]:
+    """A one-module run (a ControlNet, a CLIP, a noisy classifier) picks up its newest checkpoint:
+    the module's weights under `key`, the optimiser, the skipped-step count, the log cut there;
+    a fresh run starts a fresh log. Returns (step, seconds) done before."""
+    point = resume_point(run_dir, config) if resume else None
+    if point is None:
+        if log.path.exists():
+            log.path.unlink()
+        return 0, 0.0
+    found, stored, train_state = point
+    module.load_state_dict(stored[key])
+    optimizer.load_state_dict(train_state["optimizer"])
+    nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
+    log.truncate_after(train_state["step"])
+    print(f"resuming from {found} (step {train_state['step']})")
+    return train_state["step"], train_state["seconds"]

@@ -30,7 +30,7 @@ from ..data import ImageFolder, fashion_mnist, load_fashion_mnist, shapes
 from ..model.clip import CLIP
 from ..nets.clip import SmallCLIP, contrastive_loss
 from ..storage import save_checkpoint
-from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
+from .checkpoints import checkpoint_dir, prune_checkpoints, resume_module
 from .clip_config import CLIPTrainConfig
 from .logging import JsonlLog, plot_losses
 from .steps import NonFiniteSteps, fused_adam, learning_rate, step_generator
@@ -147,19 +147,8 @@ def train_clip(config: CLIPTrainConfig, run_dir: str | Path, device: str | torch
     opt = fused_adam([{"params": decayed}, {"params": kept, "weight_decay": 0.0}], lr=config.lr,
                      weight_decay=config.weight_decay)
     log = JsonlLog(run_dir / "log.jsonl")
-    start, seconds_before = 0, 0.0
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
-    point = resume_point(run_dir, config) if resume else None
-    if point is not None:
-        found, stored, train_state = point
-        model.load_state_dict(stored["clip"])
-        opt.load_state_dict(train_state["optimizer"])
-        start, seconds_before = train_state["step"], train_state["seconds"]
-        nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
-        log.truncate_after(start)
-        print(f"resuming from {found} (step {start})")
-    elif log.path.exists():
-        log.path.unlink()
+    start, seconds_before = resume_module(run_dir, config, resume, model, "clip", opt, nonfinite, log)
 
     def save_state(done: int) -> None:
         """A checkpoint, which is also an ldmkit CLIP folder (CLIP.from_pretrained reads it)."""

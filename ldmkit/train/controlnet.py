@@ -36,7 +36,7 @@ from ..nets.controlnet import ControlNet
 from ..pipelines import Pipeline
 from ..storage import save_checkpoint
 from ..utils.images import image_grid, save_png, to_pil
-from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
+from .checkpoints import checkpoint_dir, prune_checkpoints, resume_module
 from .controlnet_config import ControlNetTrainConfig
 from .controlnet_hints import HeldHints, generate_from_hints, held_hints, obedience
 from .logging import JsonlLog
@@ -100,19 +100,8 @@ def train_controlnet(config: ControlNetTrainConfig, run_dir: str | Path, device:
     controlnet.name = run_dir.name
     opt = fused_adam(controlnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     log = JsonlLog(run_dir / "log.jsonl")
-    start, seconds_before = 0, 0.0
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
-    point = resume_point(run_dir, config) if resume else None
-    if point is not None:
-        found, stored, train_state = point
-        controlnet.load_state_dict(stored[KIND])
-        opt.load_state_dict(train_state["optimizer"])
-        start, seconds_before = train_state["step"], train_state["seconds"]
-        nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
-        log.truncate_after(start)
-        print(f"resuming from {found} (step {start})")
-    elif (run_dir / "log.jsonl").exists():
-        log.path.unlink()
+    start, seconds_before = resume_module(run_dir, config, resume, controlnet, KIND, opt, nonfinite, log)
     held = held_hints(config.data.dataset, max(config.obedience_hints, GRID_HINTS))
     sampling = {"steps": config.sample_steps, "guidance": config.guidance}
 

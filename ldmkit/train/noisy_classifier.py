@@ -27,7 +27,7 @@ from ..diffusion import make_schedule, q_sample
 from ..model import load_autoencoder, resolve_repo_path
 from ..model.classifier import save_latent_classifier
 from ..nets.noisy_classifier import NoisyClassifier
-from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
+from .checkpoints import checkpoint_dir, prune_checkpoints, resume_module
 from .logging import JsonlLog, plot_losses
 from .noisy_classifier_config import NoisyClassifierTrainConfig
 from .steps import NonFiniteSteps, fused_adam, learning_rate, step_generator
@@ -81,19 +81,8 @@ def train_noisy_classifier(config: NoisyClassifierTrainConfig, run_dir: str | Pa
     net = NoisyClassifier(config.classifier).to(device)
     opt = fused_adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     log = JsonlLog(run_dir / "log.jsonl")
-    start, seconds_before = 0, 0.0
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
-    point = resume_point(run_dir, config) if resume else None
-    if point is not None:
-        found, stored, train_state = point
-        net.load_state_dict(stored["classifier"])
-        opt.load_state_dict(train_state["optimizer"])
-        start, seconds_before = train_state["step"], train_state["seconds"]
-        nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
-        log.truncate_after(start)
-        print(f"resuming from {found} (step {start})")
-    elif log.path.exists():
-        log.path.unlink()
+    start, seconds_before = resume_module(run_dir, config, resume, net, "classifier", opt, nonfinite, log)
 
     def save_state(done: int) -> None:
         state = {"step": done, "optimizer": opt.state_dict(), "seconds": seconds_before + time.perf_counter() - t0,
