@@ -8,7 +8,7 @@ against Ho & Salimans 2022), measured as `ldmkit evaluate` measures a model.
 
 Three series, each cell 10 x per-class images of the 10 class prompts (the same seeds in every
 cell), scored by FD (and FD_inf) of the shipped Fashion-MNIST classifier's features against the
-test set and by class agreement (evaluate_fashion_mnist):
+test set, class agreement, and precision and recall against as many real images (evaluate_fashion_mnist):
 - "classifier": the unconditional model (classifier-free guidance w = 0: the unconditional branch
   alone, the paper's setting) steered by the noisy latent classifier at each --classifier-scales;
 - "cfg": the conditional model with classifier-free guidance at each --cfg-scales;
@@ -56,7 +56,7 @@ def run_cell(pipe: Pipeline, classifier, cell: dict, per_class: int, seed: int, 
     scores = evaluate_fashion_mnist(pipe, per_class=per_class, seed=seed, guidance=cell["guidance"], **sampling,
                                     **steering)
     keep = ("images", "frechet_distance", "fd_inf", "fd_inf_halves", "class_agreement", "class_agreement_by_class",
-            "seconds_per_image_batched")
+            "precision", "recall", "seconds_per_image_batched")
     return {**cell, **{k: scores[k] for k in keep}}, scores
 
 
@@ -89,12 +89,14 @@ def save(results: dict, path: Path) -> None:
 
 
 def table(results: dict) -> str:
-    header = f"{'series':<16}{'CFG w':>7}{'cls s':>7}{'FD':>8}{'FD_inf':>8}{'agreement':>11}{'s/image':>9}"
+    header = f"{'series':<16}{'CFG w':>7}{'cls s':>7}{'FD':>8}{'FD_inf':>8}{'agreement':>11}{'prec.':>7}" \
+             f"{'recall':>7}{'s/image':>9}"
     lines = [header, "-" * len(header)]
     for c in results["cells"]:
         fd_inf = "-" if c["fd_inf"] is None else f"{c['fd_inf']:.3f}"
         lines.append(f"{c['series']:<16}{c['guidance']:>7g}{c['classifier_scale']:>7g}{c['frechet_distance']:>8.3f}"
-                     f"{fd_inf:>8}{c['class_agreement']:>11.1%}{c['seconds_per_image_batched']:>9.3f}")
+                     f"{fd_inf:>8}{c['class_agreement']:>11.1%}"
+                     f"{c['precision']:>7.2f}{c['recall']:>7.2f}{c['seconds_per_image_batched']:>9.3f}")
     lines.append(f"floor ({results['floor']['images']} real images): FD {results['floor']['frechet_distance']:.3f}; "
                  f"first stage {results['floor']['first_stage']:.3f}")
     reached = results.get("classifier_scale_at_85")

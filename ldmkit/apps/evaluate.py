@@ -4,7 +4,11 @@
   images (an equal number per class prompt) and the 10,000 test images, next to the same distance
   for as many real training images (the floor: what a perfect generator would score with that
   sample size) and for their first-stage reconstructions (what the autoencoder alone costs);
-  and class agreement, the share classified as the class in their prompt.
+  and class agreement, the share classified as the class in their prompt; and improved precision
+  and recall (Kynkaanniemi et al. 2019, k = 3; metrics/precision_recall.py) on the same features,
+  against as many real training images: precision, the share of generated images on the real
+  images' manifold (fidelity), and recall, the share of real images on the generated images'
+  manifold (diversity).
 - shapes: the share of images whose colour, shape and quadrant all match the prompt, read off
   the pixels (data/shapes.read_attributes), on seen and on held-out combinations.
 - speed: seconds per image at batch 1 and amortised over the evaluation's batches.
@@ -22,7 +26,13 @@ import time
 import torch
 
 from ..data import fashion_mnist, load_fashion_mnist, shapes
-from ..metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
+from ..metrics import (
+    classify,
+    extrapolated_frechet_distance,
+    feature_frechet_distance,
+    load_fmnist_classifier,
+    precision_recall,
+)
 from ..pipelines import Pipeline
 
 
@@ -43,6 +53,8 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
                            **with_clip(settings, clip))
     seconds = time.perf_counter() - start
     scores = score_class_images(classifier, images, test_features, per_class)
+    # against the real training images: as many as generated, as precision and recall depend on N
+    fidelity_diversity = precision_recall(real_features, scores["features"], k=3)
     result = {
         "images": len(images),
         "frechet_distance": scores["frechet_distance"],
@@ -55,6 +67,8 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
         "fd_inf_floor": _fd_inf(real_features, test_features),
         "class_agreement": scores["class_agreement"],
         "class_agreement_by_class": scores["class_agreement_by_class"],
+        "precision": fidelity_diversity["precision"],
+        "recall": fidelity_diversity["recall"],
         "seconds_per_image_batched": seconds / len(images),
     }
     if clip is not None:
@@ -93,7 +107,8 @@ def frechet_to_test(classifier, images: torch.Tensor, test_features: torch.Tenso
 
 def score_class_images(classifier, images: torch.Tensor, test_features: torch.Tensor, per_class: int) -> dict:
     """Frechet distance to the test set and class agreement of `per_class` images of each class
-    prompt, in label order (as generate() returns them for fashion_mnist_prompts())."""
+    prompt, in label order (as generate() returns them for fashion_mnist_prompts()), and their
+    classifier features (N, 128) under "features"."""
     features, predicted = classify(classifier, images)
     hits = (predicted == torch.arange(10).repeat_interleave(per_class)).float()
     order = torch.arange(len(images)).view(10, per_class)  # prompt-major: each half takes half of every class
@@ -104,6 +119,7 @@ def score_class_images(classifier, images: torch.Tensor, test_features: torch.Te
         "fd_inf_halves": [_fd_inf(half, test_features) for half in halves],
         "class_agreement": hits.mean().item(),
         "class_agreement_by_class": dict(zip(fashion_mnist.CLASS_NAMES, hits.view(10, per_class).mean(1).tolist())),
+        "features": features,
     }
 
 
