@@ -21,6 +21,7 @@ from ..config import from_dict, to_dict
 from ..diffusion import ScheduleConfig, make_schedule
 from ..nets.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint
+from .folder import MODELS_DIR
 
 CAPTION_PREFIX = "a photo of a "  # "a photo of a {class}" names the class too (the Fashion-MNIST captions)
 PROBE_TOLERANCE = 0.05  # of the probe latent's largest magnitude: fp16 rounding passes, another encoder does not
@@ -92,7 +93,16 @@ def save_latent_classifier(directory: str | Path, net: NoisyClassifier, class_na
 
 
 def load_latent_classifier(directory: str | Path, device: str | torch.device = "cpu") -> LatentClassifier:
-    """A classifier folder (`ldmkit train-noisy-classifier`'s run_dir/model, or one of its checkpoints)."""
+    """A classifier folder (`ldmkit train-noisy-classifier`'s run_dir/model, or one of its
+    checkpoints), or a shipped classifier's name (models/classifiers/NAME, e.g. "fashion-mnist")."""
+    path = Path(directory)
+    shipped = MODELS_DIR / "classifiers" / str(directory)
+    if not path.exists() and len(path.parts) == 1 and shipped.is_dir():  # a folder of that name wins
+        directory = shipped
+    elif not path.exists():
+        names = sorted(p.name for p in (MODELS_DIR / "classifiers").glob("*") if p.is_dir())
+        raise CheckpointError(f"no classifier at {directory}: give a classifier folder or a shipped classifier's "
+                              f"name ({names or 'none shipped yet'})")
     states, meta, _ = load_checkpoint(directory)
     if meta.get("type") != "noisy-classifier" or "classifier" not in states:
         raise CheckpointError(f"{directory} does not hold a noisy latent classifier (type {meta.get('type')!r})")

@@ -5,6 +5,7 @@ typed config machinery (unknown keys refused).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -23,6 +24,12 @@ TASK_FIELDS = {  # the settings each task takes, beyond COMMON
     "outpaint": ("strength", "resample", "left", "right", "top", "bottom"),
     "upscale": ("noise_level",),
 }
+# txt2img's ControlNet and guidance beyond classifier-free, the models named (the server's names;
+# Python: a shipped name or a folder). The command line has options of its own for these
+# (--controlnet FILE, --classifier DIR, ...: generate_to_folder's controlnets= and steering=), so
+# task_fields, from which it makes its options, leaves them out.
+STEERING_FIELDS = ("controlnet", "control_scale", "classifier", "classifier_scale", "classifier_labels", "clip",
+                   "clip_guidance", "rerank")
 STRENGTH_DEFAULTS = {"img2img": 0.6, "inpaint": 1.0, "outpaint": 1.0}
 # always in the PNG text, in this order; other settings only where they differ from their default
 ALWAYS_RECORDED = ("prompt", "negative_prompt", "sampler", "steps", "guidance")
@@ -48,8 +55,18 @@ class GenerationRequest:
     right: int = 0
     top: int = 0
     bottom: int = 0
+    controlnet: str | None = None  # txt2img: a ControlNet by name; its control image is run's control_image
+    control_scale: float = 1.0
+    classifier: str | None = None  # txt2img: a noisy latent classifier by name (classifier guidance)
+    classifier_scale: float = 1.0
+    classifier_labels: tuple[int, ...] | None = None  # the class of each prompt (default: the one it names)
+    clip: str | None = None  # txt2img: the CLIP of clip_guidance and rerank (default: clip-small, text models)
+    clip_guidance: float = 0.0
+    rerank: int = 1  # candidates of each image, the one CLIP scores highest kept
 
     def __post_init__(self):
+        if isinstance(self.classifier_labels, list):  # JSON and Python callers give lists
+            object.__setattr__(self, "classifier_labels", tuple(self.classifier_labels))
         unused = sorted(name for name in set(FIELD_NAMES) - _settable(self.task) - {"task"}
                         if getattr(self, name) != GenerationRequest.__dataclass_fields__[name].default)
         if unused:
@@ -62,6 +79,15 @@ class GenerationRequest:
             raise ValueError("prompt and negative_prompt must be strings")
         if self.task == "outpaint" and min(self.left, self.right, self.top, self.bottom) < 0:
             raise ValueError("left, right, top and bottom must be >= 0")
+        for name in ("controlnet", "classifier", "clip"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} is a name (a string), got {getattr(self, name)!r}")
+        if self.controlnet is None and self.control_scale != 1.0:
+            raise ValueError("control_scale needs a controlnet")
+        if self.classifier is None and (self.classifier_scale != 1.0 or self.classifier_labels is not None):
+            raise ValueError("classifier_scale and classifier_labels need a classifier")
+        if self.clip is not None and not self.clip_guidance and self.rerank == 1:
+            raise ValueError("clip is used by rerank and clip_guidance: give one of them")
 
     @classmethod
     def from_json(cls, data: Mapping) -> GenerationRequest:
@@ -89,10 +115,11 @@ class GenerationRequest:
         text = {} if self.task == "txt2img" else {"task": self.task}
         text |= {name: getattr(self, name) for name in ALWAYS_RECORDED}
         skip = {"task", "num_images", "seed", "height", "width", *ALWAYS_RECORDED}
+        named = {"control_scale": self.controlnet, "classifier_scale": self.classifier}  # scale: recorded with it
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name not in skip and value != field.default:
-                text[field.name] = value
+            if field.name not in skip and (value != field.default or named.get(field.name) is not None):
+                text[field.name] = list(value) if isinstance(value, tuple) else value
         return text
 
 
@@ -112,27 +139,51 @@ HELP = {  # what each setting means, for the command line's --help and the API's
     "noise_level": "noise added to the low-resolution input, 0..max (default: the model's, 20 for SD x4)",
     "left": "pixels to add on the left", "right": "pixels to add on the right",
     "top": "pixels to add on the top", "bottom": "pixels to add on the bottom",
+    "controlnet": "a ControlNet's name; the control image (its hint) comes with the request",
+    "control_scale": "how strongly the ControlNet steers (0: not at all)",
+    "classifier": "a noisy latent classifier's name: classifier guidance towards the prompt's class",
+    "classifier_scale": "classifier guidance scale",
+    "classifier_labels": "the class of each prompt, instead of the one it names (with the empty prompt: "
+                         "one image set per label, from the unconditional model)",
+    "clip": "the CLIP of clip_guidance and rerank (default for text models: clip-small)",
+    "clip_guidance": "CLIP guidance scale towards the prompt (0: off)",
+    "rerank": "make N candidates of each image and keep the one CLIP scores highest",
 }
 
 
 def task_fields(task: str) -> tuple[str, ...]:
-    """The settings `task` takes, in declaration order."""
-    return tuple(name for name in FIELD_NAMES if name in _settable(task))
+    """The settings `task` takes, in declaration order, but STEERING_FIELDS (the command line's
+    own options)."""
+    return tuple(name for name in FIELD_NAMES if name in _settable(task) and name not in STEERING_FIELDS)
 
 
 def _settable(task: str) -> set[str]:
-    return {*COMMON, *TASK_FIELDS.get(task, ())}
+    return {*COMMON, *TASK_FIELDS.get(task, ()), *(STEERING_FIELDS if task == "txt2img" else ())}
 
 
 def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "pil", progress: bool = False,
         hook: core.StepHook | None = None, batch_size: int = 64, vae_tile: int | None = None,
-        control: Mapping | None = None):
+        control: Mapping | None = None, control_image=None, loaded: Mapping | None = None):
     """The images `request` asks of `pipe`; `image` (and `mask`, for inpaint) where the task
     takes them. hook(Step) runs after every sampler step and may raise core.Cancelled.
     batch_size, vae_tile: how txt2img runs (images sampled together, decoding in tiles).
     control: the loaded ControlNets' inputs, {"control_image": ..., "control_scale": ...} (the
-    control_* arguments of txt2img.generate), for every task but upscale."""
+    control_* arguments of txt2img.generate), for every task but upscale.
+    control_image: the hint of the request's `controlnet`, which is pipe's only ControlNet for
+    this run. loaded: the models the request names, already loaded ({"controlnet": ControlNet,
+    "classifier": LatentClassifier, "clip": CLIP}: a server's cache; "clip" also stands for a CLIP
+    the request leaves to the default); a name missing there is loaded as Pipeline.generate loads
+    it (a shipped name or a folder)."""
     r = request.resolved(pipe)
+    loaded = loaded or {}
+    if r.controlnet is not None:
+        if control:
+            raise ValueError("the request names a controlnet: give its control_image, not control=")
+        if control_image is None:
+            raise ValueError(f"the ControlNet {r.controlnet!r} needs a control image (its hint)")
+        control = {"control_image": control_image, "control_scale": r.control_scale}
+    elif control_image is not None:
+        raise ValueError("a control image was given but no controlnet: name one")
     common = dict(negative_prompt=r.negative_prompt, num_images=r.num_images, steps=r.steps, sampler=r.sampler,
                   guidance=r.guidance, seed=r.seed, output=output, progress=progress,
                   guidance_rescale=r.guidance_rescale, hook=hook)
@@ -143,8 +194,14 @@ def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "
     if r.task != "txt2img" and image is None:
         raise ValueError(f"the {r.task} task needs an input image")
     if r.task == "txt2img":
-        return generate(pipe, r.prompt, height=r.height, width=r.width, batch_size=batch_size, vae_tile=vae_tile,
-                        **common)
+        named = {name: loaded.get(name, getattr(r, name)) if getattr(r, name) is not None else None
+                 for name in ("controlnet", "classifier")}
+        labels = None if r.classifier_labels is None else list(r.classifier_labels)
+        steering = dict(classifier=named["classifier"], classifier_scale=r.classifier_scale, classifier_labels=labels,
+                        clip=loaded.get("clip", r.clip), clip_guidance=r.clip_guidance, rerank=r.rerank)
+        with _only_controlnet(pipe, named["controlnet"]):
+            return generate(pipe, r.prompt, height=r.height, width=r.width, batch_size=batch_size,
+                            vae_tile=vae_tile, **common, **steering)
     if r.task == "img2img":
         return img2img(pipe, image, r.prompt, strength=r.strength, **common)
     if r.task == "inpaint":
@@ -155,3 +212,19 @@ def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "
         return outpaint(pipe, image, r.prompt, r.left, r.right, r.top, r.bottom, strength=r.strength,
                         resample=r.resample, **common)
     return upscale(pipe, image, r.prompt, noise_level=r.noise_level, **common)
+
+
+@contextlib.contextmanager
+def _only_controlnet(pipe, controlnet):
+    """`pipe` with `controlnet` (a name, folder or loaded ControlNet) as its only ControlNet, and
+    its own ones back afterwards; None: as it is."""
+    if controlnet is None:
+        yield
+        return
+    before = list(pipe.controlnets)
+    pipe.controlnets.clear()
+    try:
+        pipe.load_controlnet(controlnet)
+        yield
+    finally:
+        pipe.controlnets[:] = before

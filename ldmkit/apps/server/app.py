@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -33,6 +34,7 @@ from .a1111 import (
     OutpaintPayload,
     PngInfoPayload,
     Txt2ImgPayload,
+    controlnet_unit,
     decode_image,
     encode_png,
     extra_networks,
@@ -40,11 +42,14 @@ from .a1111 import (
 from .guard import Guard, error_body
 from .jobs import Gallery, Generation
 from .preview import fit_latent_to_rgb, preview_image
-from .registry import Registry
+from .registry import STEERING_FOLDERS, Registry
 from .settings import ServerSettings
 from .worker import QueueFull, Worker
 
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}  # the only files served, by these names
+STEERING_SETTINGS = ("controlnet", "control_scale", "classifier", "classifier_scale", "classifier_labels", "clip",
+                     "clip_guidance", "rerank")  # Txt2ImgPayload's, as GenerationRequest names them
+NAMED = {"controlnet": "controlnets", "classifier": "classifiers", "clip": "clips"}  # setting -> registry kind
 SCHEDULERS = {"automatic": None, "karras": "karras"}
 MAX_SEED = 2**63 - 2**20
 
@@ -99,9 +104,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             problems.append(f"prompts are limited to {limits.max_prompt_chars} characters")
         if payload.steps is not None and payload.steps > limits.max_steps:
             problems.append(f"steps {payload.steps} is over the limit of {limits.max_steps}")
-        if payload.batch_size * payload.n_iter > limits.max_images:
-            problems.append(f"batch_size x n_iter = {payload.batch_size * payload.n_iter} images is over the "
-                            f"limit of {limits.max_images} a request")
+        # every image sampled counts: each label's set (classifier_labels) and each rerank candidate
+        labels = getattr(payload, "classifier_labels", None)
+        factors = {"batch_size": payload.batch_size, "n_iter": payload.n_iter,
+                   "rerank": getattr(payload, "rerank", 1), "classifier_labels": len(labels) if labels else 1}
+        images = math.prod(factors.values())
+        if images > limits.max_images:
+            named = " x ".join(name for name, n in factors.items() if n != 1 or name in ("batch_size", "n_iter"))
+            problems.append(f"{named} = {images} images is over the limit of {limits.max_images} a request")
         for side in ("width", "height"):
             value = getattr(payload, side)
             if value is not None and value > limits.max_side:
@@ -111,6 +121,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     def generation(payload: GenerationPayload, task: str, **task_settings) -> Generation:
         check(payload)
+        if task != "txt2img" and a1111_controlnet(payload):
+            raise HTTPException(422, f"ControlNet units run with txt2img in ldmkit, not {task}")
         prompt, networks = extra_networks(payload.prompt)
         sampler = payload.sampler_name or payload.sampler_index
         spacing = None
@@ -161,10 +173,42 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
 
+    def a1111_controlnet(payload: GenerationPayload) -> dict:
+        try:
+            return controlnet_unit(payload.alwayson_scripts)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+
+    def steering(payload: Txt2ImgPayload) -> tuple[dict, Image.Image | None]:
+        """txt2img's ControlNet, classifier and CLIP settings (the ControlNet's also from an A1111
+        unit), each name checked against the registry, and the decoded control image."""
+        settings = {name: getattr(payload, name) for name in STEERING_SETTINGS}
+        hint = payload.control_image
+        unit = a1111_controlnet(payload)
+        if unit:
+            if payload.controlnet is not None or hint is not None:
+                raise HTTPException(422, "give the ControlNet by controlnet and control_image, or by an "
+                                         "alwayson_scripts unit, not both")
+            settings |= {"controlnet": unit["controlnet"], "control_scale": unit["control_scale"]}
+            hint = unit["control_image"]
+        for name, kind in NAMED.items():
+            if settings[name] is not None:
+                try:
+                    registry.path(kind, settings[name])
+                except KeyError as error:
+                    raise HTTPException(422, error.args[0]) from None
+        if settings["controlnet"] is not None and hint is None:
+            raise HTTPException(422, "controlnet needs control_image: its hint, a base64 PNG or JPEG")
+        if settings["controlnet"] is None and hint is not None:
+            raise HTTPException(422, "control_image needs a controlnet (see /controlnet/model_list)")
+        return settings, None if hint is None else upload(hint, "control_image")
+
     # ---- generation --------------------------------------------------------------------------
     @app.post("/sdapi/v1/txt2img")
     def txt2img(payload: Txt2ImgPayload):
-        return answer(payload, generation(payload, "txt2img", height=payload.height, width=payload.width))
+        settings, control_image = steering(payload)
+        job = generation(payload, "txt2img", height=payload.height, width=payload.width, **settings)
+        return answer(payload, replace(job, control_image=control_image))
 
     @app.post("/sdapi/v1/img2img")
     def img2img(payload: Img2ImgPayload):
@@ -334,6 +378,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             loaded[name] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                             "shape": shape[-1], "vectors": shape[0] if len(shape) > 1 else 1}
         return {"loaded": loaded, "skipped": {}}
+
+    @app.get("/controlnet/model_list")
+    def controlnet_models():
+        """sd-webui-controlnet's list, for its clients."""
+        return {"model_list": list(registry.files["controlnets"])}
+
+    @app.get("/controlnet/module_list")
+    def controlnet_modules():
+        return {"module_list": ["none"]}  # no preprocessors: a client sends the hint itself
+
+    @app.get("/ldmkit/v1/steering")
+    def steering_models():
+        """The names txt2img's controlnet, classifier and clip take."""
+        return {kind: list(registry.files[kind]) for kind in STEERING_FOLDERS}
 
     @app.get("/sdapi/v1/upscalers")
     def upscalers():

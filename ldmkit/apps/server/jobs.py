@@ -1,6 +1,7 @@
 """What the worker runs for a generation request: A1111's batches (n_iter x batch_size), the
-request's own LoRAs, embeddings and hypernetwork (on for this request only), interrupt and skip,
-and a PNG per image that carries its settings, kept in the gallery under an opaque id."""
+request's own LoRAs, embeddings and hypernetwork (on for this request only), its ControlNet,
+classifier and CLIP (by name, cached by the worker), interrupt and skip, and a PNG per image
+that carries its settings, kept in the gallery under an opaque id."""
 
 from __future__ import annotations
 
@@ -68,10 +69,12 @@ class Generation:
     networks: tuple[tuple[str, str, float], ...] = ()  # (loras | hypernetworks, name, weight)
     image: Image.Image | None = None
     mask: Image.Image | None = None
+    control_image: Image.Image | None = None  # the hint of request.controlnet
 
     def __call__(self, worker: Worker, gallery: Gallery) -> list[Result]:
         pipe = worker.pipeline(self.model)
         parsed, applied = parse_adapters(**self._adapter_files(worker))
+        loaded = worker.steering(pipe, self.request)
         batch = self.request.num_images
         results = []
         with pipe.adapters(**parsed), timestep_spacing(pipe, self.spacing):
@@ -80,7 +83,8 @@ class Generation:
                 worker.begin_batch(pipe.name, i, self.n_iter, request.steps)
                 try:
                     images = run(pipe, request, image=self.image, mask=self.mask, hook=worker.hook,
-                                 batch_size=sampling_batch_size(pipe))
+                                 batch_size=sampling_batch_size(pipe), control_image=self.control_image,
+                                 loaded=loaded)
                 except Skipped:
                     continue
                 except Cancelled:
@@ -99,7 +103,7 @@ class Generation:
         registry = worker.registry
         files = {"loras": [], "embeddings": [], "hypernetworks": []}
         for kind, name, weight in self.networks:
-            files[kind].append(f"{registry.adapter_path(kind, name)}:{weight}")
+            files[kind].append(f"{registry.path(kind, name)}:{weight}")
         words = set((self.request.prompt + " " + self.request.negative_prompt).replace(",", " ").split())
         for name, path in registry.files["embeddings"].items():
             if name in words:

@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
+from ...io.controlnet_files import load_controlnet
+from ...model.classifier import load_latent_classifier
+from ...model.clip import CLIP
 from ...pipelines import Pipeline
 from ...pipelines.core import Cancelled, Step
+from ...pipelines.guidance import DEFAULT_CLIP
 from .registry import Registry
 
 
@@ -61,7 +65,7 @@ class Progress:
 
 class Worker:
     def __init__(self, registry: Registry, model: str, device: str = "cpu", queue_size: int = 8,
-                 loaded_models: int = 2):
+                 loaded_models: int = 2, loaded_steering: int = 4):
         self.registry, self.device = registry, torch.device(device)
         self.model_name = model
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
@@ -69,6 +73,8 @@ class Worker:
         self.progress = Progress()
         self._pipes: OrderedDict[str, Pipeline] = OrderedDict()
         self._loaded_models = loaded_models
+        self._steering: OrderedDict[tuple[str, str, str], Any] = OrderedDict()  # ControlNets, classifiers, CLIPs
+        self._loaded_steering = loaded_steering
         self._thread: threading.Thread | None = None
         self.start()
 
@@ -139,6 +145,36 @@ class Worker:
                 self._pipes.popitem(last=False)
         self._pipes.move_to_end(name)
         return self._pipes[name]
+
+    def steering(self, pipe: Pipeline, request) -> dict:
+        """request.run's `loaded`: the ControlNet, classifier and CLIP `request` names, by their
+        registry names, loaded on first use (the last few kept); a text model's default CLIP too."""
+        names = {"controlnet": request.controlnet, "classifier": request.classifier, "clip": request.clip}
+        if names["clip"] is None and (request.rerank > 1 or request.clip_guidance) and \
+                pipe.config.conditioning == "text":  # generate's default, from this server's list
+            clips = self.registry.files["clips"]
+            if DEFAULT_CLIP not in clips:
+                raise ValueError(f"{'rerank' if request.rerank > 1 else 'clip_guidance'} needs a CLIP and this "
+                                 f"server has no {DEFAULT_CLIP}: name one in clip (the known ones: {sorted(clips)})")
+            names["clip"] = DEFAULT_CLIP
+        return {what: self._steering_model(what + "s", name, pipe) for what, name in names.items() if name is not None}
+
+    def _steering_model(self, kind: str, name: str, pipe: Pipeline):
+        path = self.registry.path(kind, name)
+        key = (kind, name, pipe.name if kind == "controlnets" else "")  # a ControlNet's shape is read with its base
+        if key not in self._steering:
+            if kind == "controlnets":
+                model = load_controlnet(path, base=pipe.net.config)
+            elif kind == "classifiers":
+                model = load_latent_classifier(path, self.device)
+            else:
+                model = CLIP.from_pretrained(path, self.device)
+            model.name = name
+            self._steering[key] = model
+            while len(self._steering) > self._loaded_steering:
+                self._steering.popitem(last=False)
+        self._steering.move_to_end(key)
+        return self._steering[key]
 
     def loaded(self, name: str) -> Pipeline | None:
         return self._pipes.get(name)

@@ -10,6 +10,7 @@ const state = {
   model: null, // /ldmkit/v1/model
   samplers: [], // /sdapi/v1/samplers
   init: null, // the input image: {data (a data: URL), width, height}
+  control: null, // the ControlNet's hint, a data: URL
   strength: { img2img: 0.6, inpaint: 1.0 },
   lastSeed: null,
   busy: false,
@@ -160,9 +161,14 @@ function samplerName(name) { // an A1111 name or an ldmkit one ("dpmpp_2m") -> t
 }
 
 async function loadLists() {
-  const [samplers, schedulers, loras, upscalers] = await Promise.all([
+  const [samplers, schedulers, loras, upscalers, steering] = await Promise.all([
     api("/sdapi/v1/samplers"), api("/sdapi/v1/schedulers"), api("/sdapi/v1/loras"), api("/sdapi/v1/upscalers"),
+    api("/ldmkit/v1/steering"),
   ]);
+  const named = (names, none) => [["", none], ...names.map((n) => [n, n])];
+  fillSelect($("#controlnet"), named(steering.controlnets, "none"), "");
+  fillSelect($("#classifier"), named(steering.classifiers, "none"), "");
+  fillSelect($("#clip"), named(steering.clips, "default"), "");
   state.samplers = samplers;
   fillSelect($("#sampler"), samplers.map((s) => [s.name, s.name]), null);
   fillSelect($("#scheduler"), schedulers.map((s) => [s.name, s.label || s.name]), "automatic");
@@ -334,9 +340,28 @@ function common() {
   };
 }
 
+function steering() { // txt2img's ControlNet, classifier and CLIP settings, only those in use
+  const body = {};
+  const controlnet = $("#controlnet").value;
+  if (controlnet) {
+    if (!state.control) throw new Error("pick a control image for the ControlNet");
+    Object.assign(body, { controlnet, control_image: base64Of(state.control), control_scale: num("#control-scale") });
+  }
+  const classifier = $("#classifier").value;
+  if (classifier) Object.assign(body, { classifier, classifier_scale: num("#classifier-scale") });
+  const clipGuidance = num("#clip-guidance") || 0;
+  const rerank = int("#rerank") || 1;
+  if (clipGuidance) body.clip_guidance = clipGuidance;
+  if (rerank > 1) body.rerank = rerank;
+  if ($("#clip").value && (clipGuidance || rerank > 1)) body.clip = $("#clip").value;
+  return body;
+}
+
 function request() { // [path, body] for the current tab
   const tab = state.tab;
-  if (tab === "txt2img") return ["/sdapi/v1/txt2img", { ...common(), width: int("#width"), height: int("#height") }];
+  if (tab === "txt2img") {
+    return ["/sdapi/v1/txt2img", { ...common(), width: int("#width"), height: int("#height"), ...steering() }];
+  }
   if (!state.init) throw new Error("pick an input image first");
   const image = base64Of(state.init.data);
   if (tab === "upscale") {
@@ -518,6 +543,18 @@ function applySettings(s) {
   if (s.strength && (task === "img2img" || task === "inpaint")) state.strength[task] = s.strength;
   for (const side of ["left", "right", "top", "bottom"]) if (task === "outpaint") set(`#pad-${side}`, s[side]);
   const notes = [];
+  if (task === "txt2img") { // the named models, where this server has them; the hint itself is not in a PNG
+    for (const [id, name] of [["#controlnet", "controlnet"], ["#classifier", "classifier"], ["#clip", "clip"]]) {
+      const known = Array.from($(id).options).some((o) => o.value === (s[name] || ""));
+      $(id).value = known ? s[name] || "" : "";
+      if (s[name] && !known) notes.push(`${name} ${s[name]} is not on this server`);
+    }
+    $("#control-scale").value = s.control_scale ?? 1;
+    $("#classifier-scale").value = s.classifier_scale ?? 1;
+    $("#clip-guidance").value = s.clip_guidance ?? 0;
+    $("#rerank").value = s.rerank ?? 1;
+    if (s.controlnet && !state.control) notes.push("pick the control image again");
+  }
   if (s.model && state.model && s.model !== state.model.name) notes.push(`made with ${s.model}, not the current model`);
   return { task: ["txt2img", "img2img", "inpaint", "outpaint"].includes(task) ? task : "txt2img", notes };
 }
@@ -634,6 +671,21 @@ function wire() {
     if (!file) return;
     try {
       await setInitImage(await readFile(file));
+      showError(null);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  $("#control-image").addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    try {
+      const dataUrl = await readFile(file);
+      await loadImage(dataUrl); // the browser can read it
+      state.control = dataUrl;
+      const preview = $("#control-preview");
+      preview.src = dataUrl;
+      preview.hidden = false;
       showError(null);
     } catch (error) {
       showError(error);
