@@ -1,0 +1,161 @@
+"""A trained class-conditional GAN, loaded for sampling: one generator pass per image, no steps.
+
+A GAN folder (`ldmkit train-gan`'s run_dir/model) holds config.json {"kind": "gan", "gan":
+GANConfig, "class_names": [...], "dataset", "training", ...} and model.safetensors with the
+generator's EMA weights under "generator." (BatchNorm statistics recomputed for them); a run's
+checkpoint loads too (its "ema_generator.", statistics recomputed as the run does).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..config import from_dict, to_dict
+from ..model.conditioner import NULL_PROMPT, ClassConditioner
+from ..model.folder import resolve_repo_path
+from ..nets.gan import GANConfig, Generator
+from ..storage import CheckpointError, load_checkpoint
+from ..utils.images import to_pil
+
+OUTPUTS = ("pil", "tensor")
+
+
+class GANGenerator:
+    """The generator in eval mode: BatchNorm uses its stored statistics, so an image depends on
+    its own z and class alone, never on the others of its batch."""
+
+    def __init__(self, net: Generator, class_names: Sequence[str], name: str = "gan", meta: dict | None = None):
+        self.net = net.eval().requires_grad_(False)
+        self.class_names = list(class_names)
+        self.name, self.meta = name, dict(meta or {})
+        if self.config.conditioning == "class" and len(self.class_names) != self.config.num_classes:
+            raise ValueError(f"a GAN of {self.config.num_classes} classes needs as many class names, "
+                             f"got {len(self.class_names)}")
+        # "" (NULL_PROMPT) names the label len(class_names): here, a class drawn from each image's seed
+        self.conditioner = ClassConditioner(self.class_names, len(self.class_names) + 1)
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> GANGenerator:
+        """A GAN folder, or one of a GAN run's checkpoints."""
+        path = resolve_repo_path(path)
+        states, meta, _ = load_checkpoint(path)
+        if meta.get("kind") != "gan":
+            raise CheckpointError(f"{path} does not hold a GAN (kind {meta.get('kind')!r})")
+        net = Generator(from_dict(GANConfig, meta["gan"]))
+        if "ema_generator" in states:  # a run's checkpoint: its EMA weights, as the run samples them
+            net.load_state_dict(states["ema_generator"])
+            net.refresh_batch_statistics((meta.get("train") or {}).get("classes"))
+        elif "generator" in states:
+            net.load_state_dict(states["generator"])
+        else:
+            raise CheckpointError(f"{path} has no generator weights ('generator.' tensors)")
+        return cls(net, meta.get("class_names") or [], name=path.name, meta=meta).to(device, dtype)
+
+    @property
+    def config(self) -> GANConfig:
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> GANGenerator:
+        self.net.to(device=device, dtype=dtype)
+        return self
+
+    def describe(self) -> dict:
+        """The model's config.json and what it is now: name, parameters, device, dtype."""
+        return {**self.meta, "kind": "gan", "name": self.name, "gan": to_dict(self.config),
+                "class_names": self.class_names if self.config.conditioning == "class" else None,
+                "parameters": sum(p.numel() for p in self.net.parameters()),
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def label(self, prompt: str) -> int | None:
+        """The class a prompt names ("bag" or "a photo of a bag"); None for "" (a random class)."""
+        label = self.conditioner.label(prompt)  # a prompt naming no class: ValueError listing them
+        return None if label == self.conditioner.null_label else label
+
+    @torch.no_grad()
+    def generate(self, prompt: str | Sequence[str] = "", num_images: int = 1, seed: int = 0, output: str = "pil",
+                 class_labels: Sequence[int] | None = None, truncation: float = math.inf,
+                 batch_size: int = 256) -> list[Image.Image] | torch.Tensor:
+        """`num_images` images of each prompt (a class name or "a photo of a {name}"), or of each
+        of `class_labels`, prompt-major. Image i of the result draws z (and, for the prompt "",
+        its class: the unconditional model, the mixture of the classes) from a generator seeded
+        seed + i, so it is the same image alone or in any batch. truncation: BigGAN's trick,
+        entries of z with |z| > truncation are redrawn until within it (fidelity for variety);
+        inf, the default, leaves z ~ N(0, I) as in training. output: "pil" (a list of images)
+        or "tensor" ((N, C, H, W) in [-1, 1], float32)."""
+        labels = self._labels(prompt, class_labels)
+        if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
+            raise ValueError(f"num_images must be a whole number >= 1, got {num_images!r}")
+        if not truncation > 0:
+            raise ValueError(f"truncation must be > 0 (inf: off), got {truncation}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        labels = [k for k in labels for _ in range(int(num_images))]
+        z, classes = [], []
+        for i, label in enumerate(labels):
+            gen = torch.Generator().manual_seed(seed + i)
+            if self.config.conditioning == "class":  # drawn always and first: z is the seed's, whatever the class
+                drawn = int(torch.randint(self.config.num_classes, (1,), generator=gen))
+                classes.append(drawn if label is None else label)
+            z.append(truncated_normal(self.config.z_dim, truncation, gen))
+        z = torch.stack(z)  # (N, z_dim)
+        y = torch.tensor(classes, dtype=torch.long) if classes else None
+        images = []
+        for start in range(0, len(z), batch_size):
+            chunk_y = None if y is None else y[start : start + batch_size].to(self.device)
+            images.append(self.net(z[start : start + batch_size].to(self.device, self.dtype), chunk_y).float())
+        images = torch.cat(images)  # (N, C, H, W) in [-1, 1]
+        return images if output == "tensor" else [to_pil(x) for x in images]
+
+    def _labels(self, prompt: str | Sequence[str], class_labels: Sequence[int] | None) -> list[int | None]:
+        """One class (None: drawn per image) per prompt or label."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        if self.config.conditioning == "none":
+            if class_labels is not None or any(p != NULL_PROMPT for p in prompts):
+                raise ValueError(f"{self.name} is an unconditional GAN: give no prompt and no class_labels")
+            return [None] * len(prompts)
+        if class_labels is None:
+            return [self.label(p) for p in prompts]
+        if prompts != [NULL_PROMPT]:
+            raise ValueError("give class_labels or a prompt, not both")
+        labels, count = [_whole(k) for k in class_labels], len(self.class_names)
+        bad = [k for k, whole in zip(class_labels, labels) if whole is None or not 0 <= whole < count]
+        if not labels or bad:
+            raise ValueError(f"class_labels must be whole numbers in 0..{count - 1} ({self.name} has {count} "
+                             f"classes: {self.class_names}), got {bad or labels}")
+        return labels
+
+
+def truncated_normal(size: int, truncation: float, gen: torch.Generator) -> torch.Tensor:
+    """N(0, I) of `size` entries, those with |z| > truncation redrawn from `gen` until within it
+    (BigGAN, Brock et al. 2019, sec. 3.1): below the bound, the entries are those of the plain draw."""
+    z = torch.randn(size, generator=gen)
+    outside = z.abs() > truncation
+    while outside.any():
+        z[outside] = torch.randn(int(outside.sum()), generator=gen)
+        outside = z.abs() > truncation
+    return z
+
+
+def _whole(value) -> int | None:
+    """An int, numpy integer or one-element integer tensor as an int; None for anything else."""
+    try:
+        return None if isinstance(value, bool | float) else operator.index(value)
+    except TypeError:
+        return None
