@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from .family_commands import add_family_commands
 from .finetune_commands import adapters, add_adapter_arguments, add_finetune_commands
 from .guidance_commands import add_steering_arguments, evaluation_settings, scoring_clip, steering_options
+from .run_arguments import add_run_arguments, run_config
 
 
 def _forward_demo(args: argparse.Namespace) -> None:
@@ -17,23 +19,11 @@ def _forward_demo(args: argparse.Namespace) -> None:
     print(f"wrote {path}: q(x_t | x_0) of '{args.photo}' over t for the linear, scaled-linear and cosine schedules")
 
 
-def _run_config(presets: dict, args: argparse.Namespace):
-    """The named preset with --steps and every --set applied."""
-    from ..config import apply_overrides, parse_sets
-
-    if args.preset not in presets:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(presets)}")
-    overrides = parse_sets(args.set)
-    if args.steps is not None:
-        overrides["steps"] = str(args.steps)
-    return apply_overrides(presets[args.preset], overrides)
-
-
 def _train_autoencoder(args: argparse.Namespace) -> None:
     from ..train.autoencoder import train_autoencoder
     from ..train.autoencoder_config import TRAIN_PRESETS
 
-    config = _run_config(TRAIN_PRESETS, args)
+    config = run_config(TRAIN_PRESETS, args)
     metrics = train_autoencoder(config, args.out, device=args.device, resume=not args.no_resume)
     if metrics.get("rank", 0) == 0:  # under torchrun, one process reports
         print(f"done: {args.out}/model; held-out "
@@ -45,7 +35,7 @@ def _train(args: argparse.Namespace) -> None:
     from ..train.diffusion_config import DIFFUSION_PRESETS
 
     summary = train_diffusion(
-        _run_config(DIFFUSION_PRESETS, args), args.out, device=args.device, resume=not args.no_resume
+        run_config(DIFFUSION_PRESETS, args), args.out, device=args.device, resume=not args.no_resume
     )
     if summary.get("rank", 0) == 0:  # under torchrun, one process reports
         print(f"done: {args.out}/model ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
@@ -60,7 +50,7 @@ def _distill(args: argparse.Namespace) -> None:
         preset = "fashion-mnist-lora" if args.lora else "fashion-mnist"
     args.preset = preset
     args.set = [f"teacher={args.teacher}", *(["lora=true"] if args.lora else []), *args.set]
-    summary = distill(_run_config(DISTILL_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
+    summary = distill(run_config(DISTILL_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
     made = summary.get("lora") or f"{args.out}/model"
     print(f"done: {made} ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
 
@@ -255,7 +245,7 @@ def _train_controlnet(args: argparse.Namespace) -> None:
     from ..train.controlnet import train_controlnet
     from ..train.controlnet_config import CONTROLNET_PRESETS
 
-    summary = train_controlnet(_run_config(CONTROLNET_PRESETS, args), args.out, device=args.device,
+    summary = train_controlnet(run_config(CONTROLNET_PRESETS, args), args.out, device=args.device,
                                resume=not args.no_resume)
     obeyed = ", ".join(f"{k}={v:.3g}" for k, v in summary["obedience"].items())
     print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
@@ -266,7 +256,7 @@ def _train_noisy_classifier(args: argparse.Namespace) -> None:
     from ..train.noisy_classifier import train_noisy_classifier
     from ..train.noisy_classifier_config import NOISY_CLASSIFIER_PRESETS
 
-    summary = train_noisy_classifier(_run_config(NOISY_CLASSIFIER_PRESETS, args), args.out, device=args.device,
+    summary = train_noisy_classifier(run_config(NOISY_CLASSIFIER_PRESETS, args), args.out, device=args.device,
                                      resume=not args.no_resume)
     accuracy = ", ".join(f"t={t}: {a:.3f}" for t, a in summary["accuracy_by_t"].items())
     print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
@@ -277,7 +267,7 @@ def _train_clip(args: argparse.Namespace) -> None:
     from ..train.clip import train_clip
     from ..train.clip_config import CLIP_PRESETS
 
-    summary = train_clip(_run_config(CLIP_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
+    summary = train_clip(run_config(CLIP_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
     measured = ", ".join(f"{k}={summary[k]:.3f}" for k in ("shapes_top1", "fashion_zero_shot") if k in summary)
     print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
           f"{measured})")
@@ -301,17 +291,6 @@ def _evaluate_controlnet(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, presets: dict, default: str, example: str) -> None:
-    """What every training command takes: a preset, a run folder, overrides, device, resume."""
-    parser.add_argument("--preset", default=default, help=" | ".join(presets))
-    parser.add_argument("--out", required=True, help="run folder: log, plots, samples, checkpoints, final model")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a config value, e.g. {example}")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the folder has checkpoints")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldmkit", description="Latent diffusion in plain PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -326,24 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     from ..train.diffusion_config import DIFFUSION_PRESETS
 
     ae = commands.add_parser("train-autoencoder", help="train a first-stage autoencoder (AE, KL, VQ, +GAN)")
-    _add_run_arguments(ae, TRAIN_PRESETS, "fmnist-kl-f4", "--set model.kind=vq --set loss.gan_weight=0.1")
+    add_run_arguments(ae, TRAIN_PRESETS, "fmnist-kl-f4", "--set model.kind=vq --set loss.gan_weight=0.1")
     ae.set_defaults(run=_train_autoencoder)
 
     train = commands.add_parser("train", help="train a latent diffusion model on a frozen autoencoder")
-    _add_run_arguments(train, DIFFUSION_PRESETS, "fashion-mnist", "--set model.conditioning=class --set batch_size=32")
+    add_run_arguments(train, DIFFUSION_PRESETS, "fashion-mnist", "--set model.conditioning=class --set batch_size=32")
     train.set_defaults(run=_train)
 
     from ..train.controlnet_config import CONTROLNET_PRESETS
 
     tc = commands.add_parser("train-controlnet",
                              help="train a ControlNet on a frozen model (fill-shapes outlines, Fashion-MNIST edges)")
-    _add_run_arguments(tc, CONTROLNET_PRESETS, "shapes-control", "--set base=models/my-model --set batch_size=16")
+    add_run_arguments(tc, CONTROLNET_PRESETS, "shapes-control", "--set base=models/my-model --set batch_size=16")
     tc.set_defaults(run=_train_controlnet)
 
     from ..train.distill_config import DISTILL_PRESETS
 
     dist = commands.add_parser("distill", help="latent consistency distillation: a 1-4 step model (or LCM-LoRA)")
-    _add_run_arguments(dist, DISTILL_PRESETS, None, "--set guidance_max=6 --set batch_size=32")
+    add_run_arguments(dist, DISTILL_PRESETS, None, "--set guidance_max=6 --set batch_size=32")
     dist.add_argument("--teacher", default="fashion-mnist", help="the model to distil (a shipped name or a folder)")
     dist.add_argument("--lora", action="store_true", help="LCM-LoRA: a LoRA file for the teacher instead of a model")
     dist.set_defaults(run=_distill)
@@ -358,13 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tnc = commands.add_parser("train-noisy-classifier",
                               help="train a classifier of noisy latents, for classifier guidance")
-    _add_run_arguments(tnc, NOISY_CLASSIFIER_PRESETS, "fashion-mnist", "--set batch_size=64 --set steps=2000")
+    add_run_arguments(tnc, NOISY_CLASSIFIER_PRESETS, "fashion-mnist", "--set batch_size=64 --set steps=2000")
     tnc.set_defaults(run=_train_noisy_classifier)
     tclip = commands.add_parser("train-clip",
                                 help="train a small CLIP on shapes, Fashion-MNIST or your captioned images")
-    _add_run_arguments(tclip, CLIP_PRESETS, "clip-small",
+    add_run_arguments(tclip, CLIP_PRESETS, "clip-small",
                        "--set data.datasets='[\"folder\"]' --set data.path=my-images")
     tclip.set_defaults(run=_train_clip)
+    add_family_commands(commands)
 
     ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")
     ev.add_argument("--model", default="fashion-mnist", help="a model (name or folder), or a run's checkpoint folder")

@@ -5,7 +5,6 @@ own generator (the same alone or in a batch, with or without the KV cache), top-
 restrict the draw; a tiny model overfits four pairs; a stopped and resumed run equals an
 uninterrupted one; the generator refuses unknown words by name and reranks with a CLIP."""
 
-import argparse
 import json
 
 import pytest
@@ -253,12 +252,9 @@ def test_bad_runs_are_refused_and_the_command_trains_one(tmp_path, capsys):
         train_dalle(DalleTrainConfig(autoencoder="models/autoencoders/fmnist-kl-f4"), tmp_path / "kl")
     with pytest.raises(FileNotFoundError, match="train-autoencoder"):
         train_dalle(DalleTrainConfig(autoencoder=str(tmp_path / "no-vq-here")), tmp_path / "none")
-    from ldmkit.apps.dalle_command import register
+    from ldmkit.apps.cli import main
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train-dalle", "--preset", "tiny", "--out", str(tmp_path / "cli"), "--steps", "1"])
-    args.run(args)
+    assert main(["train-dalle", "--preset", "tiny", "--out", str(tmp_path / "cli"), "--steps", "1"]) == 0
     assert "done:" in capsys.readouterr().out and (tmp_path / "cli" / "model" / "model.safetensors").is_file()
 
 

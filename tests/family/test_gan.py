@@ -3,7 +3,6 @@ conditional GAN overfits a few examples of two classes, a run stopped and resume
 uninterrupted one bit for bit, the saved folder loads and samples by seed (image k the same
 alone and in a batch), bad prompts and labels are refused, the command trains one."""
 
-import argparse
 import json
 import math
 from dataclasses import replace
@@ -12,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldmkit.apps.gan_command import register
+from ldmkit.apps.cli import main
 from ldmkit.family import GANGenerator
 from ldmkit.family.gan import truncated_normal
 from ldmkit.nets.gan import GANConfig, Generator, ProjectionDiscriminator
@@ -186,10 +185,7 @@ def test_a_conditional_gan_overfits_a_few_examples(tmp_path):
 
 
 def test_the_command_trains_one(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train-gan", "--preset", "tiny", "--out", str(tmp_path), "--steps", "2",
-                              "--set", "sample_every=1"])
-    args.run(args)
+    assert main(["train-gan", "--preset", "tiny", "--out", str(tmp_path), "--steps", "2", "--set",
+                 "sample_every=1"]) == 0
     assert "done:" in capsys.readouterr().out and (tmp_path / "model" / "model.safetensors").is_file()
     assert (tmp_path / "samples" / "step_000001.png").is_file()
