@@ -97,9 +97,25 @@ def _generate(args: argparse.Namespace) -> None:
         autoencoder=getattr(args, "autoencoder", None), dtype=_dtype(args.dtype),
         vae_tile=getattr(args, "vae_tile", None), adapters=adapters(args), image=getattr(args, "image", None),
         mask=getattr(args, "mask", None), **_control_options(args), **_sd_options(args),
-        **(steering_options(args) if task == "txt2img" else {}),
+        **(steering_options(args) if task == "txt2img" else {}), **_family_options(args),
     )
     print("\n".join(f"wrote {p}" for p in paths))
+
+
+def _family_options(args: argparse.Namespace) -> dict:
+    """--temperature / --top-k / --top-p / --truncation, where given: a family model's settings."""
+    given = {name: getattr(args, name, None) for name in ("temperature", "top_k", "top_p", "truncation")}
+    given = {name: value for name, value in given.items() if value is not None}
+    return {"family_sampling": given} if given else {}
+
+
+def _add_family_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generative family models (GAN, DALL-E: ldmkit.family)")
+    group.add_argument("--temperature", type=float, default=None, help="DALL-E: the codes' sampling temperature")
+    group.add_argument("--top-k", type=int, default=None, help="DALL-E: draw among the k most likely codes")
+    group.add_argument("--top-p", type=float, default=None, help="DALL-E: draw from the nucleus of mass p")
+    group.add_argument("--truncation", type=float, default=None,
+                       help="GAN: redraw entries of z beyond this (BigGAN's truncation trick)")
 
 
 def _control_options(args: argparse.Namespace) -> dict:
@@ -404,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_control_arguments(gen)
     add_steering_arguments(gen)
+    _add_family_arguments(gen)
     gen.set_defaults(run=_generate)
 
     for name, help_text in (("img2img", "redraw an image towards a prompt (SDEdit)"),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from .. import __version__
+from ..family import FamilyGenerator
 from ..model.folder import MODELS_DIR
 from ..pipelines import Pipeline
 from ..pipelines.controlnet import control_settings
@@ -43,6 +46,7 @@ def generate_to_folder(
     control: dict | None = None,
     controlnets: Sequence[str | Path] = (),
     steering: dict | None = None,
+    family_sampling: dict | None = None,
     **options,
 ) -> list[Path]:
     """Run `request` (or a prompt, with GenerationRequest's fields among `options`) and write
@@ -56,12 +60,25 @@ def generate_to_folder(
     controlnets: ControlNet files or folders to load first (pipe.load_controlnet), one control
     image each; a pipeline passed in is left with the ControlNets it had. steering: txt2img's
     classifier=, classifier_scale=, classifier_labels=, clip=, clip_guidance=, rerank=
-    (ldmkit.pipelines.guidance), recorded in the PNG text."""
+    (ldmkit.pipelines.guidance), recorded in the PNG text. A model of the generative family (a GAN,
+    a DALL-E: ldmkit.family) takes the request's prompt, num_images and seed, its own settings in
+    family_sampling (temperature=, top_k=, top_p=, truncation=) and, for DALL-E, steering's
+    rerank= and clip=."""
     if isinstance(request, str):
         request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in FIELD_NAMES})
     check_control_files(control, controlnets)  # before loading a model: a typo costs nothing
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
                                                 autoencoder=autoencoder, **options)
+    if isinstance(pipe, FamilyGenerator):
+        diffusion_only = {"adapters": any((adapters or {}).values()), "controlnets": controlnets,
+                          "control": control, "image": image, "mask": mask, "vae_tile": vae_tile, "hook": hook}
+        given = sorted(name for name, value in diffusion_only.items() if value)
+        if given:
+            raise ValueError(f"{pipe.name} is a {pipe.kind} model: {given} apply to latent diffusion models only")
+        return family_to_folder(pipe, request, out, grid, {**(family_sampling or {}), **(steering or {})})
+    if family_sampling:
+        raise ValueError(f"{sorted(family_sampling)} are settings of the generative family's models (GAN, DALL-E); "
+                         f"{pipe.name} is a latent diffusion model")
     parsed, applied = parse_adapters(**(adapters or {}))
     request = request.resolved(pipe)
     loaded = list(pipe.controlnets)
@@ -84,6 +101,25 @@ def generate_to_folder(
     recorded = {k: str(v) if isinstance(v, (str, Path)) else getattr(v, "name", v) for k, v in (steering or {}).items()}
     settings = {**request.png_text(), "model": pipe.name, **inputs, **applied, **settings_control, **recorded}
     return save_images(images, out, settings, request.seed, grid)
+
+
+def family_to_folder(pipe: FamilyGenerator, request: GenerationRequest, out: str | Path, grid: bool,
+                     settings: dict) -> list[Path]:
+    """A family model's images of the request's prompt, numbered PNGs carrying its settings."""
+    defaults = GenerationRequest(task=request.task)
+    changed = sorted(f.name for f in fields(request) if f.name not in ("prompt", "num_images", "seed")
+                     and getattr(request, f.name) != getattr(defaults, f.name))
+    if request.task != "txt2img" or changed:
+        raise ValueError(f"{pipe.name} is a {pipe.kind} model: it takes a prompt, num_images and seed, not "
+                         f"{changed or request.task} (settings of latent diffusion models)")
+    accepted = set(inspect.signature(pipe.generate).parameters) - {"prompt", "num_images", "seed", "output"}
+    if set(settings) - accepted:
+        raise ValueError(f"{pipe.name} is a {pipe.kind} model: it takes {sorted(accepted)}, not "
+                         f"{sorted(set(settings) - accepted)}")
+    images = pipe.generate(request.prompt, num_images=request.num_images, seed=request.seed, **settings)
+    recorded = {k: v if isinstance(v, int | float | str) else getattr(v, "name", str(v)) for k, v in settings.items()}
+    text = {"prompt": request.prompt, "model": pipe.name, "kind": pipe.kind, **recorded}
+    return save_images(images, out, text, request.seed, grid)
 
 
 def run_steered(pipe: Pipeline, request: GenerationRequest, steering: dict, batch_size: int,

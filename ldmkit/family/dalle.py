@@ -29,6 +29,7 @@ from ..model.folder import load_autoencoder, resolve_repo_path
 from ..nets.dalle import PAD_ID, DalleConfig, DalleTransformer, check_sampling, sample_codes
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint
 from ..utils.images import to_pil
+from .base import FamilyGenerator
 
 OUTPUTS = ("pil", "tensor", "codes")
 PAD_TOKEN = "[PAD]"
@@ -126,16 +127,18 @@ def save_dalle(directory: str | Path, model: DalleTransformer, vocabulary: Capti
     return save_checkpoint(directory, {"dalle": model.state_dict()}, meta, train_state)
 
 
-class DalleGenerator:
+class DalleGenerator(FamilyGenerator):
     """The transformer in eval mode and its VQ first stage. An image depends on its own
     generator alone (ldmkit.nets.dalle.draw_codes), never on the others of its batch."""
 
+    kind = "dalle"
+
     def __init__(self, model: DalleTransformer, autoencoder, vocabulary: CaptionVocabulary, name: str = "dalle",
                  meta: dict | None = None):
+        super().__init__(name, meta)
         self.model = model.eval().requires_grad_(False)
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.vocabulary = vocabulary
-        self.name, self.meta = name, dict(meta or {})
         c, a = model.config, autoencoder.config
         if a.kind != "vq" or a.codebook_size != c.codebook_size or len(vocabulary) != c.text_vocab_size:
             raise ValueError(f"the parts disagree: a transformer of {c.codebook_size} codes and {c.text_vocab_size} "
@@ -164,25 +167,11 @@ class DalleGenerator:
     def config(self) -> DalleConfig:
         return self.model.config
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.text_tokens.weight.device
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model, self.autoencoder]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DalleGenerator:
-        self.model.to(device=device, dtype=dtype)
-        self.autoencoder.to(device=device, dtype=dtype)
-        return self
-
-    def describe(self) -> dict:
-        """The model's config.json and what it is now: name, parameters, device, dtype."""
-        return {**self.meta, "kind": "dalle", "name": self.name, "dalle": to_dict(self.config),
-                "vocabulary": self.vocabulary.to_dict(),
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+    def config_entries(self) -> dict:
+        return {"dalle": to_dict(self.config), "vocabulary": self.vocabulary.to_dict()}
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) -> images (B, C, H, W) in [-1, 1] (what best-of-N reranking scores)."""

@@ -22,18 +22,19 @@ from ..model.folder import resolve_repo_path
 from ..nets.gan import GANConfig, Generator
 from ..storage import CheckpointError, load_checkpoint
 from ..utils.images import to_pil
+from .base import FamilyGenerator, check_common
 
-OUTPUTS = ("pil", "tensor")
 
-
-class GANGenerator:
+class GANGenerator(FamilyGenerator):
     """The generator in eval mode: BatchNorm uses its stored statistics, so an image depends on
     its own z and class alone, never on the others of its batch."""
 
+    kind = "gan"
+
     def __init__(self, net: Generator, class_names: Sequence[str], name: str = "gan", meta: dict | None = None):
+        super().__init__(name, meta)
         self.net = net.eval().requires_grad_(False)
         self.class_names = list(class_names)
-        self.name, self.meta = name, dict(meta or {})
         if self.config.conditioning == "class" and len(self.class_names) != self.config.num_classes:
             raise ValueError(f"a GAN of {self.config.num_classes} classes needs as many class names, "
                              f"got {len(self.class_names)}")
@@ -62,24 +63,12 @@ class GANGenerator:
     def config(self) -> GANConfig:
         return self.net.config
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.net]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> GANGenerator:
-        self.net.to(device=device, dtype=dtype)
-        return self
-
-    def describe(self) -> dict:
-        """The model's config.json and what it is now: name, parameters, device, dtype."""
-        return {**self.meta, "kind": "gan", "name": self.name, "gan": to_dict(self.config),
-                "class_names": self.class_names if self.config.conditioning == "class" else None,
-                "parameters": sum(p.numel() for p in self.net.parameters()),
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+    def config_entries(self) -> dict:
+        return {"gan": to_dict(self.config),
+                "class_names": self.class_names if self.config.conditioning == "class" else None}
 
     def label(self, prompt: str) -> int | None:
         """The class a prompt names ("bag" or "a photo of a bag"); None for "" (a random class)."""
@@ -98,12 +87,9 @@ class GANGenerator:
         inf, the default, leaves z ~ N(0, I) as in training. output: "pil" (a list of images)
         or "tensor" ((N, C, H, W) in [-1, 1], float32)."""
         labels = self._labels(prompt, class_labels)
-        if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
-            raise ValueError(f"num_images must be a whole number >= 1, got {num_images!r}")
+        check_common(num_images, output)
         if not truncation > 0:
             raise ValueError(f"truncation must be > 0 (inf: off), got {truncation}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         labels = [k for k in labels for _ in range(int(num_images))]
         z, classes = [], []
         for i, label in enumerate(labels):

@@ -13,6 +13,7 @@ import torch
 
 from ..autoencoders import Autoencoder
 from ..diffusion import make_schedule
+from ..family.loading import family_kind, load_family_model
 from ..finetune.hypernetwork import apply_hypernetwork
 from ..finetune.lora_formats import apply_lora
 from ..finetune.scoped import adapters_applied
@@ -54,14 +55,22 @@ class Pipeline:
         Stable Diffusion single file (.safetensors / .ckpt) or a diffusers folder; the kind is
         told by content, not by name. `autoencoder`: another first-stage folder to decode with,
         e.g. a fine-tuned decoder of the same latent space. `sd_options` go to the Stable
-        Diffusion readers (tokenizer=, prediction=, use_ema=; see ldmkit.io.stable_diffusion)."""
+        Diffusion readers (tokenizer=, prediction=, use_ema=; see ldmkit.io.stable_diffusion).
+        A folder of the generative family (config.json's kind "gan", "dalle", ...) loads as its
+        own generator (ldmkit.family), whose generate() takes that model's settings."""
         path = Path(name_or_path)
         if path.is_file() or sd.is_diffusers_folder(path):
             parts = sd.load_stable_diffusion(path, **sd_options)
         else:
             if sd_options:
                 raise ValueError(f"{sorted(sd_options)} apply to Stable Diffusion files and diffusers folders only")
-            parts = load_model(resolve_model(name_or_path))
+            folder = resolve_model(name_or_path)
+            if family_kind(folder) is not None:  # a GAN, a DALL-E, ...: a generator of its own kind
+                if autoencoder is not None:
+                    raise ValueError(f"autoencoder= swaps a latent diffusion model's first stage; {folder} is a "
+                                     f"{family_kind(folder)} model")
+                return load_family_model(folder, device, dtype)
+            parts = load_model(folder)
         if autoencoder is not None:
             parts.autoencoder = swap_first_stage(parts.autoencoder, autoencoder)
         return cls(parts).to(device, dtype)

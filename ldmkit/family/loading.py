@@ -1,0 +1,35 @@
+"""A family model's folder, told by its config.json's "kind" and loaded by its generator class:
+what lets Pipeline.from_pretrained open a GAN or a DALL-E as it opens a diffusion model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .base import FamilyGenerator
+from .dalle import DalleGenerator
+from .gan import GANGenerator
+
+GENERATORS: dict[str, type[FamilyGenerator]] = {cls.kind: cls for cls in (GANGenerator, DalleGenerator)}
+
+
+def family_kind(folder: str | Path) -> str | None:
+    """The family kind of a model folder ("gan", "dalle", ...), None for any other folder."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        kind = json.loads(config.read_text()).get("kind")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return kind if kind in GENERATORS else None
+
+
+def load_family_model(folder: str | Path, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> FamilyGenerator:
+    kind = family_kind(folder)
+    if kind is None:
+        raise ValueError(f"{folder} is not a model of the generative family (kinds {sorted(GENERATORS)})")
+    return GENERATORS[kind].from_folder(folder, device, dtype)
