@@ -19,12 +19,12 @@ LAYERS = {
     "diffusion": 1, "nets": 1, "conditioning": 1, "data": 1,
     "autoencoders": 2, "metrics": 2,
     "model": 3,
-    "io": 4, "finetune": 4,
+    "io": 4, "finetune": 4, "family": 4,
     "pipelines": 5,
     "train": 6,
     "apps": 7, "__main__": 8,
 }
-SAME_LAYER = set()  # no arrow between parts of one layer: diffusion and nets never meet, nor io and finetune
+SAME_LAYER = set()  # no arrow between parts of one layer: diffusion and nets never meet, nor io, finetune, family
 ROOT_IMPORTS = {"pipelines"}  # ldmkit/__init__.py: Pipeline, imported lazily
 ROOT_IMPORTERS = {"apps"}  # ldmkit.__version__, for the PNGs' "software" text
 

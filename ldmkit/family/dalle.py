@@ -221,10 +221,9 @@ class DalleGenerator(FamilyGenerator):
 
     def _best_of(self, codes: torch.Tensor, prompts: list[str], n: int, clip) -> torch.Tensor:
         """Of each n consecutive candidates, the codes CLIP scores highest with their prompt."""
-        from ..model.clip import CLIP
-        from ..pipelines.guidance import best_of
+        from ..model.clip import CLIP, best_of
 
         if not isinstance(clip, CLIP):
             clip = CLIP.from_pretrained(clip, self.device)
-        best, _ = best_of(self, clip, codes, prompts, n)  # it scores self.decode(codes): any pipeline with decode
+        best, _ = best_of(self.decode, clip, codes, prompts, n)
         return best

@@ -196,6 +196,19 @@ class CLIP(nn.Module):
             return clip_score(features, self.encode_text(list(texts)))
 
 
+def best_of(decode: Callable[[torch.Tensor], torch.Tensor], clip: CLIP, candidates: torch.Tensor,
+            prompts: Sequence[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DALL-E's reranking: of each n consecutive candidates (one image's; any representation that
+    `decode` turns into images in [-1, 1], prompts one per candidate), the one CLIP scores highest
+    with its prompt: (candidates (N, ...), scores (N,))."""
+    if not all(prompts):
+        raise ValueError("reranking scores images against their prompts: give a non-empty prompt")
+    scores = clip.scores(decode(candidates), list(prompts)).view(-1, n)           # (N, n): 100 cos
+    best = scores.argmax(dim=1)                                                    # (N,)
+    picked = torch.arange(len(best)) * n + best.cpu()
+    return candidates[picked.to(candidates.device)], scores.max(dim=1).values
+
+
 def minilm_tokenizer():
     """MiniLM's WordPiece tokenizer, from the packaged folder (nothing is downloaded)."""
     from transformers import AutoTokenizer

@@ -16,7 +16,7 @@ import torch
 
 from ..diffusion.classifier_guidance import classifier_guidance, clip_guidance
 from ..model.classifier import LatentClassifier, load_latent_classifier
-from ..model.clip import CLIP
+from ..model.clip import CLIP, best_of
 
 __all__ = ["CLIP", "best_of", "guidance_wrappers", "resolve_classifier", "resolve_clip"]
 
@@ -104,14 +104,3 @@ def similarity(pipe, clip: CLIP, texts: torch.Tensor) -> Callable[[torch.Tensor]
         return (clip.embed_pixels(images) * texts.to(images.device)).sum(-1)      # (B,)
 
     return cosine
-
-
-def best_of(pipe, clip: CLIP, z0: torch.Tensor, prompts: Sequence[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Of each n consecutive candidates (one image's, latents (N * n, c, h, w), prompts one per
-    candidate), the one CLIP scores highest with its prompt: (latents (N, c, h, w), scores (N,))."""
-    if not all(prompts):
-        raise ValueError("reranking scores images against their prompts: give a non-empty prompt")
-    scores = clip.scores(pipe.decode(z0), list(prompts)).view(-1, n)                # (N, n): 100 cos
-    best = scores.argmax(dim=1)                                                    # (N,)
-    picked = torch.arange(len(best)) * n + best.cpu()
-    return z0[picked.to(z0.device)], scores.max(dim=1).values

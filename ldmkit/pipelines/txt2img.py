@@ -113,5 +113,5 @@ def generate(
                                         hook=hook, control=control, denoiser_wrapper=wrappers(start, len(chunk))))
     z0 = torch.cat(results)
     if rerank > 1:
-        z0, _ = steering.best_of(pipe, clip, z0, prompts, rerank)
+        z0, _ = steering.best_of(pipe.decode, clip, z0, prompts, rerank)
     return core.finish(pipe, z0, output, vae_tile)
