@@ -142,3 +142,41 @@ def test_the_evaluate_command_reports_the_clip_score(tmp_path, clip, classifier_
     assert all(0 <= result[split]["clip_score"] <= 100 for split in ("seen", "held_out"))
     assert result["settings"]["rerank"] == 2 and result["settings"]["clip"] == "tiny-clip"
     assert main(["evaluate", "--model", "shapes", "--size", "1", "--classifier-scale", "2"]) == 2  # no classifier
+
+
+def test_the_shipped_clip_names_fresh_renders_and_fashion_classes():
+    """clip-small by name: caption retrieval of fresh shapes renders among all 48 captions, and
+    zero-shot Fashion-MNIST on a slice of the test set (its card: 100% and 86.8% on all of it)."""
+    from ldmkit.data import fashion_mnist, load_fashion_mnist, shapes
+
+    clip = CLIP.from_pretrained("clip-small")
+    captions = [shapes.caption(*c) for c in shapes.COMBINATIONS]
+    gen = torch.Generator().manual_seed(123)
+    renders = torch.stack([shapes.render(*c, gen=gen) for c in shapes.COMBINATIONS])
+    retrieved = (clip.embed_pixels(renders) @ clip.encode_text(captions).T).argmax(1)
+    assert (retrieved == torch.arange(48)).float().mean() >= 0.95
+    images, labels = load_fashion_mnist("test", limit=300)
+    classes = clip.encode_text([fashion_mnist.caption(y) for y in range(10)])
+    predicted = (clip.embed_pixels(images) @ classes.T).argmax(1)
+    assert (predicted == labels).float().mean() >= 0.75
+
+
+def test_the_shipped_noisy_classifier_reads_clean_and_noisy_latents():
+    """models/classifiers/fashion-mnist by name: accuracy on test latents falls from its card's 87.6%
+    at t = 0 towards chance as t grows."""
+    from ldmkit.data import load_fashion_mnist
+
+    classifier = load_latent_classifier("fashion-mnist")
+    pipe = Pipeline.from_pretrained("fashion-mnist")
+    classifier.check_model(pipe.autoencoder, pipe.schedule)
+    images, labels = load_fashion_mnist("test", limit=300)
+    with torch.no_grad():
+        z0 = pipe.autoencoder.to_latent(images)
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+        accuracy = {}
+        for t in (0, 999):
+            a = pipe.schedule.alpha_bar[t]
+            zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+            logits = classifier.net(zt, torch.full((len(zt),), t))
+            accuracy[t] = (logits.argmax(1) == labels).float().mean().item()
+    assert accuracy[0] >= 0.8 and accuracy[999] <= 0.3
