@@ -19,10 +19,10 @@ from PIL import Image
 from ..config import from_dict, to_dict
 from ..model.conditioner import NULL_PROMPT, ClassConditioner
 from ..model.folder import resolve_repo_path
-from ..nets.gan import GANConfig, Generator
 from ..storage import CheckpointError, load_checkpoint
 from ..utils.images import to_pil
 from .base import FamilyGenerator, check_common
+from .gan_networks import GANConfig, Generator
 
 
 class GANGenerator(FamilyGenerator):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ldmkit.nets.attention import FeedForward
+from .attention import FeedForward
 
 PAD_ID = 0  # the text vocabulary's padding token
 TEXT_WEIGHT, IMAGE_WEIGHT = 1 / 8, 7 / 8  # DALL-E's loss weights (sec. 2.2)

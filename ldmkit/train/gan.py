@@ -1,4 +1,4 @@
-"""Training a class-conditional GAN (ldmkit.nets.gan) on Fashion-MNIST with the hinge loss.
+"""Training a class-conditional GAN (ldmkit.family.gan_networks) on Fashion-MNIST with the hinge loss.
 
 Each step draws a batch of real images and their labels, and a z per image; the generator makes
 fakes of those same labels. The discriminator takes an Adam step on the hinge loss (Lim & Ye
@@ -28,7 +28,7 @@ from ..autoencoders.losses import hinge_d_loss, hinge_g_loss
 from ..config import to_dict
 from ..data import fashion_mnist, load_fashion_mnist
 from ..family.gan import GANGenerator
-from ..nets.gan import Generator, ProjectionDiscriminator
+from ..family.gan_networks import Generator, ProjectionDiscriminator
 from ..storage import save_checkpoint
 from ..utils.images import image_grid, save_png
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
