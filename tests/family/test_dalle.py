@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from resume_checks import assert_resume_is_exact, logged
 from torch.nn import functional as F
 
 from ldmkit.family.dalle import CaptionVocabulary, DalleGenerator, decode_codes
@@ -25,7 +26,6 @@ from ldmkit.nets.dalle import (
     filtered_probabilities,
     sample_codes,
 )
-from ldmkit.storage import load_checkpoint
 from ldmkit.train.dalle import train_dalle
 from ldmkit.train.dalle_config import DALLE_PRESETS, DalleTrainConfig
 
@@ -182,16 +182,8 @@ def whole(tmp_path_factory):
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(whole, tmp_path):
     run, summary = whole
-    train_dalle(TINY, tmp_path, progress=False, max_steps=2)
-    assert not (tmp_path / "model").exists()
-    train_dalle(TINY, tmp_path, progress=False)
-    for folder in ("checkpoints/step-00000004", "model"):
-        a, b = load_checkpoint(run / folder)[0]["dalle"], load_checkpoint(tmp_path / folder)[0]["dalle"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds_per_step"}  # noqa: E731
-                          for line in path.read_text().splitlines()]
-    assert strip(tmp_path / "log.jsonl") == strip(run / "log.jsonl")
-    records = strip(run / "log.jsonl")
+    assert_resume_is_exact(train_dalle, TINY, run, tmp_path)
+    records = logged(run / "log.jsonl", ("seconds_per_step",))
     assert [r["step"] for r in records if "eval_image_loss" in r] == [2, 4]
     for name in ("loss.png", "samples/step_000002.png", "samples/step_000004.png"):
         assert (run / name).is_file(), name

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
+from resume_checks import assert_resume_is_exact
 
 from ldmkit.apps.cli import main
 from ldmkit.family import GANGenerator
@@ -102,19 +103,7 @@ def whole(tmp_path_factory):
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(whole, tmp_path):
-    run, _ = whole
-    train_gan(TINY, tmp_path, progress=False, max_steps=2)
-    assert not (tmp_path / "model").exists()
-    train_gan(TINY, tmp_path, progress=False)
-    for folder in ("checkpoints/step-00000004", "model"):
-        a, b = load_checkpoint(run / folder)[0], load_checkpoint(tmp_path / folder)[0]
-        assert a.keys() == b.keys(), folder
-        for prefix in a:
-            assert a[prefix].keys() == b[prefix].keys() and all(
-                torch.equal(a[prefix][k], b[prefix][k]) for k in a[prefix]), (folder, prefix)
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in TIMING}  # noqa: E731
-                          for line in path.read_text().splitlines()]
-    assert strip(tmp_path / "log.jsonl") == strip(run / "log.jsonl")
+    assert_resume_is_exact(train_gan, TINY, whole[0], tmp_path, timing=TIMING)
 
 
 def test_the_run_folder(whole):

@@ -11,13 +11,14 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
+from resume_checks import assert_resume_is_exact
 
 import ldmkit
 from ldmkit.data import shapes
 from ldmkit.metrics.clip_score import clip_score, clip_scores
 from ldmkit.model.clip import CLIP
 from ldmkit.nets.clip import CLIPConfig, SmallCLIP, contrastive_loss
-from ldmkit.storage import CheckpointError, load_checkpoint
+from ldmkit.storage import CheckpointError
 from ldmkit.train.clip import distinct_captions, train_clip
 from ldmkit.train.clip_config import CLIP_PRESETS, TINY_CLIP, CLIPDataConfig
 from ldmkit.utils.images import to_pil
@@ -99,16 +100,7 @@ def whole(tmp_path_factory):
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(whole, tmp_path):
-    run, _ = whole
-    train_clip(TINY, tmp_path, progress=False, max_steps=2)
-    assert not (tmp_path / "model").exists()
-    train_clip(TINY, tmp_path, progress=False)
-    for folder in ("checkpoints/step-00000004", "model"):
-        a, b = load_checkpoint(run / folder)[0]["clip"], load_checkpoint(tmp_path / folder)[0]["clip"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds_per_step"}  # noqa: E731
-                          for line in path.read_text().splitlines()]
-    assert strip(tmp_path / "log.jsonl") == strip(run / "log.jsonl")
+    assert_resume_is_exact(train_clip, TINY, whole[0], tmp_path)
 
 
 def test_the_run_folder_and_the_saved_clip(whole):

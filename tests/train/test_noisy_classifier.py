@@ -8,13 +8,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from resume_checks import assert_resume_is_exact
 
 from ldmkit.apps.cli import main
 from ldmkit.diffusion import ScheduleConfig, make_schedule
 from ldmkit.model.classifier import load_latent_classifier
 from ldmkit.model.folder import load_autoencoder, resolve_repo_path
 from ldmkit.nets.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
-from ldmkit.storage import CheckpointError, load_checkpoint
+from ldmkit.storage import CheckpointError
 from ldmkit.train.noisy_classifier import train_noisy_classifier
 from ldmkit.train.noisy_classifier_config import NOISY_CLASSIFIER_PRESETS, NoisyClassifierTrainConfig
 
@@ -47,16 +48,7 @@ def whole(tmp_path_factory):
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(whole, tmp_path):
-    run, _ = whole
-    train_noisy_classifier(TINY, tmp_path, progress=False, max_steps=2)
-    assert not (tmp_path / "model").exists()
-    train_noisy_classifier(TINY, tmp_path, progress=False)
-    for folder in ("checkpoints/step-00000004", "model"):
-        a, b = load_checkpoint(run / folder)[0]["classifier"], load_checkpoint(tmp_path / folder)[0]["classifier"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds_per_step"}  # noqa: E731
-                          for line in path.read_text().splitlines()]
-    assert strip(tmp_path / "log.jsonl") == strip(run / "log.jsonl")
+    assert_resume_is_exact(train_noisy_classifier, TINY, whole[0], tmp_path)
 
 
 def test_the_run_logs_accuracy_against_t_and_saves_a_classifier(whole):
