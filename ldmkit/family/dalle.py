@@ -29,7 +29,7 @@ from ..model.folder import load_autoencoder, resolve_repo_path
 from ..nets.dalle import PAD_ID, DalleConfig, DalleTransformer, check_sampling, sample_codes
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint
 from ..utils.images import to_pil
-from .base import FamilyGenerator
+from .base import FamilyGenerator, check_common
 
 OUTPUTS = ("pil", "tensor", "codes")
 PAD_TOKEN = "[PAD]"
@@ -191,11 +191,9 @@ class DalleGenerator(FamilyGenerator):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError("prompt must be a non-empty string or a non-empty list of them")
-        for name, value in (("num_images", num_images), ("rerank", rerank)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        check_common(num_images, output, OUTPUTS)
+        if isinstance(rerank, bool) or int(rerank) != rerank or rerank < 1:
+            raise ValueError(f"rerank must be a whole number >= 1, got {rerank!r}")
         check_sampling(self.config.codebook_size, temperature, top_k, top_p)
         if rerank > 1 and clip is None:
             raise ValueError(f"rerank={rerank} scores candidates with a CLIP: pass clip= (a CLIP, or its name or "
