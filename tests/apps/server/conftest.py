@@ -68,3 +68,15 @@ def live_server(models_dir):
     yield f"http://127.0.0.1:{port}", app
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for a test module (one that called browser.require_browser)."""
+    from browser import CHROMIUM
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

@@ -10,13 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+from browser import require_browser
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.is_file():
-    pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright); the "
-                               "browser is Debian's chromium, never a downloaded one")
+require_browser()  # the page's tests skip, saying what to install, where Chromium or Playwright is missing
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMPT = "a photo of a sneaker"
@@ -26,14 +23,6 @@ TIMEOUT_MS = 120_000  # one generation of 4 steps takes seconds; a busy machine 
 @pytest.fixture(scope="module")
 def server(live_server):
     return live_server[0]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

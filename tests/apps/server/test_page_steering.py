@@ -4,29 +4,17 @@ settings come back through the gallery's restore, and a ControlNet without a hin
 before anything is sent."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from browser import require_browser
 
 from ldmkit.data.fill_shapes import fill_shape
 from ldmkit.utils.images import to_pil
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.is_file():
-    pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright); the "
-                               "browser is Debian's chromium, never a downloaded one")
+require_browser()  # the page's tests skip, saying what to install, where Chromium or Playwright is missing
 
 TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
