@@ -55,8 +55,9 @@ from ldmkit.utils.images import to_pil
 from .sd_models import cpu_name
 
 # Folders in models/; those absent are left out of the default table.
-DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f2", "fashion-mnist-lcm", "fashion-mnist-gan", "fashion-mnist-dalle")
-FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)"}
+DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f2", "fashion-mnist-lcm", "fashion-mnist-gan", "fashion-mnist-vae",
+                  "fashion-mnist-kl-f4-prior", "fashion-mnist-dalle")
+FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)", "vae": "VAE"}
 # generate() arguments that say what to draw, not how: left out of a family model's sampling settings
 NOT_SAMPLING = {"self", "prompt", "num_images", "seed", "output", "class_labels", "clip", "batch_size"}
 SCORES = ("images", "frechet_distance", "fd_inf", "fd_inf_halves", "class_agreement", "class_agreement_by_class",
@@ -90,15 +91,20 @@ def parameter_counts(model) -> dict:
         network, autoencoder = model.modules()[0], getattr(model, "autoencoder", None)
     else:
         network, autoencoder = model.net, model.autoencoder
+    if network is autoencoder:  # a first stage's prior sampled through its decoder: no network of its own
+        network = None
     decoder = None
     if autoencoder is not None:  # what decode() runs: post-quant conv, the codebook of a VQ, the decoder
         parts = [autoencoder.decoder, autoencoder.post_quant_conv, getattr(autoencoder, "quantizer", None)]
         decoder = sum(p.numel() for part in parts if part is not None for p in part.parameters())
-    return {"network": sum(p.numel() for p in network.parameters()), "first_stage_decoder": decoder}
+    return {"network": None if network is None else sum(p.numel() for p in network.parameters()),
+            "first_stage_decoder": decoder}
 
 
 def model_kind(model) -> str:
     if isinstance(model, FamilyGenerator):
+        if getattr(model, "first_stage", False):
+            return "VAE (a first stage's decoder, z ~ N(0, I))"
         return FAMILY_KINDS.get(model.kind, model.kind)
     network = model.config.net.kind
     return f"latent consistency ({network})" if "distill" in model.meta else f"latent diffusion ({network})"
@@ -143,9 +149,13 @@ class Scorer:
         self.reference_images, self.held_out = real_images(per_class)
         self.reference_features = classify(self.classifier, self.reference_images)[0]
 
-    def score(self, images: torch.Tensor) -> dict:
+    def score(self, images: torch.Tensor, conditional: bool = True) -> dict:
+        """The row's scores; an unconditional model's images were not asked for classes, so it
+        has no class agreement."""
         scores = score_fashion_mnist_images(self.classifier, images, self.per_class, self.test_features,
                                             self.reference_features)
+        if not conditional:
+            scores["class_agreement"] = scores["class_agreement_by_class"] = None
         return {k: scores[k] if k != "images" else len(images) for k in SCORES}
 
     def floor_row(self) -> dict:
@@ -176,17 +186,19 @@ def measure(name: str, key: dict, scorer: Scorer, clip, steps: int | None) -> di
     if model.meta.get("dataset") != "fashion-mnist":
         raise SystemExit(f"{name} was trained on {model.meta.get('dataset')!r}: the table scores Fashion-MNIST")
     settings = sampling_settings(model, steps)
-    prompts = fashion_mnist_prompts()
+    conditional = getattr(model, "conditional", True)  # a family model may take no prompt
+    prompts = fashion_mnist_prompts() if conditional else [""]
+    per_prompt = scorer.per_class * (10 // len(prompts))
     diffusion = {} if isinstance(model, FamilyGenerator) else settings
     start = time.perf_counter()
-    images = model.generate(prompts, num_images=scorer.per_class, seed=key["seed"], output="tensor", **diffusion)
+    images = model.generate(prompts, num_images=per_prompt, seed=key["seed"], output="tensor", **diffusion)
     seconds = time.perf_counter() - start
     row = {"model": Path(key["folder"]).name, "key": key, "kind": model_kind(model),
            "parameters": parameter_counts(model), "text_encoder": model.meta.get("text_encoder"),
            "sampling": settings, "training": training_record(model.meta),
-           "seconds_per_image_batched": seconds / len(images), **scorer.score(images),
-           "clip_score": None if clip is None else clip.score(
-               images, [p for p in prompts for _ in range(scorer.per_class)]),
+           "seconds_per_image_batched": seconds / len(images), **scorer.score(images, conditional),
+           "clip_score": None if clip is None or not conditional else clip.score(
+               images, [p for p in prompts for _ in range(per_prompt)]),
            "measured_on": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(model.device),
                            "torch": torch.__version__},
            "samples_png": sample_strip(images, scorer.per_class)}
@@ -239,7 +251,7 @@ def cells(row: dict) -> list[str]:
             sampling_text(row["sampling"]) if "sampling" in row else "-", number(training.get("minutes"), ".1f"),
             number(row.get("seconds_per_image_batched"), ".4f"), f"{row['frechet_distance']:.3f}",
             number(row["fd_inf"], ".3f"), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-            f"{row['class_agreement']:.1%}", number(row.get("clip_score"), ".2f")]
+            number(row["class_agreement"], ".1%"), number(row.get("clip_score"), ".2f")]
 
 
 def table(results: dict) -> str:

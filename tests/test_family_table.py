@@ -1,5 +1,6 @@
-"""benchmarks.family_table: a tiny GAN and the shipped diffusion model side by side on a few images,
-every column filled, the grid drawn, and a rerun reusing the stored rows without generating."""
+"""benchmarks.family_table: a tiny GAN, the shipped diffusion model and a KL first stage's prior
+side by side on a few images, every column filled (but the unconditional prior's agreement), the
+grid drawn, and a rerun reusing the stored rows without generating."""
 
 import functools
 import json
@@ -9,7 +10,8 @@ import pytest
 
 import benchmarks.family_table as family_table
 from ldmkit.data import load_fashion_mnist
-from ldmkit.family import GANGenerator
+from ldmkit.family import GANGenerator, VAEGenerator
+from ldmkit.family.vae import save_vae_pointer
 from ldmkit.metrics import classify, load_fmnist_classifier
 from ldmkit.pipelines import Pipeline
 from ldmkit.train.gan import train_gan
@@ -24,7 +26,7 @@ ROW_FIELDS = {"model", "key", "kind", "parameters", "text_encoder", "sampling", 
 
 def count_generate_calls(monkeypatch) -> list:
     calls = []
-    for cls in (Pipeline, GANGenerator):
+    for cls in (Pipeline, GANGenerator, VAEGenerator):
         original = cls.generate
 
         @functools.wraps(original)  # the table reads a family model's sampling defaults off the signature
@@ -39,8 +41,9 @@ def count_generate_calls(monkeypatch) -> list:
 def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_path, monkeypatch):
     train_gan(replace(GAN_PRESETS["tiny"], steps=1), tmp_path / "gan", progress=False)
     gan = str(tmp_path / "gan" / "model")
+    prior = str(save_vae_pointer(tmp_path / "kl-prior", "models/autoencoders/fmnist-kl-f4", "fashion-mnist"))
     out, grid = tmp_path / "family.json", tmp_path / "family.png"
-    argv = ["--models", "fashion-mnist", gan, "--per-class", "2", "--steps", "2", "--out", str(out),
+    argv = ["--models", "fashion-mnist", gan, prior, "--per-class", "2", "--steps", "2", "--out", str(out),
             "--grid", str(grid), "--markdown"]
     calls = count_generate_calls(monkeypatch)
     # 1,000 test images stand in for the 10,000: the classifier's pass over all of them is most of
@@ -48,9 +51,9 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
     test_features = classify(load_fmnist_classifier(), load_fashion_mnist("test", limit=1000)[0])[0]
     monkeypatch.setattr(family_table, "shipped_test_features", lambda device: test_features)
     assert family_table.main(argv) == 0
-    assert len(calls) == 2
+    assert len(calls) == 3
     results = json.loads(out.read_text())
-    diffusion, generator = results["rows"]
+    diffusion, generator, first_stage = results["rows"]
     for row in (diffusion, generator):
         assert ROW_FIELDS <= row.keys()
         assert row["images"] == 20 and row["frechet_distance"] > 0 and 0 <= row["class_agreement"] <= 1
@@ -62,12 +65,15 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
                                 "clip": diffusion["key"]["clip"]}
     assert generator["kind"] == "GAN" and generator["parameters"]["first_stage_decoder"] is None
     assert generator["sampling"] == {"truncation": "inf"} and generator["key"]["steps"] is None
+    assert first_stage["images"] == 20 and first_stage["class_agreement"] is None and first_stage["clip_score"] is None
+    assert first_stage["parameters"]["network"] is None and first_stage["parameters"]["first_stage_decoder"] > 0
+    assert first_stage["kind"].startswith("VAE (a first stage") and first_stage["sampling"] == {"temperature": 1.0}
     floor = results["floor"]
     assert floor["images"] == 20 and floor["frechet_distance"] > 0 and floor["as_evaluate"]["frechet_distance"] > 0
     assert grid.stat().st_size > 0
 
     assert family_table.main(argv) == 0  # the same settings: both rows read back, nothing generated
-    assert len(calls) == 2 and json.loads(out.read_text())["rows"] == results["rows"]
+    assert len(calls) == 3 and json.loads(out.read_text())["rows"] == results["rows"]
 
-    assert family_table.main(argv[:1] + argv[2:] + ["--seed", "1"]) == 0  # another seed: the GAN again
-    assert calls[2:] == ["model"] and json.loads(out.read_text())["rows"][0]["key"]["seed"] == 1
+    assert family_table.main(argv[:1] + argv[2:3] + argv[4:] + ["--seed", "1"]) == 0  # another seed: the GAN again
+    assert calls[3:] == ["model"] and json.loads(out.read_text())["rows"][0]["key"]["seed"] == 1

@@ -1,5 +1,5 @@
-"""The training commands of the generative family (ldmkit.family): `ldmkit train-gan` and
-`ldmkit train-dalle`."""
+"""The training commands of the generative family (ldmkit.family): `ldmkit train-gan`,
+`ldmkit train-vae` and `ldmkit train-dalle`."""
 
 from __future__ import annotations
 
@@ -26,15 +26,29 @@ def _train_dalle(args: argparse.Namespace) -> None:
           f"held-out {losses})")
 
 
+def _train_vae(args: argparse.Namespace) -> None:
+    from ..train.vae import train_vae
+    from ..train.vae_config import VAE_PRESETS
+
+    summary = train_vae(run_config(VAE_PRESETS, args), args.out, device=args.device, resume=not args.no_resume)
+    print(f"done: {summary.get('saved', args.out)} ({summary['steps']} steps, {summary['train_minutes']:.1f} min; "
+          f"nll {summary.get('nll', float('nan')):.1f}, kl {summary.get('kl', float('nan')):.1f} nats)")
+
+
 def add_family_commands(commands) -> None:
-    """Add train-gan and train-dalle to the CLI's subcommands."""
+    """Add train-gan, train-vae and train-dalle to the CLI's subcommands."""
     from ..train.dalle_config import DALLE_PRESETS
     from ..train.gan_config import GAN_PRESETS
+    from ..train.vae_config import VAE_PRESETS
 
     gan = commands.add_parser("train-gan", help="train a class-conditional DCGAN on Fashion-MNIST (hinge loss, "
                                                 "PatchGAN discriminator with a class projection)")
     add_run_arguments(gan, GAN_PRESETS, "fashion-mnist", "--set gan.d_norm=group --set batch_size=32")
     gan.set_defaults(run=_train_gan)
+    vae = commands.add_parser("train-vae", help="train a class-conditional VAE on Fashion-MNIST (the GAN's "
+                                                "generator as its decoder, a weighted ELBO)")
+    add_run_arguments(vae, VAE_PRESETS, "fashion-mnist", "--set kl_weight=0.5 --set vae.z_dim=16")
+    vae.set_defaults(run=_train_vae)
     dalle = commands.add_parser("train-dalle", help="train a miniature DALL-E: a transformer over caption tokens "
                                                     "and VQ codes")
     add_run_arguments(dalle, DALLE_PRESETS, "fashion-mnist", "--set width=128 --set batch_size=32")

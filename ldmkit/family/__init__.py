@@ -2,9 +2,11 @@
 VAEs, pixel-space diffusion, ...), each trained on the same data, loadable by folder and sampled
 with .generate, so that one scale measures them all."""
 
-from .base import FamilyGenerator
+from .base import ClassPromptGenerator, FamilyGenerator
 from .dalle import DalleGenerator
 from .gan import GANGenerator
 from .loading import GENERATORS, family_kind, load_family_model
+from .vae import VAEGenerator
 
-__all__ = ["GENERATORS", "DalleGenerator", "FamilyGenerator", "GANGenerator", "family_kind", "load_family_model"]
+__all__ = ["GENERATORS", "ClassPromptGenerator", "DalleGenerator", "FamilyGenerator", "GANGenerator", "VAEGenerator",
+           "family_kind", "load_family_model"]

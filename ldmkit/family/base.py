@@ -5,8 +5,13 @@ from seed + i, as the diffusion Pipeline does."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from ..model.class_labels import checked_class_labels
+from ..model.conditioner import NULL_PROMPT, ClassConditioner
 
 OUTPUTS = ("pil", "tensor")
 
@@ -44,6 +49,40 @@ class FamilyGenerator:
         return {**self.meta, "kind": self.kind, "name": self.name, **self.config_entries(),
                 "parameters": sum(p.numel() for p in self.modules()[0].parameters()),
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+class ClassPromptGenerator(FamilyGenerator):
+    """A generator of classes (or of none): a prompt names a class ("bag", "a photo of a bag"),
+    "" a class drawn per image; or the caller gives class_labels."""
+
+    conditional: bool
+
+    def __init__(self, name: str, meta: dict | None, class_names: Sequence[str]):
+        super().__init__(name, meta)
+        self.class_names = list(class_names)
+        # "" (NULL_PROMPT) names the label len(class_names): here, a class drawn from each image's seed
+        self.conditioner = ClassConditioner(self.class_names, len(self.class_names) + 1)
+
+    def label(self, prompt: str) -> int | None:
+        """The class a prompt names ("bag" or "a photo of a bag"); None for "" (a random class)."""
+        label = self.conditioner.label(prompt)  # a prompt naming no class: ValueError listing them
+        return None if label == self.conditioner.null_label else label
+
+    def labels(self, prompt: str | Sequence[str], class_labels: Sequence[int] | None) -> list[int | None]:
+        """One class (None: drawn per image) per prompt or label."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        if not self.conditional:
+            if class_labels is not None or any(p != NULL_PROMPT for p in prompts):
+                raise ValueError(f"{self.name} is an unconditional {self.kind.upper()}: give no prompt and no "
+                                 "class_labels")
+            return [None] * len(prompts)
+        if class_labels is None:
+            return [self.label(p) for p in prompts]
+        if prompts != [NULL_PROMPT]:
+            raise ValueError("give class_labels or a prompt, not both")
+        return checked_class_labels(class_labels, self.class_names, self.name)
 
 
 def check_common(num_images, output: str, outputs: tuple[str, ...] = OUTPUTS) -> None:

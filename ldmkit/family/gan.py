@@ -9,7 +9,6 @@ checkpoint loads too (its "ema_generator.", statistics recomputed as the run doe
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,29 +16,26 @@ import torch
 from PIL import Image
 
 from ..config import from_dict, to_dict
-from ..model.conditioner import NULL_PROMPT, ClassConditioner
 from ..model.folder import resolve_repo_path
 from ..storage import CheckpointError, load_checkpoint
 from ..utils.images import to_pil
-from .base import FamilyGenerator, check_common
+from .base import ClassPromptGenerator, check_common
 from .gan_networks import GANConfig, Generator
 
 
-class GANGenerator(FamilyGenerator):
+class GANGenerator(ClassPromptGenerator):
     """The generator in eval mode: BatchNorm uses its stored statistics, so an image depends on
     its own z and class alone, never on the others of its batch."""
 
     kind = "gan"
 
     def __init__(self, net: Generator, class_names: Sequence[str], name: str = "gan", meta: dict | None = None):
-        super().__init__(name, meta)
+        super().__init__(name, meta, class_names)
         self.net = net.eval().requires_grad_(False)
-        self.class_names = list(class_names)
-        if self.config.conditioning == "class" and len(self.class_names) != self.config.num_classes:
+        self.conditional = self.config.conditioning == "class"
+        if self.conditional and len(self.class_names) != self.config.num_classes:
             raise ValueError(f"a GAN of {self.config.num_classes} classes needs as many class names, "
                              f"got {len(self.class_names)}")
-        # "" (NULL_PROMPT) names the label len(class_names): here, a class drawn from each image's seed
-        self.conditioner = ClassConditioner(self.class_names, len(self.class_names) + 1)
 
     @classmethod
     def from_folder(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -70,11 +66,6 @@ class GANGenerator(FamilyGenerator):
         return {"gan": to_dict(self.config),
                 "class_names": self.class_names if self.config.conditioning == "class" else None}
 
-    def label(self, prompt: str) -> int | None:
-        """The class a prompt names ("bag" or "a photo of a bag"); None for "" (a random class)."""
-        label = self.conditioner.label(prompt)  # a prompt naming no class: ValueError listing them
-        return None if label == self.conditioner.null_label else label
-
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str] = "", num_images: int = 1, seed: int = 0, output: str = "pil",
                  class_labels: Sequence[int] | None = None, truncation: float = math.inf,
@@ -86,7 +77,7 @@ class GANGenerator(FamilyGenerator):
         entries of z with |z| > truncation are redrawn until within it (fidelity for variety);
         inf, the default, leaves z ~ N(0, I) as in training. output: "pil" (a list of images)
         or "tensor" ((N, C, H, W) in [-1, 1], float32)."""
-        labels = self._labels(prompt, class_labels)
+        labels = self.labels(prompt, class_labels)
         check_common(num_images, output)
         if not truncation > 0:
             raise ValueError(f"truncation must be > 0 (inf: off), got {truncation}")
@@ -107,26 +98,6 @@ class GANGenerator(FamilyGenerator):
         images = torch.cat(images)  # (N, C, H, W) in [-1, 1]
         return images if output == "tensor" else [to_pil(x) for x in images]
 
-    def _labels(self, prompt: str | Sequence[str], class_labels: Sequence[int] | None) -> list[int | None]:
-        """One class (None: drawn per image) per prompt or label."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        if self.config.conditioning == "none":
-            if class_labels is not None or any(p != NULL_PROMPT for p in prompts):
-                raise ValueError(f"{self.name} is an unconditional GAN: give no prompt and no class_labels")
-            return [None] * len(prompts)
-        if class_labels is None:
-            return [self.label(p) for p in prompts]
-        if prompts != [NULL_PROMPT]:
-            raise ValueError("give class_labels or a prompt, not both")
-        labels, count = [_whole(k) for k in class_labels], len(self.class_names)
-        bad = [k for k, whole in zip(class_labels, labels) if whole is None or not 0 <= whole < count]
-        if not labels or bad:
-            raise ValueError(f"class_labels must be whole numbers in 0..{count - 1} ({self.name} has {count} "
-                             f"classes: {self.class_names}), got {bad or labels}")
-        return labels
-
 
 def truncated_normal(size: int, truncation: float, gen: torch.Generator) -> torch.Tensor:
     """N(0, I) of `size` entries, those with |z| > truncation redrawn from `gen` until within it
@@ -137,11 +108,3 @@ def truncated_normal(size: int, truncation: float, gen: torch.Generator) -> torc
         z[outside] = torch.randn(int(outside.sum()), generator=gen)
         outside = z.abs() > truncation
     return z
-
-
-def _whole(value) -> int | None:
-    """An int, numpy integer or one-element integer tensor as an int; None for anything else."""
-    try:
-        return None if isinstance(value, bool | float) else operator.index(value)
-    except TypeError:
-        return None

@@ -11,12 +11,13 @@ import torch
 from .base import FamilyGenerator
 from .dalle import DalleGenerator
 from .gan import GANGenerator
+from .vae import VAEGenerator
 
-GENERATORS: dict[str, type[FamilyGenerator]] = {cls.kind: cls for cls in (GANGenerator, DalleGenerator)}
+GENERATORS: dict[str, type[FamilyGenerator]] = {cls.kind: cls for cls in (GANGenerator, DalleGenerator, VAEGenerator)}
 
 
 def family_kind(folder: str | Path) -> str | None:
-    """The family kind of a model folder ("gan", "dalle", ...), None for any other folder."""
+    """The family kind of a model folder ("gan", "dalle", "vae", ...), None for any other folder."""
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None

@@ -8,7 +8,6 @@ with classifier-free guidance, decode x = D(z_0 / s).
 from __future__ import annotations
 
 import contextlib
-import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -16,6 +15,7 @@ import torch
 
 from ..autoencoders.tiling import tiled_decode
 from ..diffusion import SAMPLERS, sample, sampler_timesteps, start_scale
+from ..model.class_labels import checked_class_labels
 from ..utils.images import to_pil
 from .controlnet import WEIGHT as CONTROL_WEIGHT
 from .controlnet import Control, control_weights
@@ -82,20 +82,8 @@ def class_prompts(pipe, class_labels: Sequence[int], prompts: Sequence[str]) -> 
                          f"{pipe.config.conditioning!r}: give a prompt instead")
     if any(prompts) and list(prompts) != [""]:
         raise ValueError("give class_labels or a prompt, not both")
-    labels, count = [_whole(k) for k in class_labels], len(pipe.class_names)
-    bad = [k for k in labels if k is None or not 0 <= k < count]
-    if not labels or bad:
-        raise ValueError(f"class_labels must be whole numbers in 0..{count - 1} ({pipe.name} has {count} classes), "
-                         f"got {bad or labels}")
+    labels = checked_class_labels(class_labels, pipe.class_names, pipe.name)
     return [pipe.class_names[k] for k in labels]
-
-
-def _whole(value) -> int | None:
-    """An int, numpy integer or one-element integer tensor as an int; None for anything else."""
-    try:
-        return None if isinstance(value, bool | float) else operator.index(value)
-    except TypeError:
-        return None
 
 
 @contextlib.contextmanager

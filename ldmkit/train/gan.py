@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..autoencoders.losses import hinge_d_loss, hinge_g_loss
 from ..config import to_dict
 from ..data import fashion_mnist, load_fashion_mnist
+from ..family.base import ClassPromptGenerator
 from ..family.gan import GANGenerator
 from ..family.gan_networks import Generator, ProjectionDiscriminator
 from ..storage import save_checkpoint
@@ -36,20 +37,23 @@ from .ema import EMA
 from .gan_config import GANTrainConfig
 from .logging import JsonlLog, plot_losses
 from .steps import NonFiniteSteps, fused_adam, step_generator
+from .vae_config import VAETrainConfig
 
 TIMING = ("seconds_per_step",)  # what differs between a resumed run and an uninterrupted one
 
 
-def training_images(config: GANTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, C, S, S) in [-1, 1], labels (N,)): of `classes` if given, the first `limit`."""
-    images, labels = _train_split(config.gan.image_size)
+def training_images(config: GANTrainConfig | VAETrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, C, S, S) in [-1, 1], labels (N,)) of a GAN's or a VAE's run: of `classes` if
+    given, the first `limit`."""
+    network = config.gan if isinstance(config, GANTrainConfig) else config.vae
+    images, labels = _train_split(network.image_size)
     if config.classes is not None:
         keep = torch.isin(labels, torch.tensor(config.classes))
         images, labels = images[keep], labels[keep]
     if config.limit is not None:
         images, labels = images[: config.limit], labels[: config.limit]
-    if images.shape[1] != config.gan.channels:
-        raise ValueError(f"the {config.dataset} images have {images.shape[1]} channels: set gan.channels")
+    if images.shape[1] != network.channels:
+        raise ValueError(f"the {config.dataset} images have {images.shape[1]} channels: set the network's channels")
     return images, labels
 
 
@@ -152,7 +156,8 @@ def train_gan(config: GANTrainConfig, run_dir: str | Path, device: str | torch.d
             began = time.perf_counter()
             sampler.net.load_state_dict(ema.state_dict())
             sampler.net.refresh_batch_statistics(config.classes)  # those of the EMA weights
-            save_sample_grid(sampler, config, run_dir / "samples" / f"step_{done:06d}.png", done)
+            save_sample_grid(sampler, config.classes, config.samples_per_class,
+                             run_dir / "samples" / f"step_{done:06d}.png", done)
             sampling += time.perf_counter() - began
         if done % config.log_every == 0 or done == end:
             record = {"step": done, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
@@ -180,14 +185,15 @@ def train_gan(config: GANTrainConfig, run_dir: str | Path, device: str | torch.d
 
 
 @torch.no_grad()
-def save_sample_grid(sampler: GANGenerator, config: GANTrainConfig, path: Path, step: int) -> Path:
-    """A row of samples per trained class, seeds 0.. in every row: a column shares its z."""
-    per_row = config.samples_per_class
-    if config.gan.conditioning == "class":
-        rows = list(config.classes) if config.classes is not None else list(range(config.gan.num_classes))
+def save_sample_grid(sampler: ClassPromptGenerator, classes: tuple[int, ...] | None, per_row: int, path: Path,
+                     step: int) -> Path:
+    """A row of samples per trained class (`classes`, None: all), seeds 0.. in every row: a column
+    shares its z. A GAN's or a VAE's."""
+    if sampler.conditional:
+        rows = list(classes) if classes is not None else list(range(len(sampler.class_names)))
         names = [sampler.class_names[k] for k in rows]
         images = [im for k in rows for im in sampler.generate(class_labels=[k], num_images=per_row, seed=0)]
     else:
         names, images = ["samples"], sampler.generate(num_images=per_row, seed=0)
     grid = image_grid([im.resize((64, 64), Image.NEAREST) for im in images], columns=per_row, row_labels=names)
-    return save_png(grid, path, {"ldmkit": "gan-samples", "step": step, "classes": names})
+    return save_png(grid, path, {"ldmkit": f"{sampler.kind}-samples", "step": step, "classes": names})

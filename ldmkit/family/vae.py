@@ -1,0 +1,137 @@
+"""A VAE as a generator: z ~ N(0, T^2 I) through a decoder, one pass per image.
+
+Two kinds of folder load as one (config.json "kind": "vae"):
+- a VAE trained to generate (`ldmkit train-vae`'s run_dir/model): {"vae": VAEConfig,
+  "class_names", ...} and model.safetensors with its decoder under "decoder." (BatchNorm
+  statistics recomputed for samples of the prior, as the GAN's are);
+- a pointer to a KL first stage, {"autoencoder": "models/autoencoders/fmnist-kl-f4"}: its decoder
+  fed z ~ N(0, I), the prior its (tiny-weighted) KL term pulls the posterior toward. LDM weights
+  that term by 1e-6, so the latents it decodes well are far from that prior: the row that shows
+  why LDM puts a diffusion model over the latents instead (docs/family.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..autoencoders import Autoencoder
+from ..config import from_dict
+from ..model.folder import load_autoencoder, resolve_repo_path
+from ..storage import CheckpointError, load_checkpoint, save_checkpoint
+from ..utils.images import to_pil
+from .base import ClassPromptGenerator, check_common
+from .gan_networks import Generator
+from .vae_networks import VAEConfig
+
+
+class VAEGenerator(ClassPromptGenerator):
+    """A decoder in eval mode and the prior N(0, T^2 I): a class-conditional VAE's (prompts name
+    classes) or a KL first stage's (unconditional, z of its latent shape)."""
+
+    kind = "vae"
+
+    def __init__(self, decoder: Generator | Autoencoder, class_names: Sequence[str] = (), name: str = "vae",
+                 meta: dict | None = None):
+        super().__init__(name, meta, class_names)
+        self.decoder = decoder.eval().requires_grad_(False)
+        self.first_stage = isinstance(decoder, Autoencoder)
+        self.conditional = not self.first_stage and decoder.config.conditioning == "class"
+        if self.conditional and len(self.class_names) != decoder.config.num_classes:
+            raise ValueError(f"a VAE of {decoder.config.num_classes} classes needs as many class names, "
+                             f"got {len(self.class_names)}")
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> VAEGenerator:
+        """A trained VAE's folder or checkpoint, or a folder pointing at a KL first stage."""
+        path = resolve_repo_path(path)
+        states, meta, _ = load_checkpoint(path)
+        if meta.get("kind") != "vae":
+            raise CheckpointError(f"{path} does not hold a VAE (kind {meta.get('kind')!r})")
+        if "autoencoder" in meta:
+            autoencoder = load_autoencoder(resolve_repo_path(meta["autoencoder"]))
+            if autoencoder.config.kind != "kl":
+                raise CheckpointError(f"{path} points at {meta['autoencoder']}, a {autoencoder.config.kind!r} "
+                                      "autoencoder: sampling its prior needs a KL one")
+            return cls(autoencoder, name=path.name, meta=meta).to(device, dtype)
+        config = from_dict(VAEConfig, meta["vae"])
+        decoder = Generator(config.decoder_config())
+        if "decoder" in states:  # a finished model: statistics of the prior's samples already
+            decoder.load_state_dict(states["decoder"])
+        elif "vae" in states:  # a run's checkpoint: its statistics are the posterior's, recompute them
+            decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in states["vae"].items()
+                                     if k.startswith("decoder.")})
+            decoder.refresh_batch_statistics()
+        else:
+            raise CheckpointError(f"{path} has no decoder weights ('decoder.' or 'vae.' tensors)")
+        return cls(decoder, meta.get("class_names") or [], name=path.name, meta=meta).to(device, dtype)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.decoder]
+
+    def config_entries(self) -> dict:
+        if self.first_stage:
+            return {"autoencoder": self.meta.get("autoencoder"), "latent_shape": list(self.latent_shape)}
+        return {"vae": self.meta.get("vae"), "class_names": self.class_names if self.conditional else None}
+
+    @property
+    def autoencoder(self) -> Autoencoder | None:
+        """The KL first stage whose decoder samples, where that is what this is (the family table
+        counts its decoder apart)."""
+        return self.decoder if self.first_stage else None
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """What one z is: (z_dim,) for a trained VAE, (c, h, w) for a first stage at its image size."""
+        if not self.first_stage:
+            return (self.decoder.config.z_dim,)
+        c = self.decoder.config
+        side = int(self.meta.get("image_size", 32)) // c.downsampling_factor
+        return (c.z_channels, side, side)
+
+    @torch.no_grad()
+    def generate(self, prompt: str | Sequence[str] = "", num_images: int = 1, seed: int = 0, output: str = "pil",
+                 class_labels: Sequence[int] | None = None, temperature: float = 1.0,
+                 batch_size: int = 256) -> list[Image.Image] | torch.Tensor:
+        """`num_images` images of each prompt (a class name or "a photo of a {name}"; "" for an
+        unconditional one), or of each of `class_labels`, prompt-major. Image i draws its class
+        (for "") and then z from a generator seeded seed + i: the same image alone or in any batch.
+        temperature T scales z ~ N(0, T^2 I): below 1, fidelity for variety (Kingma & Dhariwal
+        2018, sec. 5); 1, the default, is the prior trained against. output: "pil" or "tensor"
+        ((N, C, H, W) in [-1, 1], float32)."""
+        labels = self.labels(prompt, class_labels)
+        check_common(num_images, output)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        labels = [k for k in labels for _ in range(int(num_images))]
+        z, classes = [], []
+        for i, label in enumerate(labels):
+            gen = torch.Generator().manual_seed(seed + i)
+            if self.conditional:  # drawn always and first: z is the seed's, whatever the class
+                drawn = int(torch.randint(len(self.class_names), (1,), generator=gen))
+                classes.append(drawn if label is None else label)
+            z.append(temperature * torch.randn(self.latent_shape, generator=gen))
+        z = torch.stack(z)
+        y = torch.tensor(classes, dtype=torch.long) if classes else None
+        images = []
+        for start in range(0, len(z), batch_size):
+            chunk = z[start : start + batch_size].to(self.device, self.dtype)
+            if self.first_stage:
+                images.append(self.decoder.decode(chunk).clamp(-1, 1).float())
+            else:
+                images.append(self.decoder(chunk, None if y is None else y[start : start + batch_size].to(
+                    self.device)).float())
+        images = torch.cat(images)  # (N, C, H, W) in [-1, 1]
+        return images if output == "tensor" else [to_pil(x) for x in images]
+
+
+def save_vae_pointer(folder: str | Path, autoencoder: str, dataset: str, image_size: int = 32) -> Path:
+    """A folder that samples the prior of the KL first stage at `autoencoder` (no weights of its own)."""
+    meta = {"kind": "vae", "autoencoder": autoencoder, "dataset": dataset, "image_size": image_size}
+    save_checkpoint(Path(folder), {}, meta)
+    return Path(folder)
+
