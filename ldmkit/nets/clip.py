@@ -121,10 +121,15 @@ class TextTransformer(nn.Module):
         self.proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.token_states(ids, mask)[:, 0])                       # (B, E), [CLS]'s state
+
+    def token_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Every token's last state, normalised (B, L, D): what an unCLIP prior reads besides the
+        embedding (CLIP's last_hidden_state)."""
         h = self.tokens(ids) + self.positions[:, : ids.shape[1]]                  # (B, L, D)
         for block in self.blocks:
             h = block(h, mask)
-        return self.proj(self.norm_out(h[:, 0]))                                   # (B, E), [CLS]'s state
+        return self.norm_out(h)
 
 
 class MiniLMProjection(nn.Module):
