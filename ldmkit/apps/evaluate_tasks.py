@@ -91,7 +91,7 @@ def evaluate_upscaling(pipe: Pipeline, per_class: int = 20, seed: int = 0, **set
     if pipe.config.lowres is None:
         raise ValueError(f"{pipe.name} is not an upscaler")
     images, _ = held_out_images(per_class)
-    factor = pipe.autoencoder.config.downsampling_factor
+    factor = pipe.config.lowres.factor(pipe.autoencoder.config.downsampling_factor)
     small = low_resolution(images, (images.shape[-1] // factor,) * 2)
     bicubic = F.interpolate(small, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)
     start = time.perf_counter()

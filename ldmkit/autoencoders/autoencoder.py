@@ -40,6 +40,9 @@ class AutoencoderOutput:
 class Autoencoder(nn.Module):
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
+        if config.kind == "pixel":
+            raise ValueError("the 'pixel' first stage is the identity, not an autoencoder: build it with "
+                             "ldmkit.autoencoders.make_first_stage (PixelSpace)")
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)

@@ -4,17 +4,19 @@ One config describes the three first stages of LDM (Rombach et al. 2022, sec. 3.
 autoencoder ("ae"), a KL-regularised VAE ("kl") and a vector-quantised VAE ("vq"). The encoder
 halves the size once per level after the first, so the downsampling factor is
 f = 2**(len(channel_mult) - 1): an image (B, C_in, H, W) becomes a latent (B, c, H/f, W/f).
+A fourth kind, "pixel", is no network: the identity first stage of a pixel-space diffusion model
+(GLIDE, ADM), f = 1 and z = x; of its fields only in_channels and scaling_factor mean anything.
 """
 
 import math
 from dataclasses import asdict, dataclass
 
-KINDS = ("ae", "kl", "vq")
+KINDS = ("ae", "kl", "vq", "pixel")
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    kind: str = "kl"                            # "ae" | "kl" | "vq"
+    kind: str = "kl"                            # "ae" | "kl" | "vq" | "pixel" (the identity)
     in_channels: int = 3
     out_channels: int | None = None             # None: same as in_channels
     base_channels: int = 128                    # conv_in width; level i has base * channel_mult[i]
@@ -46,7 +48,7 @@ class AutoencoderConfig:
     @property
     def downsampling_factor(self) -> int:
         """f: H and W must be multiples of it; the latent is 1/f of the image each side."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return 1 if self.kind == "pixel" else 2 ** (len(self.channel_mult) - 1)
 
     @property
     def double_z(self) -> bool:
@@ -55,7 +57,9 @@ class AutoencoderConfig:
 
     @property
     def z_channels(self) -> int:
-        """Channels of the latent that the decoder and stage 2 see: D for vq, else c."""
+        """Channels of the latent that the decoder and stage 2 see: D for vq, the image's for pixel, else c."""
+        if self.kind == "pixel":
+            return self.in_channels
         return self.codebook_dim if self.kind == "vq" else self.latent_channels
 
     def level_channels(self, level: int) -> int:
@@ -75,6 +79,9 @@ def _validate(c: AutoencoderConfig) -> None:
     for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks",
                  "latent_channels", "norm_groups", "codebook_size", "codebook_dim"):
         positive(name, getattr(c, name))
+    if c.kind == "pixel" and c.out_channels != c.in_channels:
+        raise ValueError(f"the pixel first stage is the identity: out_channels ({c.out_channels}) must equal "
+                         f"in_channels ({c.in_channels})")
     if not c.channel_mult:
         raise ValueError("channel_mult must name at least one level, got ()")
     for m in c.channel_mult:

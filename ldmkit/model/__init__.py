@@ -4,7 +4,9 @@ from .config import CONDITIONINGS, TASKS, TEXT_ENCODERS, GenerationDefaults, Lat
 from .folder import (
     BUNDLED,
     MODELS_DIR,
+    PIXEL_SPACE,
     load_autoencoder,
+    load_first_stage,
     load_model,
     resolve_model,
     resolve_repo_path,
@@ -15,7 +17,7 @@ from .folder import (
 from .parts import ModelParts
 
 __all__ = [
-    "BUNDLED", "CONDITIONINGS", "MODELS_DIR", "TASKS", "TEXT_ENCODERS", "GenerationDefaults", "LatentDiffusionConfig",
-    "LowResConfig", "ModelParts", "load_autoencoder", "load_model", "resolve_model", "resolve_repo_path",
-    "save_autoencoder", "save_model", "swap_first_stage",
+    "BUNDLED", "CONDITIONINGS", "MODELS_DIR", "PIXEL_SPACE", "TASKS", "TEXT_ENCODERS", "GenerationDefaults",
+    "LatentDiffusionConfig", "LowResConfig", "ModelParts", "load_autoencoder", "load_first_stage", "load_model",
+    "resolve_model", "resolve_repo_path", "save_autoencoder", "save_model", "swap_first_stage",
 ]

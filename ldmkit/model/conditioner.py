@@ -1,6 +1,7 @@
 """Prompts to the network's conditioning inputs, one conditioner per kind of model, each owning
 its null condition (the unconditional input of classifier-free guidance and of label dropout):
-- text: the text encoder's token states as cross-attention context (+ a padding mask); null: "";
+- text: the text encoder's token states as cross-attention context (+ a padding mask), and for a
+  network with pooled_dim (GLIDE) the last real token's state as `pooled`; null: "";
 - class: a label from the class names; null: the extra last label;
 - none: nothing.
 """
@@ -14,20 +15,38 @@ import torch
 NULL_PROMPT = ""
 
 
+def takes_pooled(config) -> bool:
+    """Whether the model's network adds a pooled condition to its time embedding (GLIDE)."""
+    return getattr(config.net, "pooled_dim", None) is not None
+
+
+def last_token_states(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """GLIDE's pooled text: each prompt's last real token's state (MiniLM's [SEP]), (B, L, D) -> (B, D).
+    Without a mask (CLIP attends to its padding too) the last position's."""
+    if mask is None:
+        return states[:, -1]
+    positions = torch.arange(mask.shape[1], device=mask.device)                # (L,)
+    last = (positions * mask).argmax(dim=1)                                    # (B,) the last True
+    return states[torch.arange(len(states), device=states.device), last.to(states.device)]
+
+
 class TextConditioner:
-    def __init__(self, text_encoder):
-        self.text_encoder = text_encoder
+    def __init__(self, text_encoder, pooled: bool = False):
+        self.text_encoder, self.pooled = text_encoder, pooled
 
     def __call__(self, prompts: Sequence[str], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        return self.from_states(*self.text_encoder(list(prompts)), device, dtype)
+        return self.from_states(*self.text_encoder(list(prompts)), device, dtype, self.pooled)
 
     @staticmethod
     def from_states(states: torch.Tensor, mask: torch.Tensor | None, device: torch.device,
-                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """A text encoder's (states (B, L, D), mask (B, L)) as the network's inputs."""
+                    dtype: torch.dtype, pooled: bool = False) -> dict[str, torch.Tensor]:
+        """A text encoder's (states (B, L, D), mask (B, L)) as the network's inputs; pooled: also
+        the last real token's state (B, D), for a network with pooled_dim."""
         cond = {"context": states.to(device, dtype)}
         if mask is not None:  # CLIP (SD) attends to every position, padding included
             cond["context_mask"] = mask.to(device)
+        if pooled:
+            cond["pooled"] = last_token_states(states, mask).to(device, dtype)
         return cond
 
 
@@ -69,7 +88,7 @@ class Unconditional:
 def conditioner_for(config, text_encoder=None, class_names: Sequence[str] = ()):
     """The conditioner of a model of this LatentDiffusionConfig."""
     if config.conditioning == "text":
-        return TextConditioner(text_encoder)
+        return TextConditioner(text_encoder, pooled=takes_pooled(config))
     if config.conditioning == "class":
         return ClassConditioner(class_names, config.net.num_labels)
     return Unconditional()

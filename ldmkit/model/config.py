@@ -26,13 +26,30 @@ TASKS = ("generation", "inpainting", "upscaling")
 class LowResConfig:
     """Super-resolution by concatenation (LDM sec. 4.4; SD's x4 upscaler): the low-resolution
     image, noised to a chosen level of its own schedule, is joined to z_t as input channels at
-    the latent's size, and that noise level is the UNet's class label."""
+    the latent's size, and that noise level is the UNet's class label. A pixel-space upsampler
+    (GLIDE, ADM) has latents at the output's size: its input is enlarged to it (bilinear) first."""
 
     channels: int = 3
     # SD x4's: LDM's "linear" schedule (linear in sqrt(beta)), diffusers' "scaled_linear"
     schedule: ScheduleConfig = ScheduleConfig(kind="scaled_linear", beta_start=0.0001, beta_end=0.02)
     max_noise_level: int = 350
     noise_level: int = 20  # the default at sampling time
+    # output side / input side; None: the first stage's factor f, the input at the latent's size (SD x4)
+    upscale_factor: int | None = None
+
+    def __post_init__(self):
+        if self.upscale_factor is not None and (not isinstance(self.upscale_factor, int) or self.upscale_factor < 2):
+            raise ValueError(f"upscale_factor must be a whole number >= 2 (or None), got {self.upscale_factor!r}")
+
+    def factor(self, f: int) -> int:
+        """Output side / input side, for a first stage of factor f."""
+        return f if self.upscale_factor is None else self.upscale_factor
+
+    def enlargement(self, f: int) -> int:
+        """How many times the input is enlarged to the latent's size (1: it is the latent's size)."""
+        if self.factor(f) % f:
+            raise ValueError(f"upscale_factor {self.upscale_factor} is not a multiple of the first stage's factor {f}")
+        return self.factor(f) // f
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,9 @@ class LatentDiffusionConfig:
                              f"task {self.task!r}, lowres {self.lowres}")
         if self.conditioning == "text" and self.net.context_dim is None:
             raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
+        if getattr(self.net, "pooled_dim", None) is not None and self.conditioning != "text":
+            raise ValueError("a network with pooled_dim adds the prompt's pooled text state to its time embedding: "
+                             f"it needs conditioning 'text', got {self.conditioning!r}")
         if self.conditioning == "class" and self.net.num_classes is None:
             raise ValueError("class conditioning needs unet.num_classes (the classes + 1 null class)")
 

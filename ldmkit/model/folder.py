@@ -6,7 +6,8 @@
     tokenizer/           CLIP's vocab.json and merges.txt (CLIP models only)
     README.md            the model card
 
-An autoencoder alone is a folder of type "autoencoder" with its "autoencoder." tensors.
+An autoencoder alone is a folder of type "autoencoder" with its "autoencoder." tensors. A
+pixel-space model (GLIDE) records the autoencoder of kind "pixel": the identity, no weights.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..autoencoders import Autoencoder, AutoencoderConfig
+from ..autoencoders import Autoencoder, AutoencoderConfig, PixelSpace, make_first_stage, pixel_space
 from ..conditioning import TextEncoder
 from ..conditioning.clip import clip_file_state, clip_text_encoder, tokenizer_files
 from ..config import from_dict, to_dict
@@ -27,6 +28,7 @@ from .parts import ModelParts
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"  # the models shipped in the repository
 BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint", "fashion-mnist-lcm", "shapes-lcm",
            "fashion-mnist-f2", "shapes-dit")
+PIXEL_SPACE = "pixel"  # the first stage a training config names for pixel-space diffusion (GLIDE)
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -69,7 +71,7 @@ def load_model(folder: str | Path) -> ModelParts:
     config = model_config(meta)
     net = make_net(config.net)
     net.load_state_dict(states["unet"])
-    first_stage = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
+    first_stage = make_first_stage(from_dict(AutoencoderConfig, meta["autoencoder"]))
     first_stage.load_state_dict(states["autoencoder"])
     text_encoder = None
     if config.conditioning == "text" and config.text_encoder == "clip":
@@ -105,6 +107,14 @@ def load_autoencoder(directory: str | Path, device: str | torch.device = "cpu") 
     model = Autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]))
     model.load_state_dict(states["autoencoder"])
     return model.to(device).eval()
+
+
+def load_first_stage(name: str, channels: int, device: str | torch.device = "cpu") -> Autoencoder | PixelSpace:
+    """A training config's frozen first stage: an autoencoder folder (a path, or relative to the
+    repository), or "pixel", the identity on `channels`-channel images (pixel-space diffusion)."""
+    if name == PIXEL_SPACE:
+        return pixel_space(channels).to(device)
+    return load_autoencoder(resolve_repo_path(name), device)
 
 
 def swap_first_stage(current: Autoencoder, folder: str | Path) -> Autoencoder:

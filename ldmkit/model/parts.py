@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..autoencoders import Autoencoder
+from ..autoencoders import Autoencoder, PixelSpace
 from ..config import to_dict
 from .config import GenerationDefaults, LatentDiffusionConfig
 
@@ -18,7 +18,7 @@ from .config import GenerationDefaults, LatentDiffusionConfig
 @dataclass
 class ModelParts:
     net: nn.Module  # the denoiser: a UNet (or another backbone with the same call)
-    autoencoder: Autoencoder  # the first stage
+    autoencoder: Autoencoder | PixelSpace  # the first stage (PixelSpace: the identity, pixel-space models)
     config: LatentDiffusionConfig
     text_encoder: nn.Module | None = None  # prompts -> (context, mask), for conditioning="text"
     class_names: list[str] = field(default_factory=list)  # for conditioning="class"

@@ -6,6 +6,8 @@ Attention is chosen by level, not by resolution, so a config means the same net 
 
 from dataclasses import asdict, dataclass
 
+TEXT_ATTENTIONS = ("cross", "added_kv")
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -19,10 +21,15 @@ class UNetConfig:
     num_heads: int | None = 8                   # fixed head count (SD v1) ...
     head_dim: int | None = None                 # ... or fixed head width (SD v2); set exactly one
     transformer_depth: int = 1                  # TransformerBlocks per SpatialTransformer
-    context_dim: int | None = 768               # None: no cross-attention
+    context_dim: int | None = 768               # None: no text attention
+    # How image tokens see the context: "cross", a cross-attention layer after self-attention
+    # (LDM); "added_kv", the context's own key/value projections joined to self-attention's (GLIDE)
+    text_attention: str = "cross"
     use_linear_projection: bool = False         # proj_in/out: Linear (SD v2) or 1x1 conv (SD v1)
     num_classes: int | None = None              # None: no class embedding
     guidance_embed_dim: int | None = None       # LCM: the guidance scale as an input (diffusers' time_cond_proj_dim)
+    pooled_dim: int | None = None               # a pooled condition (B, pooled_dim) projected into the time
+                                                # embedding (GLIDE: the text's last token); None: none
     norm_groups: int = 32
     dropout: float = 0.0
     kind: str = "unet"                          # the tag of this backbone in a model's config
@@ -67,13 +74,18 @@ def _validate(c: UNetConfig) -> None:
     for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks",
                  "transformer_depth", "norm_groups"):
         positive(name, getattr(c, name))
-    for name in ("num_heads", "head_dim", "context_dim", "num_classes"):
+    for name in ("num_heads", "head_dim", "context_dim", "num_classes", "pooled_dim"):
         if getattr(c, name) is not None:
             positive(name, getattr(c, name))
     if not c.channel_mult:
         raise ValueError("channel_mult must name at least one level, got ()")
     for m in c.channel_mult:
         positive("each channel_mult entry", m)
+    if c.text_attention not in TEXT_ATTENTIONS:
+        raise ValueError(f"text_attention must be one of {TEXT_ATTENTIONS}, got {c.text_attention!r}")
+    if c.text_attention == "added_kv" and c.context_dim is None:
+        raise ValueError("text_attention 'added_kv' joins the context's keys and values to self-attention: "
+                         "it needs a context_dim")
     if not 0.0 <= c.dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {c.dropout}")
 

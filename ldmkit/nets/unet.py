@@ -7,7 +7,9 @@ skip, and doubles the size. Parameter names equal diffusers' UNet2DConditionMode
 dicts load with strict=True and no key mapping (same network whenever channel_mult[0] == 1, as in
 every SD model; otherwise conv_in and the sinusoids are base_channels wide as in the LDM code,
 where diffusers uses block_out_channels[0]). The one hook: `control`, a ControlNet's residuals
-(ldmkit.nets.controlnet), added to every skip and to the middle block's output.
+(ldmkit.nets.controlnet), added to every skip and to the middle block's output. GLIDE's
+conditioning (config.text_attention="added_kv", pooled_dim): the text's tokens join self-attention's
+keys and values, and a pooled vector (its last token's state) joins the time embedding.
 Names: B batch, C channels, H W size, L context length, D_ctx context width, E time-embedding width.
 """
 
@@ -81,7 +83,7 @@ class UNet(nn.Module):
     # module paths (diffusers' names).
     shard_units = (ResBlock, SpatialTransformer)
     layer_groups = {
-        "attention": r"(^|\.)(to_q|to_k|to_v|to_out\.0)$",
+        "attention": r"(^|\.)(to_q|to_k|to_v|add_k_proj|add_v_proj|to_out\.0)$",
         "feed_forward": r"(^|\.)(ff\.net\.0\.proj|ff\.net\.2|proj_in|proj_out)$",
         "conv": r"(^|\.)(resnets\.\d+\.(conv1|conv2|conv_shortcut)|(down|up)samplers\.\d+\.conv)$",
     }
@@ -96,6 +98,8 @@ class UNet(nn.Module):
         self.time_embedding = TimestepEmbedding(c.base_channels, c.time_dim, c.guidance_embed_dim)
         self.class_embedding = (nn.Embedding(c.num_classes, c.time_dim)
                                 if c.num_classes is not None else None)
+        # GLIDE: the text's last token state, projected, joins the time embedding
+        self.pooled_proj = nn.Linear(c.pooled_dim, c.time_dim) if c.pooled_dim is not None else None
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
         self.down_blocks, self.mid_block, skip_widths = encoder_blocks(c)
 
@@ -120,15 +124,17 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None,
                 class_labels: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
-                control: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                control: Sequence[torch.Tensor] | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, in_channels, H, W) noisy latents; t a number, 0-d, (1,) or (B,) timesteps (float
         allowed); context (B, L, context_dim) tokens tau(y); context_mask (B, L) bool, True = keep;
-        class_labels (B,) ints; guidance (B,) classifier-free guidance scales, for a network that
+        class_labels (B,) ints; pooled (B, pooled_dim), a pooled condition added to the time
+        embedding (GLIDE's last text token); guidance (B,) classifier-free guidance scales, for a network that
         takes them as an input (an LCM: guidance_embed_dim); control: residuals added to every skip
         and to the middle block's output (a ControlNet's, ldmkit.nets.controlnet), one per skip in
         push order then the middle's, as diffusers' down_block_additional_residuals and
         mid_block_additional_residual. Returns (B, out_channels, H, W)."""
         t = check_inputs(self.config, x, t, context, context_mask, class_labels)  # (B,)
+        check_pooled(self.config, pooled, x.shape[0])
 
         condition = None
         if guidance is not None:
@@ -136,7 +142,7 @@ class UNet(nn.Module):
                 raise ValueError("this network takes no guidance input (guidance_embed_dim is None): "
                                  "guide it with classifier-free guidance instead")
             condition = guidance_embedding(guidance.reshape(-1), self.config.guidance_embed_dim).to(x.dtype)
-        emb = embed_time(self, t, x.dtype, class_labels, condition)   # (B, E)
+        emb = embed_time(self, t, x.dtype, class_labels, condition, pooled)  # (B, E)
 
         h = self.conv_in(x)                                            # (B, C_base, H, W)
         h, skips = run_encoder(self, h, emb, context, context_mask)
@@ -165,7 +171,7 @@ def make_resnet(c: UNetConfig, c_in: int, c_out: int) -> ResBlock:
 
 def make_attention(c: UNetConfig, channels: int) -> SpatialTransformer:
     return SpatialTransformer(channels, c.heads(channels), c.transformer_depth, c.context_dim,
-                              c.norm_groups, c.use_linear_projection, c.dropout)
+                              c.norm_groups, c.use_linear_projection, c.dropout, c.text_attention)
 
 
 def encoder_blocks(c: UNetConfig) -> tuple[nn.ModuleList, Level, list[int]]:
@@ -203,13 +209,16 @@ def run_block(net: nn.Module, module: nn.Module, *args) -> torch.Tensor:
 
 
 def embed_time(net: nn.Module, t: torch.Tensor, dtype: torch.dtype, class_labels: torch.Tensor | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
+               condition: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
     """The embedding every ResBlock reads, (B,) -> (B, E): the MLP of t's sinusoids (+ LCM's guidance
-    condition) + the class embedding. net: a UNet or a ControlNet (time_embedding, class_embedding)."""
+    condition) + the class embedding (+ the projected pooled condition, GLIDE's, for a net with a
+    pooled_proj). net: a UNet or a ControlNet (time_embedding, class_embedding)."""
     emb = timestep_embedding(t, net.time_embedding.linear_1.in_features).to(dtype)  # (B, C_base)
     emb = net.time_embedding(emb, condition)                          # (B, E)
     if net.class_embedding is not None:
         emb = emb + net.class_embedding(class_labels).to(emb.dtype)    # (B, E)
+    if pooled is not None:
+        emb = emb + net.pooled_proj(pooled.to(emb.dtype))              # (B, E)
     return emb
 
 
@@ -242,6 +251,20 @@ def check_control(control: Sequence[torch.Tensor], skips: list[torch.Tensor], mi
         raise ValueError(f"control must hold {len(expected)} residuals (one per skip, then the middle "
                          f"block's) of shapes {expected}; got {len(got)} of shapes {got}: was the "
                          "ControlNet made for this UNet?")
+
+
+def check_pooled(c: UNetConfig, pooled: torch.Tensor | None, batch: int) -> None:
+    """A pooled condition exactly when the net has pooled_dim, of shape (B, pooled_dim)."""
+    if pooled is None:
+        if c.pooled_dim is not None:
+            raise ValueError(f"this UNet adds a pooled condition to its time embedding (pooled_dim {c.pooled_dim}) "
+                             f"and needs pooled= of shape ({batch}, {c.pooled_dim})")
+        return
+    if c.pooled_dim is None:
+        raise ValueError("pooled was given but this UNet takes no pooled condition (pooled_dim None)")
+    if tuple(pooled.shape) != (batch, c.pooled_dim):
+        raise ValueError(f"pooled must have shape (B, pooled_dim) = ({batch}, {c.pooled_dim}), "
+                         f"got {tuple(pooled.shape)}")
 
 
 def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> torch.Tensor:

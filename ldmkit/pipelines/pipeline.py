@@ -20,14 +20,14 @@ from ..finetune.scoped import adapters_applied
 from ..finetune.textual_inversion import apply_embedding
 from ..io import stable_diffusion as sd
 from ..model import ModelParts, load_model, resolve_model, save_model, swap_first_stage
-from ..model.conditioner import TextConditioner, conditioner_for
+from ..model.conditioner import TextConditioner, conditioner_for, takes_pooled
 from ..nets.controlnet import ControlNet
 from ..utils.memory_format import to_channels_last_owned
 from . import core
 from .controlnet import add_controlnet
 from .image_tasks import img2img, inpaint, outpaint
 from .txt2img import generate
-from .upscale import upscale
+from .upscale import cascade, upscale
 
 
 class Pipeline:
@@ -172,7 +172,7 @@ class Pipeline:
 
     def text_conditioning(self, states: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """A text encoder's (states, mask) as the network's inputs, on its device and in its dtype."""
-        return TextConditioner.from_states(states, mask, self.device, self.dtype)
+        return TextConditioner.from_states(states, mask, self.device, self.dtype, pooled=takes_pooled(self.config))
 
     # ---- the tasks: each one function of (pipe, ...), the same as a method ---------------------
     generate = generate  # txt2img.generate: images from prompts
@@ -180,6 +180,7 @@ class Pipeline:
     inpaint = inpaint  # image_tasks.inpaint: repaint the white part of a mask
     outpaint = outpaint  # image_tasks.outpaint: extend the canvas and inpaint the new area
     upscale = upscale  # upscale.upscale: an upscaler model's super-resolution
+    cascade = cascade  # upscale.cascade: this (base) model's images, then upscaled by another model (GLIDE)
 
     # ---- the core, for callers that compose their own loop -------------------------------------
     def resolve_settings(self, steps=None, sampler=None, guidance=None) -> tuple[int, str, float]:

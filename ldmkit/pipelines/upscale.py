@@ -1,17 +1,24 @@
-"""Super-resolution with a latent upscaler (LDM sec. 4.4; SD's x4 upscaler).
+"""Super-resolution with a latent upscaler (LDM sec. 4.4; SD's x4 upscaler) or a pixel-space
+upsampler (GLIDE's second stage).
 
 The low-resolution image y (in [-1, 1]) is noised to `noise_level` of its own schedule,
 y_n = sqrt(a_n) y + sqrt(1 - a_n) eps (noise augmentation: the model was trained on noised
 inputs, and more noise lets it invent more detail); y_n is joined to z_t as input channels at
 the latent's size, n is the UNet's class label, and the decoder (f = 4) gives the image at
-f times the input's size.
+f times the input's size. A pixel-space upsampler (f = 1, lowres.upscale_factor k) first enlarges
+y k times (bilinear, as GLIDE and ADM do), since its "latents" are the output image itself.
+A text cascade (GLIDE) is two models: `cascade` generates with the base and upsamples each image.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.nn import functional as F
 
 from ..diffusion import make_schedule, noise_like, q_sample
+from ..utils.images import to_pil
 from . import core
 from .inputs import image_tensor
 
@@ -21,9 +28,9 @@ def upscale(pipe, image, prompt: str = "", negative_prompt: str = "", noise_leve
             num_images: int = 1, steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
             seed: int = 0, latents: torch.Tensor | None = None, output: str = "pil", progress: bool = False,
             guidance_rescale: float = 0.0, hook: core.StepHook | None = None):
-    """`image` at the autoencoder's factor times its size. Image k draws, from generator
-    seed + k, first the low-resolution noise and then z_T (diffusers' order). hook: as in
-    txt2img.generate."""
+    """`image` at the model's upscale factor times its size (a latent upscaler's: the autoencoder's
+    factor). Image k draws, from generator seed + k, first the low-resolution noise and then z_T
+    (diffusers' order). hook: as in txt2img.generate."""
     lowres = pipe.config.lowres
     if lowres is None:
         raise ValueError(f"{pipe.name} is not an upscaler (no low-resolution input): use generate, img2img or inpaint")
@@ -31,7 +38,10 @@ def upscale(pipe, image, prompt: str = "", negative_prompt: str = "", noise_leve
     if not isinstance(noise_level, int) or not 0 <= noise_level <= lowres.max_noise_level:
         raise ValueError(f"noise_level must be a whole number in [0, {lowres.max_noise_level}], got {noise_level!r}")
     steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
-    y, _ = image_tensor(image, lowres.channels, pipe.net.config.downsampling_factor)
+    enlarge = lowres.enlargement(pipe.autoencoder.config.downsampling_factor)
+    net_multiple = pipe.net.config.downsampling_factor
+    y, _ = image_tensor(image, lowres.channels, net_multiple // math.gcd(net_multiple, enlarge))
+    y = enlarged(y, enlarge)                                                   # (1, C, h, w): the latent's size
     shape = (num_images, pipe.autoencoder.config.z_channels, *y.shape[-2:])
     if latents is not None and tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} for this image, got {tuple(latents.shape)}")
@@ -47,3 +57,33 @@ def upscale(pipe, image, prompt: str = "", negative_prompt: str = "", noise_leve
     inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, extra)
     z = core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale, gens, progress, hook=hook)
     return core.finish(pipe, z, output)
+
+
+def enlarged(y: torch.Tensor, factor: int) -> torch.Tensor:
+    """A pixel-space upsampler's low-resolution input at its output's size: bilinear, factor times
+    each side (GLIDE / ADM's super-resolution models); factor 1 returns y as it is."""
+    if factor == 1:
+        return y
+    return F.interpolate(y, scale_factor=factor, mode="bilinear", align_corners=False)  # (B, C, k h, k w)
+
+
+@torch.no_grad()
+def cascade(base, upsampler, prompt: str | list[str], negative_prompt: str = "", num_images: int = 1, seed: int = 0,
+            steps: int | None = None, guidance: float | None = None, upsampler_steps: int | None = None,
+            upsampler_guidance: float | None = None, noise_level: int | None = None, output: str = "pil"):
+    """A text cascade (GLIDE, Imagen): the base model's images of each prompt, each then upscaled by
+    `upsampler` under the same prompt. Image k of a prompt takes seed + k in both stages.
+    output: "pil" (a list) or "tensor" ((N, C, H, W) in [-1, 1])."""
+    if output not in ("pil", "tensor"):
+        raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
+    if upsampler.config.lowres is None:
+        raise ValueError(f"{upsampler.name} is not an upscaler: a cascade's second model upscales the base's images")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    small = base.generate(prompts, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
+                          guidance=guidance, output="tensor").cpu()            # (P * n, C, h, w), prompt-major
+    large = [upsampler.upscale(image, prompts[i // num_images], negative_prompt=negative_prompt,
+                               seed=seed + i % num_images, steps=upsampler_steps, guidance=upsampler_guidance,
+                               noise_level=noise_level, output="tensor")
+             for i, image in enumerate(small)]
+    images = torch.cat(large).float().cpu()                                    # (P * n, C, k h, k w)
+    return images if output == "tensor" else [to_pil(x) for x in images]

@@ -8,7 +8,9 @@ zero, as SD inpainting started from SD. Each step then draws a batch, replaces t
 conditioning of a `cond_dropout` share by the null one (the empty caption, or the null class)
 so that classifier-free guidance has an unconditional model to subtract, and takes an AdamW
 step on the objective of LDM eq. 2. All randomness of a step comes from a generator seeded by
-(seed, step), so a resumed run repeats an uninterrupted one exactly.
+(seed, step), so a resumed run repeats an uninterrupted one exactly. With autoencoder "pixel" the
+first stage is the identity (f = 1): diffusion on the images themselves, as GLIDE's, whose networks
+also take the caption's pooled state (model.net.pooled_dim).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from tqdm.auto import tqdm
 from ..config import from_dict, to_dict
 from ..data import ImageFolder, fashion_mnist, load_fashion_mnist, shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
-from ..model import GenerationDefaults, ModelParts, load_autoencoder, resolve_repo_path
-from ..model.conditioner import NULL_PROMPT
+from ..model import GenerationDefaults, ModelParts, load_first_stage, resolve_repo_path
+from ..model.conditioner import NULL_PROMPT, TextConditioner, takes_pooled
 from ..nets import make_net
 from ..pipelines import Pipeline, inpainting_inputs
+from ..pipelines.upscale import enlarged
 from ..storage import atomic_write, load_checkpoint, save_checkpoint
 from ..utils.images import image_grid, save_png
 from . import distributed
@@ -64,7 +67,19 @@ def preview_prompts(config: DiffusionTrainConfig, captions: list[str]) -> list[s
 
 
 def load_captioned_images(config: DiffusionTrainConfig, channels: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(images (N, C, H, W) in [-1, 1], captions, class labels (N,); folders have no labels: -1)."""
+    """(images (N, C, H, W) in [-1, 1], captions, class labels (N,); folders have no labels: -1).
+    Fashion-MNIST and shapes come at 32x32; a smaller model.image_size area-averages them to it."""
+    images, captions, labels = _captioned_images(config, channels)
+    size = config.model.image_size
+    if images.shape[-1] != size:
+        if images.shape[-1] % size:
+            raise ValueError(f"model.image_size {size} does not divide the {config.data.dataset} images' "
+                             f"{images.shape[-1]} pixels: choose a divisor (area averaging shrinks them to it)")
+        images = low_resolution(images, (size, size))
+    return images, captions, labels
+
+
+def _captioned_images(config: DiffusionTrainConfig, channels: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     data = config.data
     if data.dataset == "folder":
         folder = ImageFolder(Path(data.path), size=config.model.image_size, channels=channels)
@@ -84,8 +99,16 @@ def load_captioned_images(config: DiffusionTrainConfig, channels: int) -> tuple[
 
 
 def low_resolution(images: torch.Tensor, size) -> torch.Tensor:
-    """The low-resolution inputs of a super-resolution model: area-averaged to the latent size."""
+    """Images area-averaged to `size` (H, W): a super-resolution model's low-resolution inputs."""
     return torch.nn.functional.interpolate(images, size=tuple(size), mode="area")
+
+
+def upscaler_inputs(images: torch.Tensor, lowres, latent_size, f: int) -> torch.Tensor:
+    """What an upscaler joins to z_t, before noise: the images area-averaged by the model's upscale
+    factor, then enlarged to the latent's size (a pixel-space upsampler; a latent one's are that size)."""
+    enlarge = lowres.enlargement(f)
+    small = low_resolution(images, [side // enlarge for side in latent_size])
+    return enlarged(small, enlarge)
 
 
 @torch.no_grad()
@@ -134,7 +157,8 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
     if (config.batch_size // rank.world) % config.accumulate:
         raise ValueError(f"each process's {config.batch_size // rank.world} images per step do not split into "
                          f"accumulate={config.accumulate} equal micro-batches")
-    autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
+    # a pixel-space model's "first stage" is the identity on images of its net's output channels
+    autoencoder = load_first_stage(config.autoencoder, config.model.net.out_channels, device)
     images, captions, labels = load_captioned_images(config, autoencoder.config.in_channels)
     if images.shape[1] != autoencoder.config.in_channels:
         raise ValueError(
@@ -152,7 +176,10 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
                              f"model.task=inpainting), got {unet_in}")
         raise ValueError(f"a {model_cfg.task} model on {z}-channel latents needs unet.in_channels = "
                          f"{model_cfg.net_in_channels(z)}, got {unet_in}")
-    lowres = low_resolution(images, latents.shape[-2:]).to(device) if model_cfg.lowres else None
+    lowres = None
+    if model_cfg.lowres:
+        f = autoencoder.config.downsampling_factor
+        lowres = upscaler_inputs(images, model_cfg.lowres, latents.shape[-2:], f).to(device)
     low_alpha_bar = make_schedule(model_cfg.lowres.schedule).alpha_bar.float().to(device) if model_cfg.lowres else None
 
     encoder = None
@@ -161,7 +188,9 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
 
         encoder = TextEncoder.minilm(model_cfg.text_length).to(device)
         vocabulary = sorted(set(captions) | {NULL_PROMPT})
-        states, masks = encoder(vocabulary)  # (V, L, D), (V, L)
+        # each distinct caption's network inputs (context (V, L, D), its mask, a pooled state (V, D))
+        caption_table = TextConditioner.from_states(*encoder(vocabulary), device, torch.float32,
+                                                    pooled=takes_pooled(model_cfg))
         caption_index = torch.tensor([vocabulary.index(c) for c in captions])
         null_index = vocabulary.index(NULL_PROMPT)
     sched = make_schedule(model_cfg.schedule)
@@ -230,7 +259,7 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         cond = {}
         if model_cfg.conditioning == "text":
             rows = torch.where(drop, null_index, caption_index[index])
-            cond = {"context": states[rows], "context_mask": masks[rows].to(device)}
+            cond = {name: table[rows] for name, table in caption_table.items()}
         elif model_cfg.conditioning == "class":
             null_class = pipeline.conditioner.null_label
             cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
@@ -277,7 +306,8 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
             pipeline.net.load_state_dict(ema_weights)
             grid_path = run_dir / "samples" / f"step_{done:06d}.png"
             if lowres is not None:
-                save_upscale_grid(pipeline, images[:8], grid_path, done)
+                prompts = captions[:8] if model_cfg.conditioning == "text" else None
+                save_upscale_grid(pipeline, images[:8], grid_path, done, prompts)
             elif inpainting:
                 save_inpainting_grid(pipeline, images[:8], captions[:8], grid_path, done)
             else:
@@ -358,13 +388,18 @@ def save_sample_grid(pipeline: Pipeline, prompts: list[str], path: Path, step: i
 
 
 @torch.no_grad()
-def save_upscale_grid(pipeline: Pipeline, images: torch.Tensor, path: Path, step: int) -> None:
-    """Rows: the low-resolution input (enlarged), the model's upscaling, the original."""
+def save_upscale_grid(pipeline: Pipeline, images: torch.Tensor, path: Path, step: int,
+                      prompts: list[str] | None = None) -> None:
+    """Rows: the low-resolution input (enlarged), the model's upscaling (of each image's prompt, for
+    a text-conditioned upscaler), the original."""
     from ..utils.images import to_pil
 
     size = images.shape[-1]
-    small = low_resolution(images, (size // pipeline.autoencoder.config.downsampling_factor,) * 2)
-    upscaled = [pipeline.upscale(to_pil(x), seed=k, output="tensor")[0] for k, x in enumerate(small)]
+    factor = pipeline.config.lowres.factor(pipeline.autoencoder.config.downsampling_factor)
+    small = low_resolution(images, (size // factor,) * 2)
+    prompts = prompts or [""] * len(small)
+    upscaled = [pipeline.upscale(to_pil(x), prompt, seed=k, output="tensor")[0]
+                for k, (x, prompt) in enumerate(zip(small, prompts))]
     rows = [[to_pil(x).resize((64, 64), 0) for x in batch] for batch in (small, upscaled, images)]
     grid = image_grid([im for row in rows for im in row], columns=len(images),
                       row_labels=["input", "ldmkit", "original"])
@@ -398,7 +433,7 @@ def pipeline_from_checkpoint(checkpoint: str | Path, device: str | torch.device 
     if meta.get("type") != "diffusion-run":
         raise ValueError(f"{checkpoint} is not a checkpoint of `ldmkit train` (type {meta.get('type')!r})")
     config = from_dict(DiffusionTrainConfig, meta["train"])
-    autoencoder = load_autoencoder(resolve_repo_path(config.autoencoder), device)
+    autoencoder = load_first_stage(config.autoencoder, config.model.net.out_channels, device)
     net = make_net(config.model.net).to(device)
     net.load_state_dict(states["ema_unet"])
     encoder = None

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..data.shapes import DEFAULT_HOLDOUT
+from ..diffusion.schedule import ScheduleConfig
 from ..model.config import LatentDiffusionConfig, LowResConfig
-from ..nets.config import UNET_PRESETS
+from ..nets.config import UNET_PRESETS, UNetConfig
 from ..nets.dit_config import DIT_PRESETS
 
 LDM_DATASETS = ("fashion-mnist", "shapes", "folder")
@@ -31,7 +32,7 @@ class DiffusionDataConfig:
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
     model: LatentDiffusionConfig = LatentDiffusionConfig()
-    autoencoder: str = "models/autoencoders/fmnist-kl-f4"  # the frozen first stage
+    autoencoder: str = "models/autoencoders/fmnist-kl-f4"  # the frozen first stage; "pixel": none (GLIDE)
     init_from: str | None = None  # a model folder whose UNet starts this run (inpainting: conv_in widened)
     data: DiffusionDataConfig = DiffusionDataConfig()
     steps: int = 10_000
@@ -78,6 +79,32 @@ class DiffusionTrainConfig:
 
 
 TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
+# GLIDE (Nichol et al. 2022) on Fashion-MNIST, in pixel space (autoencoder "pixel": f = 1): the
+# MiniLM tokens join each self-attention's keys and values (added_kv) and the last token's state the
+# time embedding (pooled); 20% caption dropout for guidance. The base makes 16x16 images (area-averaged
+# from 32x32) on GLIDE's cosine schedule; the x2 upsampler, text-conditioned, takes them to 32x32 on
+# the linear one (GLIDE's two choices), its low-res input noise-augmented as fashion-mnist-x4's.
+# The cross-attention ablation: --set model.net.text_attention=cross (pooled stays).
+# Sized by measured steps of batch 64 with OMP_NUM_THREADS=1 on this machine's 2-core AMD EPYC, shared
+# with two other training jobs (load ~6.8), so CPU seconds (wall time 1.1-1.5x that): base, 16x16, widths
+# 64/128 at 2 ResBlocks 2.6 CPU-s/step, 48 at 1 ResBlock 1.0, this one (32, 1 ResBlock, 2.0 M
+# parameters) 0.51-0.63 (cross-attention ablation 0.70); train_diffusion, steps 10-30, 0.75 wall-s/step.
+# 5,000 steps: ~45-55 min. Upsampler, 32x32: width 32 1.4-1.5 CPU-s/step, this one (16/32/64, 1.2 M)
+# 0.88-0.95, train_diffusion 0.93 wall-s/step; 3,000 steps: ~45 min.
+GLIDE_UNET = UNetConfig(in_channels=1, out_channels=1, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        attn_levels=(1, 2), num_heads=None, head_dim=32, context_dim=384,
+                        text_attention="added_kv", pooled_dim=384, norm_groups=16)
+GLIDE_BASE = LatentDiffusionConfig(net=GLIDE_UNET, schedule=ScheduleConfig(kind="cosine"), image_size=16)
+GLIDE_X2_UNET = UNetConfig(in_channels=2, out_channels=1, base_channels=16, channel_mult=(1, 2, 4),
+                           num_res_blocks=1, attn_levels=(2,), num_heads=None, head_dim=32, context_dim=384,
+                           text_attention="added_kv", pooled_dim=384, num_classes=351, norm_groups=8)
+GLIDE_X2 = LatentDiffusionConfig(
+    net=GLIDE_X2_UNET, schedule=ScheduleConfig(kind="linear", beta_start=0.0001, beta_end=0.02), image_size=32,
+    task="upscaling", lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0, upscale_factor=2),
+)
+TINY_GLIDE_UNET = UNetConfig(in_channels=1, out_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                             attn_levels=(1,), num_heads=2, context_dim=384, text_attention="added_kv",
+                             pooled_dim=384, norm_groups=8)
 # The shipped models: sized to train in well under an hour on a 2-core CPU (timings: docs/stage2.md).
 COMPACT = LatentDiffusionConfig(net=UNET_PRESETS["compact"])
 DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
@@ -108,9 +135,22 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
         autoencoder="models/autoencoders/fmnist-kl-f4-gan-decoder", init_from="models/fashion-mnist",
         steps=3000, lr=1e-4, warmup_steps=100, min_snr_gamma=5.0,
     ),
+    # GLIDE in pixel space, base and x2 upsampler (sizes and timings: GLIDE_UNET above)
+    "fashion-mnist-glide": DiffusionTrainConfig(
+        model=GLIDE_BASE, autoencoder="pixel", steps=5000, lr=3e-4, cond_dropout=0.2, min_snr_gamma=5.0,
+    ),
+    "fashion-mnist-glide-x2": DiffusionTrainConfig(
+        model=GLIDE_X2, autoencoder="pixel", steps=3000, lr=3e-4, cond_dropout=0.2, min_snr_gamma=5.0,
+        guidance=1.0,
+    ),
     "tiny": DiffusionTrainConfig(
         model=LatentDiffusionConfig(net=TINY_UNET),
         data=DiffusionDataConfig(limit=64),
+        steps=4, batch_size=8, warmup_steps=1, log_every=1, sample_every=2, checkpoint_every=2,
+    ),
+    "tiny-glide": DiffusionTrainConfig(
+        model=LatentDiffusionConfig(net=TINY_GLIDE_UNET, schedule=ScheduleConfig(kind="cosine"), image_size=8),
+        autoencoder="pixel", data=DiffusionDataConfig(limit=64), cond_dropout=0.2,
         steps=4, batch_size=8, warmup_steps=1, log_every=1, sample_every=2, checkpoint_every=2,
     ),
     "tiny-dit": DiffusionTrainConfig(
