@@ -144,10 +144,12 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def refresh_batch_statistics(self, classes: Sequence[int] | None = None, batches: int = 16,
-                                 batch_size: int = 64, seed: int = 0) -> Generator:
+                                 batch_size: int = 64, seed: int = 0,
+                                 z_means: torch.Tensor | None = None) -> Generator:
         """Recompute BatchNorm's running statistics as the average over `batches` batches of fresh
         samples, z ~ N(0, I) and classes drawn uniformly from `classes` (those trained on; None:
-        all), from `seed` (BigGAN's "standing statistics", Brock et al. 2019). Eval mode uses them;
+        all), from `seed` (BigGAN's "standing statistics", Brock et al. 2019). z_means (classes or
+        1, z_dim): z ~ N(z_means[y], I) instead, the prior a VAE decoder samples. Eval mode uses them;
         those tracked in training belong to earlier weights and, averaged into an EMA of the
         weights, to none at all."""
         choices = torch.tensor(range(self.config.num_classes) if classes is None else list(classes))
@@ -162,6 +164,8 @@ class Generator(nn.Module):
         for _ in range(batches):
             z = torch.randn((batch_size, self.config.z_dim), generator=gen).to(like.device, like.dtype)
             labels = choices[torch.randint(len(choices), (batch_size,), generator=gen)].to(like.device)
+            if z_means is not None:
+                z = z + z_means[labels if len(z_means) > 1 else 0].to(z)
             self(z, labels if self.config.conditioning == "class" else None)
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum

@@ -3,7 +3,8 @@
 Two kinds of folder load as one (config.json "kind": "vae"):
 - a VAE trained to generate (`ldmkit train-vae`'s run_dir/model): {"vae": VAEConfig,
   "class_names", ...} and model.safetensors with its decoder under "decoder." (BatchNorm
-  statistics recomputed for samples of the prior, as the GAN's are);
+  statistics recomputed for samples of the prior, as the GAN's are) and the prior's class means
+  under "prior.means";
 - a pointer to a KL first stage, {"autoencoder": "models/autoencoders/fmnist-kl-f4"}: its decoder
   fed z ~ N(0, I), the prior its (tiny-weighted) KL term pulls the posterior toward. LDM weights
   that term by 1e-6, so the latents it decodes well are far from that prior: the row that shows
@@ -35,10 +36,12 @@ class VAEGenerator(ClassPromptGenerator):
     kind = "vae"
 
     def __init__(self, decoder: Generator | Autoencoder, class_names: Sequence[str] = (), name: str = "vae",
-                 meta: dict | None = None):
+                 meta: dict | None = None, prior_means: torch.Tensor | None = None):
+        """prior_means (classes or 1, z_dim): the m_y of p(z | y) = N(m_y, I); None: zeros."""
         super().__init__(name, meta, class_names)
         self.decoder = decoder.eval().requires_grad_(False)
         self.first_stage = isinstance(decoder, Autoencoder)
+        self.prior_means = prior_means
         self.conditional = not self.first_stage and decoder.config.conditioning == "class"
         if self.conditional and len(self.class_names) != decoder.config.num_classes:
             raise ValueError(f"a VAE of {decoder.config.num_classes} classes needs as many class names, "
@@ -62,13 +65,16 @@ class VAEGenerator(ClassPromptGenerator):
         decoder = Generator(config.decoder_config())
         if "decoder" in states:  # a finished model: statistics of the prior's samples already
             decoder.load_state_dict(states["decoder"])
+            means = (states.get("prior") or {}).get("means")
         elif "vae" in states:  # a run's checkpoint: its statistics are the posterior's, recompute them
             decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in states["vae"].items()
                                      if k.startswith("decoder.")})
-            decoder.refresh_batch_statistics()
+            means = states["vae"].get("prior_means")
+            decoder.refresh_batch_statistics((meta.get("train") or {}).get("classes"), z_means=means)
         else:
             raise CheckpointError(f"{path} has no decoder weights ('decoder.' or 'vae.' tensors)")
-        return cls(decoder, meta.get("class_names") or [], name=path.name, meta=meta).to(device, dtype)
+        return cls(decoder, meta.get("class_names") or [], name=path.name, meta=meta,
+                   prior_means=means).to(device, dtype)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.decoder]
@@ -100,8 +106,8 @@ class VAEGenerator(ClassPromptGenerator):
         """`num_images` images of each prompt (a class name or "a photo of a {name}"; "" for an
         unconditional one), or of each of `class_labels`, prompt-major. Image i draws its class
         (for "") and then z from a generator seeded seed + i: the same image alone or in any batch.
-        temperature T scales z ~ N(0, T^2 I): below 1, fidelity for variety (Kingma & Dhariwal
-        2018, sec. 5); 1, the default, is the prior trained against. output: "pil" or "tensor"
+        temperature T scales the prior's spread, z ~ N(m_y, T^2 I): below 1, fidelity for variety
+        (Kingma & Dhariwal 2018, sec. 5); 1, the default, is the prior trained against. output: "pil" or "tensor"
         ((N, C, H, W) in [-1, 1], float32)."""
         labels = self.labels(prompt, class_labels)
         check_common(num_images, output)
@@ -114,7 +120,8 @@ class VAEGenerator(ClassPromptGenerator):
             if self.conditional:  # drawn always and first: z is the seed's, whatever the class
                 drawn = int(torch.randint(len(self.class_names), (1,), generator=gen))
                 classes.append(drawn if label is None else label)
-            z.append(temperature * torch.randn(self.latent_shape, generator=gen))
+            mean = 0.0 if self.prior_means is None else self.prior_means[classes[-1] if classes else 0].cpu()
+            z.append(mean + temperature * torch.randn(self.latent_shape, generator=gen))
         z = torch.stack(z)
         y = torch.tensor(classes, dtype=torch.long) if classes else None
         images = []

@@ -4,7 +4,11 @@ trained: the ELBO here, the hinge loss there.
 
 Encoder: image -> (Conv 4x4 stride 2, LeakyReLU) per halving down to 4x4 -> flatten, with the
 class embedding appended -> linear -> (mu, log sigma^2) of q(z | x, y), a diagonal Gaussian over
-z_dim numbers. Decoder: the DCGAN generator of ldmkit.family.gan_networks (class through
+z_dim numbers. Prior: p(z | y) = N(m_y, I), a learned mean per class (the prior network of Sohn et
+al. 2015 in its simplest form; m = 0 for an unconditional VAE): with the standard prior N(0, I) for
+every class, the encoder, which sees the image, put the class into z as well, the decoder learned
+to read it from there, and the prior's samples came out of a random class whatever the label
+(docs/family.md). Decoder: the DCGAN generator of ldmkit.family.gan_networks (class through
 conditional BatchNorm), with p(x | z, y) = N(G(z, y), sigma_x^2 I) and sigma_x at its maximum-
 likelihood value, the root mean squared error of the batch: the calibrated decoder of Rybkin et
 al. 2021 ("optimal sigma-VAE"), so that the reconstruction term is a true log-likelihood and
@@ -69,7 +73,7 @@ class VAEEncoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """The encoder and the decoder (a GAN Generator)."""
+    """The encoder, the prior's class means and the decoder (a GAN Generator)."""
 
     min_sigma = 1e-3  # of p(x | z): a floor, so a perfect fit does not divide by zero
 
@@ -78,13 +82,21 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = VAEEncoder(config)
         self.decoder = Generator(config.decoder_config())
+        # m_y of p(z | y) = N(m_y, I): zeros at the start, the standard prior for every class
+        self.prior_means = nn.Parameter(torch.zeros(config.num_classes if config.conditioning == "class" else 1,
+                                                    config.z_dim))
+
+    def prior_mean(self, class_labels: torch.Tensor | None, count: int) -> torch.Tensor:
+        """m_y for each label (count, z_dim); the one mean of an unconditional VAE."""
+        return self.prior_means[class_labels] if class_labels is not None else self.prior_means.expand(count, -1)
 
     def losses(self, x: torch.Tensor, class_labels: torch.Tensor | None, gen: torch.Generator) -> dict:
         """Per-image means of the negative ELBO's two terms (nats), z drawn by reparameterisation
         from `gen`: nll = -log N(x; G(z, y), sigma_x^2 I) summed over pixels, sigma_x^2 the batch's
         mean squared error (its maximum-likelihood value; held fixed in the gradient, which at the
-        optimum is the same: Rybkin et al. 2021, sec. 3), and kl = KL(q(z|x,y) || N(0, I)) in closed
-        form, 0.5 sum(mu^2 + sigma^2 - 1 - log sigma^2) (Kingma & Welling 2014, app. B)."""
+        optimum is the same: Rybkin et al. 2021, sec. 3), and kl = KL(q(z|x,y) || N(m_y, I)) in closed
+        form, 0.5 sum((mu - m_y)^2 + sigma^2 - 1 - log sigma^2) (Kingma &
+        Welling 2014, app. B, with the prior's mean moved to m_y)."""
         mu, logvar = self.encoder(x, class_labels)
         eps = torch.randn(mu.shape, generator=gen).to(mu.device, mu.dtype)
         z = mu + (0.5 * logvar).exp() * eps
@@ -93,6 +105,7 @@ class VAE(nn.Module):
         squared = (x - reconstruction).pow(2).flatten(1).sum(dim=1)  # (B,)
         sigma = (squared.mean().detach() / pixels).sqrt().clamp_min(self.min_sigma)
         nll = squared / (2 * sigma**2) + pixels * (sigma.log() + 0.5 * math.log(2 * math.pi))
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
+        offset = mu - self.prior_mean(class_labels, len(mu)).to(mu.dtype)
+        kl = 0.5 * (offset.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
         return {"nll": nll.mean(), "kl": kl.mean(), "mse": squared.mean() / pixels, "sigma": sigma,
                 "reconstruction": reconstruction}

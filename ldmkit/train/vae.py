@@ -60,8 +60,9 @@ def train_vae(config: VAETrainConfig, run_dir: str | Path, device: str | torch.d
         are of the posterior's)."""
         decoder = VAE(config.vae).to(device).decoder
         decoder.load_state_dict(vae.decoder.state_dict())
-        decoder.refresh_batch_statistics(config.classes)
-        return VAEGenerator(decoder, class_names, name=run_dir.name)
+        means = vae.prior_means.detach().clone()
+        decoder.refresh_batch_statistics(config.classes, z_means=means)
+        return VAEGenerator(decoder, class_names, name=run_dir.name, prior_means=means)
 
     end = config.steps if max_steps is None else min(config.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=config.steps, desc="vae", disable=not progress)
@@ -108,7 +109,8 @@ def train_vae(config: VAETrainConfig, run_dir: str | Path, device: str | torch.d
                **{k: records[-1][k] for k in ("nll", "kl", "mse", "sigma") if records and k in records[-1]}}
     if end == config.steps:  # the finished VAE: the decoder as the last grid sampled it
         model = sampler()
-        save_checkpoint(run_dir / "model", {"decoder": model.decoder.state_dict()}, {**meta, "training": summary})
+        weights = {"decoder": model.decoder.state_dict(), "prior": {"means": model.prior_means}}
+        save_checkpoint(run_dir / "model", weights, {**meta, "training": summary})
         summary["saved"] = str(run_dir / "model")
     return summary
 

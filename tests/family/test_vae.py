@@ -30,10 +30,13 @@ TINY = VAE_PRESETS["tiny"]
 def test_the_elbo_terms_equal_torch_distributions():
     torch.manual_seed(0)
     vae = VAE(TINY.vae).train()
+    with torch.no_grad():
+        vae.prior_means.normal_()  # p(z | y) = N(m_y, I), each class its own mean
     x, y = torch.rand(5, 1, 32, 32) * 2 - 1, torch.tensor([0, 3, 3, 9, 1])
     losses = vae.losses(x, y, torch.Generator().manual_seed(1))
     mu, logvar = vae.encoder(x, y)
-    expected_kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(dim=1).mean()
+    prior = Normal(vae.prior_means[y], 1.0)
+    expected_kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), prior).sum(dim=1).mean()
     assert torch.allclose(losses["kl"], expected_kl, rtol=1e-5)
     sigma = (x - losses["reconstruction"]).pow(2).mean().sqrt()  # its maximum-likelihood value
     assert torch.allclose(losses["sigma"], sigma)
@@ -90,6 +93,11 @@ def test_the_run_folder_and_the_saved_vae_sample_by_seed(whole):
     assert torch.allclose(alone[0], batch[3], atol=1e-6)  # image 3 of the batch: seed 4 + 3
     cooler = vae.generate("bag", num_images=3, seed=4, output="tensor", temperature=0.5)
     assert not torch.allclose(cooler, batch[:3])
+    # z ~ N(m_y, T^2 I): as T -> 0 every sample is the decoded class mean
+    assert vae.prior_means.shape == (10, 8) and vae.prior_means.abs().sum() > 0  # trained away from 0
+    frozen = vae.generate("bag", num_images=2, seed=0, output="tensor", temperature=1e-6)
+    mean = vae.decoder(vae.prior_means[8:9], torch.tensor([8]))
+    assert torch.allclose(frozen, mean.expand(2, -1, -1, -1), atol=1e-4)
     # a run's checkpoint loads too, its statistics recomputed as the finished model's were
     checkpoint = VAEGenerator.from_folder(run / "checkpoints" / "step-00000004")
     assert torch.allclose(checkpoint.generate("bag", num_images=3, seed=4, output="tensor"), batch[:3], atol=1e-6)
