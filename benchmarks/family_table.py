@@ -17,8 +17,8 @@ against as many real training images; with a CLIP (--clip), the CLIP score. The 
 held-out real training images (per-class of each class, none of them in the reference set) the
 same way: what a perfect generator would score with this many images.
 
-A row is saved as soon as it is done and reused by a later run of the same model folder,
-per-class, seed, --steps and CLIP, so a killed run goes on from the next model. Each row keeps
+A row is saved as soon as it is done and reused by a later run of the same model folder (and the
+same weights in it), per-class, seed, --steps and CLIP, so a killed run goes on from the next model. Each row keeps
 its ten grid samples (one per class, a base64 PNG strip), so the grid is redrawn from the file.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import inspect
 import io
 import json
@@ -80,7 +81,20 @@ def model_folder(name_or_path: str) -> str:
 
 
 def row_key(folder: str, per_class: int, seed: int, steps: int | None, clip: str | None) -> dict:
-    return {"folder": folder, "per_class": per_class, "seed": seed, "steps": steps, "clip": clip}
+    return {"folder": folder, "weights": fingerprint(folder), "per_class": per_class, "seed": seed, "steps": steps,
+            "clip": clip}
+
+
+def fingerprint(folder: str) -> str:
+    """What the folder holds (config.json and weights, hashed): a row of weights since retrained
+    is measured again, not reused."""
+    digest = hashlib.sha256()
+    root = resolve_model(folder)
+    for name in ("config.json", "model.safetensors"):
+        path = root / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def parameter_counts(model) -> dict:

@@ -61,8 +61,8 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
         assert row["parameters"]["network"] > 0 and row["training"]["minutes"] > 0
     assert diffusion["kind"] == "latent diffusion (unet)" and diffusion["parameters"]["first_stage_decoder"] > 0
     assert diffusion["sampling"] == {"steps": 2, "sampler": "dpmpp_2m", "guidance": 3.0}
-    assert diffusion["key"] == {"folder": "models/fashion-mnist", "per_class": 2, "seed": 0, "steps": 2,
-                                "clip": diffusion["key"]["clip"]}
+    assert diffusion["key"] == {"folder": "models/fashion-mnist", "weights": diffusion["key"]["weights"],
+                                "per_class": 2, "seed": 0, "steps": 2, "clip": diffusion["key"]["clip"]}
     assert generator["kind"] == "GAN" and generator["parameters"]["first_stage_decoder"] is None
     assert generator["sampling"] == {"truncation": "inf"} and generator["key"]["steps"] is None
     assert first_stage["images"] == 20 and first_stage["class_agreement"] is None and first_stage["clip_score"] is None
@@ -77,3 +77,8 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
 
     assert family_table.main(argv[:1] + argv[2:3] + argv[4:] + ["--seed", "1"]) == 0  # another seed: the GAN again
     assert calls[3:] == ["model"] and json.loads(out.read_text())["rows"][0]["key"]["seed"] == 1
+
+    train_gan(replace(GAN_PRESETS["tiny"], steps=2), tmp_path / "gan", progress=False)  # retrained: measured again
+    before = len(calls)  # the run's sample grids called generate too
+    assert family_table.main(argv[:1] + argv[2:3] + argv[4:] + ["--seed", "1"]) == 0
+    assert calls[before:] == ["model"]
