@@ -10,6 +10,7 @@ from .family_commands import add_family_commands
 from .finetune_commands import adapters, add_adapter_arguments, add_finetune_commands
 from .guidance_commands import add_steering_arguments, evaluation_settings, scoring_clip, steering_options
 from .run_arguments import add_run_arguments, run_config
+from .unclip_commands import add_unclip_arguments, add_unclip_commands
 
 
 def _forward_demo(args: argparse.Namespace) -> None:
@@ -102,20 +103,25 @@ def _generate(args: argparse.Namespace) -> None:
     print("\n".join(f"wrote {p}" for p in paths))
 
 
+FAMILY_SETTINGS = ("temperature", "top_k", "top_p", "truncation", "prior_guidance", "prior_steps", "decoder_guidance")
+
+
 def _family_options(args: argparse.Namespace) -> dict:
-    """--temperature / --top-k / --top-p / --truncation, where given: a family model's settings."""
-    given = {name: getattr(args, name, None) for name in ("temperature", "top_k", "top_p", "truncation")}
+    """--temperature / --top-k / --top-p / --truncation / --prior-guidance / ..., where given: a family
+    model's settings."""
+    given = {name: getattr(args, name, None) for name in FAMILY_SETTINGS}
     given = {name: value for name, value in given.items() if value is not None}
     return {"family_sampling": given} if given else {}
 
 
 def _add_family_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generative family models (GAN, DALL-E: ldmkit.family)")
+    group = parser.add_argument_group("generative family models (GAN, DALL-E, unCLIP: ldmkit.family)")
     group.add_argument("--temperature", type=float, default=None, help="DALL-E: the codes' sampling temperature")
     group.add_argument("--top-k", type=int, default=None, help="DALL-E: draw among the k most likely codes")
     group.add_argument("--top-p", type=float, default=None, help="DALL-E: draw from the nucleus of mass p")
     group.add_argument("--truncation", type=float, default=None,
                        help="GAN: redraw entries of z beyond this (BigGAN's truncation trick)")
+    add_unclip_arguments(group)
 
 
 def _control_options(args: argparse.Namespace) -> dict:
@@ -361,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--set data.datasets='[\"folder\"]' --set data.path=my-images")
     tclip.set_defaults(run=_train_clip)
     add_family_commands(commands)
+    add_unclip_commands(commands)
 
     ev = commands.add_parser("evaluate", help="measure a fashion-mnist or shapes model (distance, agreement, speed)")
     ev.add_argument("--model", default="fashion-mnist", help="a model (name or folder), or a run's checkpoint folder")

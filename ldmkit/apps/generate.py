@@ -105,21 +105,55 @@ def generate_to_folder(
 
 def family_to_folder(pipe: FamilyGenerator, request: GenerationRequest, out: str | Path, grid: bool,
                      settings: dict) -> list[Path]:
-    """A family model's images of the request's prompt, numbered PNGs carrying its settings."""
+    """A family model's images of the request's prompt, numbered PNGs carrying its settings (with the
+    model's defaults for those not given, where it has its own: pipe.settings_used). A request field
+    that the model's generate() takes by name (unCLIP's steps and sampler: its decoder's) goes to it."""
     defaults = GenerationRequest(task=request.task)
-    changed = sorted(f.name for f in fields(request) if f.name not in ("prompt", "num_images", "seed")
-                     and getattr(request, f.name) != getattr(defaults, f.name))
+    accepted = set(inspect.signature(pipe.generate).parameters) - {"prompt", "num_images", "seed", "output"}
+    given = {f.name: getattr(request, f.name) for f in fields(request) if f.name not in ("prompt", "num_images", "seed")
+             and getattr(request, f.name) != getattr(defaults, f.name)}
+    changed = sorted(set(given) - accepted)
     if request.task != "txt2img" or changed:
         raise ValueError(f"{pipe.name} is a {pipe.kind} model: it takes a prompt, num_images and seed, not "
                          f"{changed or request.task} (settings of latent diffusion models)")
-    accepted = set(inspect.signature(pipe.generate).parameters) - {"prompt", "num_images", "seed", "output"}
+    settings = {**given, **settings}
     if set(settings) - accepted:
         raise ValueError(f"{pipe.name} is a {pipe.kind} model: it takes {sorted(accepted)}, not "
                          f"{sorted(set(settings) - accepted)}")
     images = pipe.generate(request.prompt, num_images=request.num_images, seed=request.seed, **settings)
-    recorded = {k: v if isinstance(v, int | float | str) else getattr(v, "name", str(v)) for k, v in settings.items()}
-    text = {"prompt": request.prompt, "model": pipe.name, "kind": pipe.kind, **recorded}
+    text = {"prompt": request.prompt, "model": pipe.name, "kind": pipe.kind, **recorded_settings(pipe, settings)}
     return save_images(images, out, text, request.seed, grid)
+
+
+def variations_to_folder(images: Sequence[str | Path], out: str | Path, model: str | Path, num_images: int = 1,
+                         seed: int = 0, device: str = "cpu", grid: bool = True, settings: dict | None = None,
+                         pipeline: FamilyGenerator | None = None) -> list[Path]:
+    """unCLIP's image variations: num_images images decoded from each image file's CLIP embedding,
+    out/NNNNN_seedS.png (image k of input i: seed + i * num_images + k), each carrying its input's
+    path, the model and its settings (the decoder's: steps, sampler, decoder_guidance), and a grid per
+    input."""
+    pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device))
+    if not hasattr(pipe, "variations"):
+        raise ValueError(f"{pipe.name} makes no image variations: an unCLIP folder does (ldmkit make-unclip)")
+    settings = dict(settings or {})
+    accepted = set(inspect.signature(pipe.variations).parameters) - {"image", "num_images", "seed", "output"}
+    if set(settings) - accepted:
+        raise ValueError(f"variations take {sorted(accepted)}, not {sorted(set(settings) - accepted)}")
+    made = pipe.variations(list(images), num_images=num_images, seed=seed, **settings)
+    recorded = recorded_settings(pipe, settings)
+    recorded = {k: v for k, v in recorded.items() if k in accepted}  # the prior's settings play no part
+    paths = []
+    for i, image in enumerate(images):
+        text = {"task": "variations", "input": str(image), "model": pipe.name, "kind": pipe.kind, **recorded}
+        first = seed + i * num_images
+        paths += save_images(made[i * num_images:(i + 1) * num_images], out, text, first, grid)
+    return paths
+
+
+def recorded_settings(pipe: FamilyGenerator, settings: dict) -> dict:
+    """A family model's settings as PNG text: its defaults filled in, models by name."""
+    used = pipe.settings_used(settings)
+    return {k: v if isinstance(v, int | float | str) else getattr(v, "name", str(v)) for k, v in used.items()}
 
 
 def run_steered(pipe: Pipeline, request: GenerationRequest, steering: dict, batch_size: int,

@@ -6,7 +6,8 @@ from .base import ClassPromptGenerator, FamilyGenerator
 from .dalle import DalleGenerator
 from .gan import GANGenerator
 from .loading import GENERATORS, family_kind, load_family_model
+from .unclip import UnclipGenerator, save_unclip
 from .vae import VAEGenerator
 
-__all__ = ["GENERATORS", "ClassPromptGenerator", "DalleGenerator", "FamilyGenerator", "GANGenerator", "VAEGenerator",
-           "family_kind", "load_family_model"]
+__all__ = ["GENERATORS", "ClassPromptGenerator", "DalleGenerator", "FamilyGenerator", "GANGenerator", "UnclipGenerator",
+           "VAEGenerator", "family_kind", "load_family_model", "save_unclip"]

@@ -18,6 +18,9 @@ OUTPUTS = ("pil", "tensor")
 
 class FamilyGenerator:
     kind: str  # config.json's "kind": how ldmkit.family.loading tells the models apart
+    # its folder names latent diffusion models, which from_folder opens with the open_decoder it is given
+    # (unCLIP's decoder): ldmkit.family sits below the pipelines that open them
+    opens_diffusion_models: bool = False
 
     def __init__(self, name: str, meta: dict | None):
         self.name, self.meta = name, dict(meta or {})
@@ -43,6 +46,11 @@ class FamilyGenerator:
         for module in self.modules():
             module.to(device=device, dtype=dtype)
         return self
+
+    def settings_used(self, settings: dict) -> dict:
+        """The sampling settings a run with these `settings` takes (what its PNG text records): those
+        given, for a model whose defaults are its generate()'s own."""
+        return dict(settings)
 
     def describe(self) -> dict:
         """The model's config.json and what it is now: name, parameters, device, dtype."""

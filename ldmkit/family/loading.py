@@ -1,9 +1,10 @@
 """A family model's folder, told by its config.json's "kind" and loaded by its generator class:
-what lets Pipeline.from_pretrained open a GAN or a DALL-E as it opens a diffusion model."""
+what lets Pipeline.from_pretrained open a GAN, a DALL-E or an unCLIP as it opens a diffusion model."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,9 +12,11 @@ import torch
 from .base import FamilyGenerator
 from .dalle import DalleGenerator
 from .gan import GANGenerator
+from .unclip import UnclipGenerator
 from .vae import VAEGenerator
 
-GENERATORS: dict[str, type[FamilyGenerator]] = {cls.kind: cls for cls in (GANGenerator, DalleGenerator, VAEGenerator)}
+GENERATORS: dict[str, type[FamilyGenerator]] = {
+    cls.kind: cls for cls in (GANGenerator, DalleGenerator, VAEGenerator, UnclipGenerator)}
 
 
 def family_kind(folder: str | Path) -> str | None:
@@ -28,9 +31,14 @@ def family_kind(folder: str | Path) -> str | None:
     return kind if kind in GENERATORS else None
 
 
-def load_family_model(folder: str | Path, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32) -> FamilyGenerator:
+def load_family_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      open_diffusion_model: Callable | None = None) -> FamilyGenerator:
+    """The generator of a family folder. open_diffusion_model(folder, device, dtype): how a model that
+    names latent diffusion models (unCLIP's decoder) opens them; Pipeline.from_pretrained gives its own."""
     kind = family_kind(folder)
     if kind is None:
         raise ValueError(f"{folder} is not a model of the generative family (kinds {sorted(GENERATORS)})")
-    return GENERATORS[kind].from_folder(folder, device, dtype)
+    generator = GENERATORS[kind]
+    if generator.opens_diffusion_models:
+        return generator.from_folder(folder, device, dtype, open_decoder=open_diffusion_model)
+    return generator.from_folder(folder, device, dtype)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import from_dict, to_dict
 from ..diffusion import Schedule, ScheduleConfig, clip_x0, make_schedule, sample
@@ -97,9 +98,11 @@ def text_condition(clip: CLIP, captions: Sequence[str], length: int | None = Non
 
 
 @torch.no_grad()
-def image_embeddings(clip: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images (N, C, H, W) in [-1, 1] -> the CLIP's normalised image embeddings (N, E), on the CPU."""
-    return torch.cat([clip.embed_pixels(chunk).cpu() for chunk in images.split(batch_size)])
+def image_embeddings(clip: CLIP, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Images (N, C, H, W) in [-1, 1] -> the CLIP's normalised image embeddings (N, E), on the CPU;
+    progress: a bar over the batches."""
+    chunks = tqdm(images.split(batch_size), desc=f"{clip.name} image embeddings", disable=not progress)
+    return torch.cat([clip.embed_pixels(chunk).cpu() for chunk in chunks])
 
 
 def check_sampling(steps: int, guidance: float, eta: float) -> None:

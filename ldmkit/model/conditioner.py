@@ -3,6 +3,9 @@ its null condition (the unconditional input of classifier-free guidance and of l
 - text: the text encoder's token states as cross-attention context (+ a padding mask), and for a
   network with pooled_dim (GLIDE) the last real token's state as `pooled`; null: "";
 - class: a label from the class names; null: the extra last label;
+- image-embedding (DALL-E 2's decoder): a CLIP image embedding per image as `pooled` (the UNet adds
+  it to its time embedding and makes context tokens of it); null: the zero embedding, standing where
+  a prompt would stand as "";
 - none: nothing.
 """
 
@@ -80,6 +83,36 @@ class ClassConditioner:
         raise ValueError(f"this class-conditioned model knows only the prompts {shown}{more} (or ''), got {prompt!r}")
 
 
+class ImageEmbeddingConditioner:
+    """CLIP image embeddings (E,) in the prompts' places, "" for the null: the zero embedding, which
+    classifier-free guidance subtracts and DALL-E 2's training drops embeddings to (sec. 2.1)."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def __call__(self, embeddings: Sequence[torch.Tensor | str] | torch.Tensor, device: torch.device,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        rows = [self.row(e).to(device=device, dtype=torch.float32) for e in embeddings]
+        return {"pooled": torch.stack(rows).to(dtype)}                                  # (B, E)
+
+    def row(self, embedding: torch.Tensor | str) -> torch.Tensor:
+        """One image's embedding (E,); "" is the null."""
+        if isinstance(embedding, str):
+            if embedding == NULL_PROMPT:
+                return torch.zeros(self.width)
+            raise ValueError(f"this model is conditioned on {self.width}-d CLIP image embeddings, not on prompts: "
+                             f"give image_embeds=, not {embedding!r}")
+        if tuple(embedding.shape) != (self.width,):
+            raise ValueError(f"an image embedding of this model is ({self.width},), got {tuple(embedding.shape)}")
+        return embedding
+
+    @staticmethod
+    def dropped(embeddings: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training's inputs: embeddings (B, E) with the rows where drop (B,) is True set to the null
+        (zero) embedding: DALL-E 2's embedding dropout, for guidance."""
+        return {"pooled": torch.where(drop.to(embeddings.device)[:, None], 0.0, embeddings)}
+
+
 class Unconditional:
     def __call__(self, prompts: Sequence[str], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {}
@@ -91,4 +124,6 @@ def conditioner_for(config, text_encoder=None, class_names: Sequence[str] = ()):
         return TextConditioner(text_encoder, pooled=takes_pooled(config))
     if config.conditioning == "class":
         return ClassConditioner(class_names, config.net.num_labels)
+    if config.conditioning == "image-embedding":
+        return ImageEmbeddingConditioner(config.embedding_dim)
     return Unconditional()

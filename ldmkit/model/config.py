@@ -17,7 +17,8 @@ from ..diffusion.schedule import ScheduleConfig
 from ..nets.config import UNET_PRESETS, UNetConfig
 from ..nets.dit_config import DiTConfig
 
-CONDITIONINGS = ("text", "class", "none")
+# image-embedding: a CLIP image embedding per image, as DALL-E 2's decoder (unCLIP) reads it
+CONDITIONINGS = ("text", "class", "none", "image-embedding")
 TEXT_ENCODERS = ("minilm", "clip")  # clip: Stable Diffusion's, weights stored with the model
 TASKS = ("generation", "inpainting", "upscaling")
 
@@ -59,13 +60,16 @@ class LatentDiffusionConfig:
     net: UNetConfig | DiTConfig = UNET_PRESETS["small"]  # the denoiser's config, tagged by its "kind"
     schedule: ScheduleConfig = ScheduleConfig()
     prediction: str = "eps"
-    conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none
+    conditioning: str = "text"  # text: MiniLM token states; class: labels (+ a null class); none; image-embedding
     text_length: int = 16  # tokens of MiniLM context (captions here are short; CLIP always has 77)
     image_size: int = 32  # pixels; latents are image_size / f on a side
     text_encoder: str = "minilm"
     sampling: SamplingConfig = SamplingConfig()
     task: str = "generation"  # generation | inpainting (+ mask, masked latent) | upscaling (+ low-res image)
     lowres: LowResConfig | None = None  # the low-resolution input of an upscaling model
+    # image-embedding: the CLIP (a shipped name or a folder) whose normalised image embeddings, net.pooled_dim
+    # wide, the model reads: added to the time embedding and made into net.pooled_tokens context tokens
+    embedding_clip: str | None = None
 
     RENAMED_KEYS: ClassVar[dict[str, str]] = {"unet": "net"}  # config.json files written before
 
@@ -83,11 +87,19 @@ class LatentDiffusionConfig:
                              f"task {self.task!r}, lowres {self.lowres}")
         if self.conditioning == "text" and self.net.context_dim is None:
             raise ValueError("text conditioning needs a UNet with cross-attention (unet.context_dim)")
-        if getattr(self.net, "pooled_dim", None) is not None and self.conditioning != "text":
-            raise ValueError("a network with pooled_dim adds the prompt's pooled text state to its time embedding: "
-                             f"it needs conditioning 'text', got {self.conditioning!r}")
+        if getattr(self.net, "pooled_dim", None) is not None and self.conditioning not in ("text", "image-embedding"):
+            raise ValueError("a network with pooled_dim adds a pooled condition to its time embedding (the prompt's "
+                             "pooled text state, or a CLIP image embedding): it needs conditioning 'text' or "
+                             f"'image-embedding', got {self.conditioning!r}")
+        if self.conditioning == "image-embedding":
+            check_image_embedding_model(self)
         if self.conditioning == "class" and self.net.num_classes is None:
             raise ValueError("class conditioning needs unet.num_classes (the classes + 1 null class)")
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """The width of the CLIP image embeddings an image-embedding model reads (None: another kind)."""
+        return self.net.pooled_dim if self.conditioning == "image-embedding" else None
 
     @property
     def uses_clip(self) -> bool:
@@ -104,6 +116,22 @@ class LatentDiffusionConfig:
         if self.task == "upscaling":
             return z_channels + self.lowres.channels
         return z_channels
+
+
+def check_image_embedding_model(config: LatentDiffusionConfig) -> None:
+    """An image-embedding model (DALL-E 2's decoder) reads its embedding through net.pooled_dim, and its
+    cross-attention, if any, has only the embedding's context tokens (net.pooled_tokens) to read."""
+    net = config.net
+    if getattr(net, "pooled_dim", None) is None:
+        raise ValueError("image-embedding conditioning adds the CLIP image embedding to the time embedding: it "
+                         "needs a UNet with pooled_dim = the embedding's width (clip-small: 128)")
+    if net.context_dim is not None and not net.pooled_tokens:
+        raise ValueError(f"this UNet cross-attends to a context (context_dim {net.context_dim}) but an "
+                         "image-embedding model has no text: set net.pooled_tokens (context tokens made of the "
+                         "embedding; DALL-E 2: 4) or net.context_dim=None")
+    if not config.embedding_clip:
+        raise ValueError("image-embedding conditioning needs embedding_clip: the CLIP whose image embeddings the "
+                         "model reads (e.g. 'clip-small')")
 
 
 @dataclass(frozen=True)

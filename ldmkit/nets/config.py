@@ -30,6 +30,8 @@ class UNetConfig:
     guidance_embed_dim: int | None = None       # LCM: the guidance scale as an input (diffusers' time_cond_proj_dim)
     pooled_dim: int | None = None               # a pooled condition (B, pooled_dim) projected into the time
                                                 # embedding (GLIDE: the text's last token); None: none
+    pooled_tokens: int = 0                      # the pooled condition also projected into this many context
+                                                # tokens appended to the context (DALL-E 2's decoder: 4)
     norm_groups: int = 32
     dropout: float = 0.0
     kind: str = "unet"                          # the tag of this backbone in a model's config
@@ -83,6 +85,12 @@ def _validate(c: UNetConfig) -> None:
         positive("each channel_mult entry", m)
     if c.text_attention not in TEXT_ATTENTIONS:
         raise ValueError(f"text_attention must be one of {TEXT_ATTENTIONS}, got {c.text_attention!r}")
+    if isinstance(c.pooled_tokens, bool) or not isinstance(c.pooled_tokens, int) or c.pooled_tokens < 0:
+        raise ValueError(f"pooled_tokens must be a whole number >= 0, got {c.pooled_tokens!r}")
+    if c.pooled_tokens and (c.pooled_dim is None or c.context_dim is None):
+        raise ValueError(f"pooled_tokens projects the pooled condition into context tokens: it needs pooled_dim "
+                         f"(the condition's width) and context_dim (the tokens'), got pooled_dim={c.pooled_dim}, "
+                         f"context_dim={c.context_dim}")
     if c.text_attention == "added_kv" and c.context_dim is None:
         raise ValueError("text_attention 'added_kv' joins the context's keys and values to self-attention: "
                          "it needs a context_dim")

@@ -40,6 +40,9 @@ class ControlNetConfig:
         object.__setattr__(self, "hint_widths", tuple(self.hint_widths))
         if self.unet.guidance_embed_dim is not None:   # the copy's time embedding takes no guidance input
             object.__setattr__(self, "unet", replace(self.unet, guidance_embed_dim=None))
+        if self.unet.pooled_tokens:  # the copy has no pooled inputs, so no context tokens made of them
+            raise ValueError("a ControlNet copies its base's encoder without the pooled condition: a UNet with "
+                             "pooled_tokens (an unCLIP decoder) has no ControlNet")
         if self.hint_channels < 1 or not self.hint_widths or min(self.hint_widths) < 1:
             raise ValueError(f"hint_channels and hint_widths must be positive, got {self.hint_channels}, "
                              f"{self.hint_widths}")

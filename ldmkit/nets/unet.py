@@ -9,8 +9,11 @@ every SD model; otherwise conv_in and the sinusoids are base_channels wide as in
 where diffusers uses block_out_channels[0]). The one hook: `control`, a ControlNet's residuals
 (ldmkit.nets.controlnet), added to every skip and to the middle block's output. GLIDE's
 conditioning (config.text_attention="added_kv", pooled_dim): the text's tokens join self-attention's
-keys and values, and a pooled vector (its last token's state) joins the time embedding.
-Names: B batch, C channels, H W size, L context length, D_ctx context width, E time-embedding width.
+keys and values, and a pooled vector (its last token's state) joins the time embedding. DALL-E 2's
+decoder (config.pooled_tokens): the pooled vector, a CLIP image embedding, also becomes a few context
+tokens appended to the context (or the whole context, when none is given).
+Names: B batch, C channels, H W size, L context length, D_ctx context width, E time-embedding width,
+K pooled tokens.
 """
 
 from collections.abc import Sequence
@@ -100,6 +103,9 @@ class UNet(nn.Module):
                                 if c.num_classes is not None else None)
         # GLIDE: the text's last token state, projected, joins the time embedding
         self.pooled_proj = nn.Linear(c.pooled_dim, c.time_dim) if c.pooled_dim is not None else None
+        # DALL-E 2's decoder: ... and pooled_tokens context tokens (diffusers' clip_extra_context_tokens_proj)
+        self.pooled_tokens_proj = (nn.Linear(c.pooled_dim, c.pooled_tokens * c.context_dim)
+                                   if c.pooled_tokens else None)
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
         self.down_blocks, self.mid_block, skip_widths = encoder_blocks(c)
 
@@ -128,13 +134,17 @@ class UNet(nn.Module):
         """x (B, in_channels, H, W) noisy latents; t a number, 0-d, (1,) or (B,) timesteps (float
         allowed); context (B, L, context_dim) tokens tau(y); context_mask (B, L) bool, True = keep;
         class_labels (B,) ints; pooled (B, pooled_dim), a pooled condition added to the time
-        embedding (GLIDE's last text token); guidance (B,) classifier-free guidance scales, for a network that
+        embedding (GLIDE's last text token) and, with config.pooled_tokens, made into that many
+        context tokens appended to the context (the context itself when None; DALL-E 2's decoder:
+        its CLIP image embedding); guidance (B,) classifier-free guidance scales, for a network that
         takes them as an input (an LCM: guidance_embed_dim); control: residuals added to every skip
         and to the middle block's output (a ControlNet's, ldmkit.nets.controlnet), one per skip in
         push order then the middle's, as diffusers' down_block_additional_residuals and
         mid_block_additional_residual. Returns (B, out_channels, H, W)."""
         t = check_inputs(self.config, x, t, context, context_mask, class_labels)  # (B,)
         check_pooled(self.config, pooled, x.shape[0])
+        if self.pooled_tokens_proj is not None:
+            context, context_mask = with_pooled_tokens(self, pooled, context, context_mask)  # (B, L + K, D_ctx)
 
         condition = None
         if guidance is not None:
@@ -243,6 +253,22 @@ def run_encoder(net: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: tor
     return run_block(net, net.mid_block.resnets[1], h, emb), skips
 
 
+def with_pooled_tokens(net: UNet, pooled: torch.Tensor, context: torch.Tensor | None,
+                       context_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DALL-E 2's decoder (Ramesh et al. 2022, sec. 2.1): the pooled condition (B, pooled_dim) projected
+    into K = pooled_tokens tokens appended to the context (B, L, D_ctx) -> (B, L + K, D_ctx), their mask
+    entries True; no context: the K tokens are the context."""
+    c = net.config
+    dtype = context.dtype if context is not None else net.pooled_tokens_proj.weight.dtype
+    tokens = net.pooled_tokens_proj(pooled.to(dtype))                                 # (B, K * D_ctx)
+    tokens = tokens.reshape(len(pooled), c.pooled_tokens, c.context_dim)               # (B, K, D_ctx)
+    if context is None:
+        return tokens, None
+    if context_mask is not None:
+        context_mask = torch.cat([context_mask, context_mask.new_ones(tokens.shape[:2])], dim=1)    # (B, L + K)
+    return torch.cat([context, tokens], dim=1), context_mask
+
+
 def check_control(control: Sequence[torch.Tensor], skips: list[torch.Tensor], mid: torch.Tensor) -> None:
     """Control residuals must match the skips and the middle one for one, shape for shape."""
     expected = [tuple(s.shape) for s in [*skips, mid]]
@@ -288,7 +314,7 @@ def check_inputs(c: UNetConfig, x, t, context, context_mask, class_labels) -> to
     t = t.reshape(-1).expand(B)                                                # (B,)
 
     if context is None:
-        if c.context_dim is not None:
+        if c.context_dim is not None and not c.pooled_tokens:  # pooled tokens alone may be the context
             raise ValueError(f"this UNet has cross-attention (context_dim {c.context_dim}) and "
                              f"needs a context of shape (B, L, {c.context_dim})")
         if context_mask is not None:

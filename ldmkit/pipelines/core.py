@@ -47,9 +47,11 @@ def resolve_settings(pipe, steps=None, sampler=None, guidance=None) -> tuple[int
             d.guidance if guidance is None else guidance)
 
 
-def check_settings(prompts: Sequence[str], num_images: int, steps, sampler: str, guidance, output: str) -> None:
-    """Clear errors for settings no task can run with."""
-    if not prompts or not all(isinstance(p, str) for p in prompts):
+def check_settings(prompts: Sequence[str | torch.Tensor], num_images: int, steps, sampler: str, guidance,
+                   output: str) -> None:
+    """Clear errors for settings no task can run with. prompts: strings, or an image-embedding
+    model's embeddings (conditions)."""
+    if not prompts or not all(isinstance(p, str | torch.Tensor) for p in prompts):
         raise ValueError("prompt must be a string or a non-empty list of strings")
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -84,6 +86,44 @@ def class_prompts(pipe, class_labels: Sequence[int], prompts: Sequence[str]) -> 
         raise ValueError("give class_labels or a prompt, not both")
     labels = checked_class_labels(class_labels, pipe.class_names, pipe.name)
     return [pipe.class_names[k] for k in labels]
+
+
+def conditions(pipe, prompts: Sequence[str], image_embeds: torch.Tensor | None,
+               negative_prompt: str = "") -> list[str | torch.Tensor]:
+    """What each image (or each prompt's images) is conditioned on: the prompts, or for a model
+    conditioned on CLIP image embeddings (an unCLIP decoder) the rows (E,) of image_embeds (N, E),
+    which the conditioner takes in the prompts' places ("" standing for the null, zero, embedding)."""
+    kind = pipe.config.conditioning
+    if kind != "image-embedding":
+        if image_embeds is not None:
+            raise ValueError(f"image_embeds condition an unCLIP decoder (a model conditioned on CLIP image "
+                             f"embeddings); {pipe.name} is conditioned on {kind!r}: give a prompt instead")
+        return list(prompts)
+    width, clip = pipe.config.embedding_dim, pipe.config.embedding_clip
+    if any(prompts) or negative_prompt:
+        raise ValueError(f"{pipe.name} is conditioned on {clip}'s {width}-d image embeddings, not on text: give "
+                         "image_embeds= and no prompt or negative prompt (an unCLIP folder, with a prior, takes "
+                         "prompts)")
+    if image_embeds is None:
+        raise ValueError(f"{pipe.name} is conditioned on {clip}'s image embeddings: give image_embeds= (N, {width}), "
+                         "e.g. CLIP.encode_image of images, or an unCLIP prior's samples (an unCLIP folder, "
+                         "`ldmkit make-unclip`, pairs it with a prior that takes prompts)")
+    embeds = torch.as_tensor(image_embeds)
+    embeds = embeds[None] if embeds.ndim == 1 else embeds                             # (N, E)
+    if embeds.ndim != 2 or embeds.shape[1] != width or not len(embeds):
+        raise ValueError(f"image_embeds must be (N, {width}): {clip}'s image embeddings, one per row; "
+                         f"got shape {tuple(embeds.shape)}")
+    return list(embeds.float())
+
+
+def per_image_conditions(pipe, prompt: str, image_embeds: torch.Tensor | None, negative_prompt: str,
+                         num_images: int) -> list[str | torch.Tensor]:
+    """The condition of each of num_images images of one input image (image-to-image tasks): the
+    prompt, or one image embedding for all, or one each."""
+    found = conditions(pipe, [prompt], image_embeds, negative_prompt)
+    if len(found) not in (1, num_images):
+        raise ValueError(f"give one image embedding, or one per image ({num_images}), got {len(found)}")
+    return found * num_images if len(found) == 1 else found
 
 
 @contextlib.contextmanager

@@ -77,10 +77,12 @@ def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_promp
             steps: int | None = None, sampler: str | None = None, guidance: float | None = None, seed: int = 0,
             output: str = "pil", progress: bool = False, guidance_rescale: float = 0.0,
             hook: core.StepHook | None = None, control_image=None, control_scale=1.0, control_guess_mode=False,
-            control_start=0.0, control_end=1.0):
+            control_start=0.0, control_end=1.0, image_embeds: torch.Tensor | None = None):
     """`num_images` variations of `image` towards `prompt`; strength in (0, 1]: how much of the
     sampling path to run (1: the image only fixes the size). hook and control_*: as in
-    txt2img.generate (the fractions are of the steps this run takes)."""
+    txt2img.generate (the fractions are of the steps this run takes). image_embeds: an unCLIP
+    decoder's condition instead of a prompt, one CLIP image embedding (E,) or (1, E) for every
+    image, or one each (num_images, E)."""
     steps, sampler, guidance = _settings(pipe, prompt, num_images, steps, sampler, guidance, output)
     x, _ = image_tensor(image, pipe.autoencoder.config.in_channels, _multiple(pipe))
     timesteps = partial_timesteps(pipe, sampler, steps, strength)
@@ -89,7 +91,8 @@ def img2img(pipe, image, prompt: str = "", strength: float = 0.6, negative_promp
     z_t = q_sample(z0, pipe.schedule.alpha_bar_at(float(timesteps[0])), noise_like(z0, gens))
     control = prepare_control(pipe, control_image, control_scale, control_guess_mode, control_start, control_end,
                               tuple(x.shape[-2:]))
-    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, control=control)
+    conditions = core.per_image_conditions(pipe, prompt, image_embeds, negative_prompt, num_images)
+    inputs = core.network_inputs(pipe, conditions, negative_prompt, guidance, control=control)
     z = core.run_sampler(pipe, z_t, inputs, sampler, steps, guidance, guidance_rescale, gens, progress,
                          timesteps=timesteps, hook=hook, control=control)
     return core.finish(pipe, z, output)
@@ -100,11 +103,13 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
             num_images: int = 1, steps: int | None = None, sampler: str | None = None,
             guidance: float | None = None, seed: int = 0, output: str = "pil", progress: bool = False,
             resample: int = 0, guidance_rescale: float = 0.0, hook: core.StepHook | None = None,
-            control_image=None, control_scale=1.0, control_guess_mode=False, control_start=0.0, control_end=1.0):
+            control_image=None, control_scale=1.0, control_guess_mode=False, control_start=0.0, control_end=1.0,
+            image_embeds: torch.Tensor | None = None):
     """Repaint the white part of `mask` (same size as `image`) to fit `prompt`; pixels outside
     the mask come back exactly as given. resample: RePaint's extra passes per step (0: off).
     hook: as in txt2img.generate (with resample, after each pass's step); control_*: as there
-    (a ControlNet reads z_t, or z_t with the mask channels if made for a 9-channel UNet)."""
+    (a ControlNet reads z_t, or z_t with the mask channels if made for a 9-channel UNet).
+    image_embeds: an unCLIP decoder's condition, as img2img takes it."""
     if not isinstance(resample, int) or resample < 0:
         raise ValueError(f"resample must be a whole number >= 0 (extra passes per step), got {resample!r}")
     steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
@@ -136,7 +141,8 @@ def inpaint(pipe, image, mask, prompt: str = "", negative_prompt: str = "", stre
     control = prepare_control(pipe, control_image, control_scale, control_guess_mode, control_start, control_end,
                               tuple(x.shape[-2:]))
     control = None if control is None else control.at_timesteps(timesteps)  # RePaint's passes: of the whole run
-    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, extra,  # once, for every step
+    conditions = core.per_image_conditions(pipe, prompt, image_embeds, negative_prompt, num_images)
+    inputs = core.network_inputs(pipe, conditions, negative_prompt, guidance, extra,  # once, for every step
                                  control=control)
     run = lambda z, ts: core.run_sampler(pipe, z, inputs, sampler, steps, guidance, guidance_rescale, gens,
                                          progress and not resample, timesteps=ts, denoiser_wrapper=wrapper, hook=hook,

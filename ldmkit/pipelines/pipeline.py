@@ -56,8 +56,8 @@ class Pipeline:
         told by content, not by name. `autoencoder`: another first-stage folder to decode with,
         e.g. a fine-tuned decoder of the same latent space. `sd_options` go to the Stable
         Diffusion readers (tokenizer=, prediction=, use_ema=; see ldmkit.io.stable_diffusion).
-        A folder of the generative family (config.json's kind "gan", "dalle", ...) loads as its
-        own generator (ldmkit.family), whose generate() takes that model's settings."""
+        A folder of the generative family (config.json's kind "gan", "dalle", "unclip", ...) loads
+        as its own generator (ldmkit.family), whose generate() takes that model's settings."""
         path = Path(name_or_path)
         if path.is_file() or sd.is_diffusers_folder(path):
             parts = sd.load_stable_diffusion(path, **sd_options)
@@ -69,7 +69,7 @@ class Pipeline:
                 if autoencoder is not None:
                     raise ValueError(f"autoencoder= swaps a latent diffusion model's first stage; {folder} is a "
                                      f"{family_kind(folder)} model")
-                return load_family_model(folder, device, dtype)
+                return load_family_model(folder, device, dtype, open_diffusion_model=cls.from_pretrained)
             parts = load_model(folder)
         if autoencoder is not None:
             parts.autoencoder = swap_first_stage(parts.autoencoder, autoencoder)

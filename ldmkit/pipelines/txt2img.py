@@ -45,6 +45,7 @@ def generate(
     clip=None,
     clip_guidance: float = 0.0,
     rerank: int = 1,
+    image_embeds: torch.Tensor | None = None,
 ) -> list[Image.Image] | torch.Tensor:
     """`num_images` images of each prompt, prompt-major. Image k draws its noise from its own
     generator seeded with seed + k, so it is the same image when generated alone with that
@@ -67,12 +68,18 @@ def generate(
     rerank: make this many candidates of each image and keep the one `clip` scores highest (image
     k of prompt p takes the seeds seed + (p * num_images + k) * rerank + j, j < rerank; `latents`
     then holds every candidate's). clip: a CLIP, its name or folder; for a text model, default
-    "clip-small"."""
+    "clip-small". image_embeds: an unCLIP decoder's conditions instead of prompts, (N, E) CLIP image
+    embeddings, each made into `num_images` images (embedding-major, as prompts)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if class_labels is not None:
         prompts = core.class_prompts(pipe, class_labels, prompts)
+    if image_embeds is not None and (classifier is not None or classifier_labels is not None or clip_guidance
+                                     or rerank != 1):
+        raise ValueError("classifier guidance, CLIP guidance and reranking steer towards a prompt: an unCLIP "
+                         "decoder, given image embeddings, has none")
     if classifier_labels is not None and prompts == [""]:
         prompts = [""] * len(classifier_labels)  # the unconditional model, steered to each label
+    prompts = core.conditions(pipe, prompts, image_embeds, negative_prompt)  # an unCLIP decoder: embeddings
     if isinstance(rerank, bool) or int(rerank) != rerank or rerank < 1:
         raise ValueError(f"rerank must be a whole number >= 1 (candidates per image), got {rerank!r}")
     if classifier is None and classifier_labels is not None:

@@ -10,7 +10,9 @@ so that classifier-free guidance has an unconditional model to subtract, and tak
 step on the objective of LDM eq. 2. All randomness of a step comes from a generator seeded by
 (seed, step), so a resumed run repeats an uninterrupted one exactly. With autoencoder "pixel" the
 first stage is the identity (f = 1): diffusion on the images themselves, as GLIDE's, whose networks
-also take the caption's pooled state (model.net.pooled_dim).
+also take the caption's pooled state (model.net.pooled_dim). An unCLIP decoder (model.conditioning
+"image-embedding") is conditioned on each image's CLIP image embedding instead, computed once
+(ldmkit/train/unclip_decoder.py), and dropped to the zero embedding as captions are to "".
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..config import from_dict, to_dict
 from ..data import ImageFolder, fashion_mnist, load_fashion_mnist, shapes
 from ..diffusion import diffusion_loss, make_schedule, q_sample
 from ..model import GenerationDefaults, ModelParts, load_first_stage, resolve_repo_path
-from ..model.conditioner import NULL_PROMPT, TextConditioner, takes_pooled
+from ..model.conditioner import NULL_PROMPT, ImageEmbeddingConditioner, TextConditioner, takes_pooled
 from ..nets import make_net
 from ..pipelines import Pipeline, inpainting_inputs
 from ..pipelines.upscale import enlarged
@@ -41,6 +43,7 @@ from .ema import EMA
 from .logging import JsonlLog, plot_losses
 from .masks import random_masks
 from .steps import NonFiniteSteps, fused_adam, learning_rate, mixed_precision, step_generator
+from .unclip_decoder import embed_training_images, preview_rows, save_variation_grid
 
 
 def class_names(dataset: str) -> list[str] | None:
@@ -193,6 +196,10 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
                                                     pooled=takes_pooled(model_cfg))
         caption_index = torch.tensor([vocabulary.index(c) for c in captions])
         null_index = vocabulary.index(NULL_PROMPT)
+    if model_cfg.conditioning == "image-embedding":  # an unCLIP decoder: each image's CLIP embedding, once
+        embeddings = embed_training_images(model_cfg.embedding_clip, model_cfg.embedding_dim, images, device,
+                                           progress and rank.is_main)                # (N, E)
+        previews = preview_rows(labels)
     sched = make_schedule(model_cfg.schedule)
 
     torch.manual_seed(config.seed)
@@ -263,6 +270,8 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         elif model_cfg.conditioning == "class":
             null_class = pipeline.conditioner.null_label
             cond = {"class_labels": torch.where(drop, null_class, labels[index]).to(device)}
+        elif model_cfg.conditioning == "image-embedding":
+            cond = ImageEmbeddingConditioner.dropped(embeddings[index.to(device)], drop)
         concat = None
         if lowres is not None:  # noise augmentation: a random level per image, given as its class label
             level = torch.randint(model_cfg.lowres.max_noise_level + 1, (config.batch_size,), generator=gen)[mine]
@@ -310,6 +319,9 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
                 save_upscale_grid(pipeline, images[:8], grid_path, done, prompts)
             elif inpainting:
                 save_inpainting_grid(pipeline, images[:8], captions[:8], grid_path, done)
+            elif model_cfg.conditioning == "image-embedding":
+                save_variation_grid(pipeline, images[previews], embeddings[previews.to(device)],
+                                    [captions[k] for k in previews], grid_path, done)
             else:
                 save_sample_grid(pipeline, preview_prompts(config, captions), grid_path, done)
     bar.close()
