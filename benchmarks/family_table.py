@@ -58,7 +58,8 @@ from .sd_models import cpu_name
 # Folders in models/; those absent are left out of the default table.
 DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f2", "fashion-mnist-lcm", "fashion-mnist-gan", "fashion-mnist-vae",
                   "fashion-mnist-kl-f4-prior", "fashion-mnist-dalle")
-FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)", "vae": "VAE"}
+FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)", "vae": "VAE", "unclip": "unCLIP (prior + decoder)",
+                "cascade": "pixel diffusion cascade (GLIDE)"}
 # generate() arguments that say what to draw, not how: left out of a family model's sampling settings
 NOT_SAMPLING = {"self", "prompt", "num_images", "seed", "output", "class_labels", "clip", "batch_size"}
 SCORES = ("images", "frechet_distance", "fd_inf", "fd_inf_halves", "class_agreement", "class_agreement_by_class",
@@ -98,20 +99,20 @@ def fingerprint(folder: str) -> str:
 
 
 def parameter_counts(model) -> dict:
-    """Parameters of the denoiser / generator / transformer ("network") and, apart, of the first
-    stage's decoder where images are decoded from latents or codes (None for a pixel-space GAN).
-    The frozen text encoder is named in the row, not counted: it is shared, not trained here."""
+    """Parameters of the networks trained for the model that sample (denoiser, generator,
+    transformer; a cascade's two stages, unCLIP's prior and decoder: "network") and, apart, of the
+    first stage's decoder where images are decoded from latents or codes (None in pixel space).
+    The frozen text encoder or CLIP is named in the row, not counted: it is shared, not trained here."""
     if isinstance(model, FamilyGenerator):
-        network, autoencoder = model.modules()[0], getattr(model, "autoencoder", None)
+        networks, autoencoder = model.networks(), getattr(model, "autoencoder", None)
     else:
-        network, autoencoder = model.net, model.autoencoder
-    if network is autoencoder:  # a first stage's prior sampled through its decoder: no network of its own
-        network = None
+        networks, autoencoder = [model.net], model.autoencoder
+    networks = [n for n in networks if n is not autoencoder]  # a first stage's prior: no network of its own
     decoder = None
-    if autoencoder is not None:  # what decode() runs: post-quant conv, the codebook of a VQ, the decoder
+    if autoencoder is not None and hasattr(autoencoder, "decoder"):  # what decode() runs (none for pixels)
         parts = [autoencoder.decoder, autoencoder.post_quant_conv, getattr(autoencoder, "quantizer", None)]
         decoder = sum(p.numel() for part in parts if part is not None for p in part.parameters())
-    return {"network": None if network is None else sum(p.numel() for p in network.parameters()),
+    return {"network": sum(p.numel() for n in networks for p in n.parameters()) if networks else None,
             "first_stage_decoder": decoder}
 
 

@@ -3,11 +3,13 @@ VAEs, pixel-space diffusion, ...), each trained on the same data, loadable by fo
 with .generate, so that one scale measures them all."""
 
 from .base import ClassPromptGenerator, FamilyGenerator
+from .cascade import CascadeGenerator, save_cascade
 from .dalle import DalleGenerator
 from .gan import GANGenerator
 from .loading import GENERATORS, family_kind, load_family_model
 from .unclip import UnclipGenerator, save_unclip
 from .vae import VAEGenerator
 
-__all__ = ["GENERATORS", "ClassPromptGenerator", "DalleGenerator", "FamilyGenerator", "GANGenerator", "UnclipGenerator",
-           "VAEGenerator", "family_kind", "load_family_model", "save_unclip"]
+__all__ = ["GENERATORS", "CascadeGenerator", "ClassPromptGenerator", "DalleGenerator", "FamilyGenerator",
+           "GANGenerator", "UnclipGenerator", "VAEGenerator", "family_kind", "load_family_model", "save_cascade",
+           "save_unclip"]

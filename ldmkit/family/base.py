@@ -34,6 +34,11 @@ class FamilyGenerator:
         """The model's own entries of describe(): its network config and what else defines it."""
         raise NotImplementedError
 
+    def networks(self) -> list[nn.Module]:
+        """The networks trained for this model that sample (not a frozen text encoder or CLIP, nor
+        a first stage): what a table counts as its parameters."""
+        return self.modules()[:1]
+
     @property
     def device(self) -> torch.device:
         return next(self.modules()[0].parameters()).device

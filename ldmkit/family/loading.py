@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from .base import FamilyGenerator
+from .cascade import CascadeGenerator
 from .dalle import DalleGenerator
 from .gan import GANGenerator
 from .unclip import UnclipGenerator
 from .vae import VAEGenerator
 
 GENERATORS: dict[str, type[FamilyGenerator]] = {
-    cls.kind: cls for cls in (GANGenerator, DalleGenerator, VAEGenerator, UnclipGenerator)}
+    cls.kind: cls for cls in (GANGenerator, DalleGenerator, VAEGenerator, UnclipGenerator, CascadeGenerator)}
 
 
 def family_kind(folder: str | Path) -> str | None:

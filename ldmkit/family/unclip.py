@@ -136,6 +136,14 @@ class UnclipGenerator(FamilyGenerator):
     def modules(self) -> list[torch.nn.Module]:
         return [self.decoder.net, self.decoder.autoencoder, self.prior.prior, self.prior.clip]
 
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.decoder.net, self.prior.prior]
+
+    @property
+    def autoencoder(self):
+        """The decoder's first stage (the family table counts its decoder apart)."""
+        return self.decoder.autoencoder
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> UnclipGenerator:
         """The decoder to `device` and `dtype`; the prior and its CLIP to `device`, in float32 (the
         prior's sampler runs in it)."""

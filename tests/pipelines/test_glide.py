@@ -9,10 +9,12 @@ import torch
 from ldmkit import Pipeline
 from ldmkit.autoencoders import Autoencoder, AutoencoderConfig, PixelSpace, make_first_stage, pixel_space
 from ldmkit.diffusion import diffusion_loss, make_schedule
+from ldmkit.family import CascadeGenerator, save_cascade
 from ldmkit.model import LowResConfig
 from ldmkit.nets import UNet
 from ldmkit.train.diffusion import train_diffusion
 from ldmkit.train.diffusion_config import DIFFUSION_PRESETS, TINY_GLIDE_UNET, DiffusionDataConfig
+from ldmkit.utils.images import from_pil
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -108,6 +110,17 @@ def test_the_x2_upsampler_preset_runs_end_to_end_and_chains_after_the_base(glide
         upsampler.generate("a photo of a bag", steps=2)
     with pytest.raises(ValueError, match="is not an upscaler"):
         upsampler.cascade(base, "a photo of a bag")
+
+    # a cascade folder: the two as one generator, its defaults recorded, seeded as the call above
+    folder = save_cascade(tmp_path / "cascade", glide_run / "model", tmp_path / "model",
+                          sampling={"steps": 2, "upsampler_steps": 2})
+    cascade = Pipeline.from_pretrained(folder)
+    assert isinstance(cascade, CascadeGenerator) and cascade.settings_used({})["upsampler_steps"] == 2
+    again = cascade.generate(["a photo of a bag", "a photo of a shirt"], num_images=2, output="tensor")
+    assert again.shape == (4, 1, 16, 16)
+    assert torch.allclose(again, torch.stack([from_pil(im, 1) for im in images]), atol=2 / 255)
+    with pytest.raises(ValueError, match="upscales the base's images"):
+        save_cascade(tmp_path / "wrong", glide_run / "model", glide_run / "model")
 
 
 def test_an_upscale_factor_must_be_a_multiple_of_the_first_stage_factor():
