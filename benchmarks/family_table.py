@@ -119,7 +119,7 @@ def parameter_counts(model) -> dict:
 def model_kind(model) -> str:
     if isinstance(model, FamilyGenerator):
         if getattr(model, "first_stage", False):
-            return "VAE (a first stage's decoder, z ~ N(0, I))"
+            return "VAE (KL first stage, z ~ N(0,I))"
         return FAMILY_KINDS.get(model.kind, model.kind)
     network = model.config.net.kind
     return f"latent consistency ({network})" if "distill" in model.meta else f"latent diffusion ({network})"
@@ -131,6 +131,7 @@ def sampling_settings(model, steps: int | None) -> dict:
     if isinstance(model, FamilyGenerator):
         defaults = {name: p.default for name, p in inspect.signature(model.generate).parameters.items()
                     if name not in NOT_SAMPLING and p.default is not inspect.Parameter.empty}
+        defaults = model.settings_used(defaults)  # None: the folder's or its parts' own (unCLIP, a cascade)
         # JSON has no inf: truncation=inf (off) is written as the string "inf"
         return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in defaults.items()}
     resolved_steps, sampler, guidance = model.resolve_settings(steps, None, None)
@@ -250,7 +251,7 @@ def number(value, fmt: str) -> str:
 
 
 def sampling_text(sampling: dict) -> str:
-    if "sampler" in sampling:
+    if {"sampler", "steps", "guidance"} <= set(sampling):  # a diffusion model's
         return f"{sampling['sampler']} {sampling['steps']} steps, w {sampling['guidance']:g}"
     return ", ".join(f"{k} {v}" for k, v in sampling.items()) or "defaults"
 

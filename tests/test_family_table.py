@@ -67,7 +67,7 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
     assert generator["sampling"] == {"truncation": "inf"} and generator["key"]["steps"] is None
     assert first_stage["images"] == 20 and first_stage["class_agreement"] is None and first_stage["clip_score"] is None
     assert first_stage["parameters"]["network"] is None and first_stage["parameters"]["first_stage_decoder"] > 0
-    assert first_stage["kind"].startswith("VAE (a first stage") and first_stage["sampling"] == {"temperature": 1.0}
+    assert first_stage["kind"].startswith("VAE (KL first stage") and first_stage["sampling"] == {"temperature": 1.0}
     floor = results["floor"]
     assert floor["images"] == 20 and floor["frechet_distance"] > 0 and floor["as_evaluate"]["frechet_distance"] > 0
     assert grid.stat().st_size > 0

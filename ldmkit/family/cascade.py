@@ -35,11 +35,12 @@ def save_cascade(directory: str | Path, base: str | Path, upsampler: str | Path,
     unknown = sorted(set(sampling or {}) - set(SAMPLING))
     if unknown:
         raise ValueError(f"unknown sampling settings {unknown}; a cascade folder records {list(SAMPLING)}")
-    base_config = model_config(read_config(part_folder(base, directory, "base"), "base"))
+    base_meta = read_config(part_folder(base, directory, "base"), "base")
+    base_config = model_config(base_meta)
     upsampler_config = model_config(read_config(part_folder(upsampler, directory, "upsampler"), "upsampler"))
     check_stages(base_config, upsampler_config, str(base), str(upsampler))
-    meta = {**(extra or {}), "kind": "cascade", "base": str(base), "upsampler": str(upsampler),
-            "sampling": {k: v for k, v in (sampling or {}).items() if v is not None}}
+    meta = {"dataset": base_meta.get("dataset"), **(extra or {}), "kind": "cascade", "base": str(base),
+            "upsampler": str(upsampler), "sampling": {k: v for k, v in (sampling or {}).items() if v is not None}}
     text = json.dumps(meta, indent=2, sort_keys=True)
     atomic_write(directory / "config.json", lambda tmp: tmp.write_text(text))
     return directory

@@ -88,7 +88,8 @@ def save_unclip(directory: str | Path, prior: str | Path, decoder: str | Path, s
                               f"{decoder_meta.get('type')!r})")
     check_parts(prior_meta["prior"]["embedding_dim"], prior_meta["clip"], model_config(decoder_meta),
                 decoder_folder.name)
-    meta = {**(extra or {}), "kind": "unclip", "prior": str(prior), "decoder": str(decoder),
+    meta = {"dataset": decoder_meta.get("dataset"), **(extra or {}), "kind": "unclip", "prior": str(prior),
+            "decoder": str(decoder),
             "sampling": {k: v for k, v in (sampling or {}).items() if v is not None}}
     text = json.dumps(meta, indent=2, sort_keys=True)
     atomic_write(directory / "config.json", lambda tmp: tmp.write_text(text))
