@@ -78,10 +78,11 @@ def resume_point(run_dir: str | Path, config) -> tuple[Path, dict, dict] | None:
 
 
 def resume_module(run_dir: str | Path, config, resume: bool, module, key: str, optimizer, nonfinite,
-                  log) -> tuple[int, float]:
-    """A one-module run (a ControlNet, a CLIP, a noisy classifier) picks up its newest checkpoint:
-    the module's weights under `key`, the optimiser, the skipped-step count, the log cut there;
-    a fresh run starts a fresh log. Returns (step, seconds) done before."""
+                  log, ema=None, ema_key: str = "ema") -> tuple[int, float]:
+    """A one-module run (a ControlNet, a CLIP, a noisy classifier, an unCLIP prior) picks up its
+    newest checkpoint: the module's weights under `key` (and its EMA's under `ema_key`, given one),
+    the optimiser, the skipped-step count, the log cut there; a fresh run starts a fresh log.
+    Returns (step, seconds) done before."""
     point = resume_point(run_dir, config) if resume else None
     if point is None:
         if log.path.exists():
@@ -89,6 +90,8 @@ def resume_module(run_dir: str | Path, config, resume: bool, module, key: str, o
         return 0, 0.0
     found, stored, train_state = point
     module.load_state_dict(stored[key])
+    if ema is not None:
+        ema.load_state_dict(stored[ema_key])
     optimizer.load_state_dict(train_state["optimizer"])
     nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
     log.truncate_after(train_state["step"])

@@ -52,7 +52,7 @@ from ..family.unclip_prior import (
 )
 from ..model.clip import CLIP
 from ..nets.unclip_prior import PriorTransformer
-from .checkpoints import checkpoint_dir, prune_checkpoints, resume_point
+from .checkpoints import checkpoint_dir, prune_checkpoints, resume_module
 from .dalle import captioned_images
 from .ema import EMA
 from .logging import JsonlLog, plot_losses
@@ -220,19 +220,7 @@ def train_unclip_prior(config: UnclipPriorTrainConfig, run_dir: str | Path, devi
     sampling = {"steps": config.sample_steps, "guidance": config.guidance}
     log = JsonlLog(run_dir / "log.jsonl")
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
-    start, seconds_before = 0, 0.0
-    point = resume_point(run_dir, config) if resume else None
-    if point is not None:
-        found, stored, train_state = point
-        prior.load_state_dict(stored["prior"])
-        ema.load_state_dict(stored["ema"])
-        opt.load_state_dict(train_state["optimizer"])
-        start, seconds_before = train_state["step"], train_state["seconds"]
-        nonfinite.skipped = train_state.get("skipped_nonfinite", 0)
-        log.truncate_after(start)
-        print(f"resuming from {found} (step {start})")
-    elif log.path.exists():
-        log.path.unlink()
+    start, seconds_before = resume_module(run_dir, config, resume, prior, "prior", opt, nonfinite, log, ema=ema)
 
     def save_state(done: int) -> None:
         """A checkpoint: a prior folder of the trained weights (it loads), the EMA's beside them."""
