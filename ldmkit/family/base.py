@@ -76,6 +76,13 @@ class ClassPromptGenerator(FamilyGenerator):
         # "" (NULL_PROMPT) names the label len(class_names): here, a class drawn from each image's seed
         self.conditioner = ClassConditioner(self.class_names, len(self.class_names) + 1)
 
+    def set_conditional(self, conditional: bool, num_classes: int) -> None:
+        """Whether prompts name classes; a conditional model needs a name for each of its classes."""
+        self.conditional = conditional
+        if conditional and len(self.class_names) != num_classes:
+            raise ValueError(f"a {self.kind.upper()} of {num_classes} classes needs as many class names, "
+                             f"got {len(self.class_names)}")
+
     def label(self, prompt: str) -> int | None:
         """The class a prompt names ("bag" or "a photo of a bag"); None for "" (a random class)."""
         label = self.conditioner.label(prompt)  # a prompt naming no class: ValueError listing them

@@ -32,10 +32,7 @@ class GANGenerator(ClassPromptGenerator):
     def __init__(self, net: Generator, class_names: Sequence[str], name: str = "gan", meta: dict | None = None):
         super().__init__(name, meta, class_names)
         self.net = net.eval().requires_grad_(False)
-        self.conditional = self.config.conditioning == "class"
-        if self.conditional and len(self.class_names) != self.config.num_classes:
-            raise ValueError(f"a GAN of {self.config.num_classes} classes needs as many class names, "
-                             f"got {len(self.class_names)}")
+        self.set_conditional(self.config.conditioning == "class", self.config.num_classes)
 
     @classmethod
     def from_folder(cls, path: str | Path, device: str | torch.device = "cpu",

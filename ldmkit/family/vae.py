@@ -42,10 +42,8 @@ class VAEGenerator(ClassPromptGenerator):
         self.decoder = decoder.eval().requires_grad_(False)
         self.first_stage = isinstance(decoder, Autoencoder)
         self.prior_means = prior_means
-        self.conditional = not self.first_stage and decoder.config.conditioning == "class"
-        if self.conditional and len(self.class_names) != decoder.config.num_classes:
-            raise ValueError(f"a VAE of {decoder.config.num_classes} classes needs as many class names, "
-                             f"got {len(self.class_names)}")
+        self.set_conditional(not self.first_stage and decoder.config.conditioning == "class",
+                             getattr(decoder.config, "num_classes", 0))
 
     @classmethod
     def from_folder(cls, path: str | Path, device: str | torch.device = "cpu",
