@@ -1,7 +1,17 @@
 """Shared fixtures."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes one core: two workers with two threads each on
+    two cores slow each other many times over (OpenMP barriers). Subprocesses inherit it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
