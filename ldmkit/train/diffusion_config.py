@@ -140,6 +140,11 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
         data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=6000, lr=3e-4, warmup_steps=500,
         min_snr_gamma=5.0,
     ),
+    # the same DiT on fashion-mnist's latents and recipe (7,000 steps of 64): the family table's LDM-DiT row
+    "fashion-mnist-dit": DiffusionTrainConfig(
+        model=LatentDiffusionConfig(net=DIT_PRESETS["cpu-text"]), steps=7000, lr=3e-4, warmup_steps=500,
+        min_snr_gamma=5.0,
+    ),
     # 4x super-resolution, 8x8 -> 32x32: the low-res image joined to the 8x8 latents (LDM sec. 4.4)
     "fashion-mnist-x4": DiffusionTrainConfig(
         model=LatentDiffusionConfig(
