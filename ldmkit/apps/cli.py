@@ -56,7 +56,19 @@ def _distill(args: argparse.Namespace) -> None:
     print(f"done: {made} ({summary['steps']} steps, {summary['train_minutes']:.1f} min)")
 
 
+def _distill_tiny_decoder(args: argparse.Namespace) -> None:
+    from ..train.tiny_decoder import distill_tiny_decoder
+    from ..train.tiny_decoder_config import TINY_DECODER_PRESETS
+
+    args.set = [f"model={args.model}", *args.set]
+    metrics = distill_tiny_decoder(run_config(TINY_DECODER_PRESETS, args), args.out, resume=not args.no_resume)
+    print(f"done: {args.out}/model; PSNR vs the full decoder {metrics['psnr_vs_full_decoder']:.2f} dB, decode "
+          f"{metrics['tiny_decode_images_per_s']:.0f} vs {metrics['full_decode_images_per_s']:.0f} images/s "
+          f"(1 thread, {metrics['cpu']})")
+
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+FAST_MODES = {"auto": True, "compile": "compile", "openvino": "openvino", "inductor": "inductor"}  # --fast [MODE]
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -97,7 +109,8 @@ def _generate(args: argparse.Namespace) -> None:
         request, args.out, model=args.model, device=args.device, grid=not args.no_grid,
         autoencoder=getattr(args, "autoencoder", None), dtype=_dtype(args.dtype),
         vae_tile=getattr(args, "vae_tile", None), adapters=adapters(args), image=getattr(args, "image", None),
-        mask=getattr(args, "mask", None), **_control_options(args), **_sd_options(args),
+        mask=getattr(args, "mask", None), fast=FAST_MODES.get(args.fast, False), **_control_options(args),
+        **_sd_options(args),
         **(steering_options(args) if task == "txt2img" else {}), **_family_options(args),
     )
     print("\n".join(f"wrote {p}" for p in paths))
@@ -162,6 +175,9 @@ def _add_request_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     for name in task_fields(task):
         if name == "prompt":
             continue
+        if hints[name] is bool:  # a switch: --tiny-decoder
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=HELP.get(name))
+            continue
         kind = next(arm for arm in (int, float, str) if arm == hints[name] or arm in typing.get_args(hints[name]))
         default = CLI_DEFAULTS.get(name, GenerationRequest.__dataclass_fields__[name].default)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=HELP.get(name))
@@ -174,6 +190,10 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, model_help: str, ta
     parser.add_argument("--out", default="outputs", help="folder for the PNGs and the grid")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-grid", action="store_true")
+    parser.add_argument("--fast", nargs="?", const="auto", default=None, choices=FAST_MODES,
+                        help="the fastest path this machine allows: bf16 weights on bf16 units (no value); "
+                             "'compile' also compiles the UNet (OpenVINO if installed, else inductor; "
+                             "pays off over many images). Default: exact float32")
     _add_sd_arguments(parser)
     add_adapter_arguments(parser)
 
@@ -227,12 +247,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         pipe = pipeline_from_checkpoint(args.model, torch.device(args.device))
     else:
         pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
+    if args.deepcache is not None:
+        from ..nets.deepcache import check_deepcache
+
+        check_deepcache(pipe.net, args.deepcache)
+        pipe.deepcache_interval = args.deepcache
     results = []
     clip = scoring_clip(pipe, args.clip)  # the CLIP score of a text model's images; reranking's CLIP
     for settings in evaluation_settings(args):
         result = evaluate(pipe, size=args.size, seed=args.seed, steps=args.steps, sampler=args.sampler, clip=clip,
                           **settings)
-        results.append({"model": pipe.name, **result})
+        results.append({"model": pipe.name, **result, **({"deepcache": args.deepcache} if args.deepcache else {})})
         print(json.dumps(results[-1], indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--lora", action="store_true", help="LCM-LoRA: a LoRA file for the teacher instead of a model")
     dist.set_defaults(run=_distill)
 
+    from ..train.tiny_decoder_config import TINY_DECODER_PRESETS
+
+    tiny = commands.add_parser("distill-tiny-decoder",
+                               help="distil a tiny (TAESD) decoder from a model's first stage, for fast decodes")
+    add_run_arguments(tiny, TINY_DECODER_PRESETS, "default", "--set width=48 --set noise_max=0.8")
+    tiny.add_argument("--model", default="fashion-mnist",
+                      help="the teacher: a shipped model, a model folder or an autoencoder folder")
+    tiny.set_defaults(run=_distill_tiny_decoder)
+
     clf = commands.add_parser("train-classifier", help="train the Fashion-MNIST metric network")
     clf.add_argument("--out", default="ldmkit/metrics/weights/fmnist-classifier")
     clf.add_argument("--epochs", type=int, default=6)
@@ -381,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--autoencoder", default=None, help="decode with another first stage of the same latent space")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default=None, help="JSON file for the results")
+    ev.add_argument("--deepcache", type=int, default=None, metavar="N",
+                    help="DeepCache: the UNet's deep part every N steps, reused between (default: off)")
     add_steering_arguments(ev, sweep=True)
     ev.set_defaults(run=_evaluate)
 

@@ -16,8 +16,9 @@ from ..family import FamilyGenerator
 from ..model.folder import MODELS_DIR
 from ..pipelines import Pipeline
 from ..pipelines.controlnet import control_settings
+from ..pipelines.fast import FastPath
 from ..pipelines.infotext import format_infotext
-from ..pipelines.request import FIELD_NAMES, GenerationRequest, run
+from ..pipelines.request import FIELD_NAMES, GenerationRequest, deepcache_applied, run, tiny_decoder_applied
 from ..pipelines.txt2img import generate
 from ..utils.images import image_grid, save_png
 from .adapters import parse_adapters
@@ -47,6 +48,7 @@ def generate_to_folder(
     controlnets: Sequence[str | Path] = (),
     steering: dict | None = None,
     family_sampling: dict | None = None,
+    fast: bool | str = False,
     **options,
 ) -> list[Path]:
     """Run `request` (or a prompt, with GenerationRequest's fields among `options`) and write
@@ -63,12 +65,13 @@ def generate_to_folder(
     (ldmkit.pipelines.guidance), recorded in the PNG text. A model of the generative family (a GAN,
     a DALL-E: ldmkit.family) takes the request's prompt, num_images and seed, its own settings in
     family_sampling (temperature=, top_k=, top_p=, truncation=) and, for DALL-E, steering's
-    rerank= and clip=."""
+    rerank= and clip=. fast: load the model on the fast path (ldmkit.pipelines.fast: True, "compile"),
+    recorded in the PNG text."""
     if isinstance(request, str):
         request = GenerationRequest(prompt=request, **{k: options.pop(k) for k in list(options) if k in FIELD_NAMES})
     check_control_files(control, controlnets)  # before loading a model: a typo costs nothing
     pipe = pipeline or Pipeline.from_pretrained(model, device=torch.device(device), dtype=dtype,
-                                                autoencoder=autoencoder, **options)
+                                                autoencoder=autoencoder, fast=fast, **options)
     if isinstance(pipe, FamilyGenerator):
         diffusion_only = {"adapters": any((adapters or {}).values()), "controlnets": controlnets,
                           "control": control, "image": image, "mask": mask, "vae_tile": vae_tile, "hook": hook}
@@ -100,6 +103,8 @@ def generate_to_folder(
               if isinstance(value, (str, Path))}
     recorded = {k: str(v) if isinstance(v, (str, Path)) else getattr(v, "name", v) for k, v in (steering or {}).items()}
     settings = {**request.png_text(), "model": pipe.name, **inputs, **applied, **settings_control, **recorded}
+    if pipe.fast_path != FastPath():  # how the networks ran, where not the exact float32 eager path
+        settings["fast"] = pipe.fast_path.describe()
     return save_images(images, out, settings, request.seed, grid)
 
 
@@ -162,10 +167,11 @@ def run_steered(pipe: Pipeline, request: GenerationRequest, steering: dict, batc
     if request.task != "txt2img":
         raise ValueError(f"classifier guidance, CLIP guidance and reranking are for generate, not {request.task}")
     r = request.resolved(pipe)
-    return generate(pipe, r.prompt, negative_prompt=r.negative_prompt, num_images=r.num_images, steps=r.steps,
-                    sampler=r.sampler, guidance=r.guidance, guidance_rescale=r.guidance_rescale, seed=r.seed,
-                    height=r.height, width=r.width, progress=True, batch_size=batch_size, vae_tile=vae_tile,
-                    hook=hook, **(control or {}), **steering)
+    with deepcache_applied(pipe, r.deepcache), tiny_decoder_applied(pipe, r.tiny_decoder):
+        return generate(pipe, r.prompt, negative_prompt=r.negative_prompt, num_images=r.num_images, steps=r.steps,
+                        sampler=r.sampler, guidance=r.guidance, guidance_rescale=r.guidance_rescale, seed=r.seed,
+                        height=r.height, width=r.width, progress=True, batch_size=batch_size, vae_tile=vae_tile,
+                        hook=hook, **(control or {}), **steering)
 
 
 def check_control_files(control: dict | None, controlnets: Sequence[str | Path]) -> None:

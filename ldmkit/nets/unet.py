@@ -141,19 +141,7 @@ class UNet(nn.Module):
         and to the middle block's output (a ControlNet's, ldmkit.nets.controlnet), one per skip in
         push order then the middle's, as diffusers' down_block_additional_residuals and
         mid_block_additional_residual. Returns (B, out_channels, H, W)."""
-        t = check_inputs(self.config, x, t, context, context_mask, class_labels)  # (B,)
-        check_pooled(self.config, pooled, x.shape[0])
-        if self.pooled_tokens_proj is not None:
-            context, context_mask = with_pooled_tokens(self, pooled, context, context_mask)  # (B, L + K, D_ctx)
-
-        condition = None
-        if guidance is not None:
-            if self.config.guidance_embed_dim is None:
-                raise ValueError("this network takes no guidance input (guidance_embed_dim is None): "
-                                 "guide it with classifier-free guidance instead")
-            condition = guidance_embedding(guidance.reshape(-1), self.config.guidance_embed_dim).to(x.dtype)
-        emb = embed_time(self, t, x.dtype, class_labels, condition, pooled)  # (B, E)
-
+        emb, context, context_mask = prepare_inputs(self, x, t, context, context_mask, class_labels, guidance, pooled)
         h = self.conv_in(x)                                            # (B, C_base, H, W)
         h, skips = run_encoder(self, h, emb, context, context_mask)
         if control is not None:  # the one hook: a ControlNet's residuals, added, nothing else
@@ -172,6 +160,23 @@ class UNet(nn.Module):
 
         h = silu_of_temporary(self.conv_norm_out(h))
         return self.conv_out(h)                                        # (B, out_channels, H, W)
+
+
+def prepare_inputs(net: UNet, x: torch.Tensor, t, context, context_mask, class_labels, guidance, pooled):
+    """UNet.forward's arguments checked, and what its blocks read: (the time embedding (B, E), the
+    context (with pooled tokens, if the net makes them), its mask). Shared with ldmkit.nets.deepcache."""
+    t = check_inputs(net.config, x, t, context, context_mask, class_labels)  # (B,)
+    check_pooled(net.config, pooled, x.shape[0])
+    if net.pooled_tokens_proj is not None:
+        context, context_mask = with_pooled_tokens(net, pooled, context, context_mask)  # (B, L + K, D_ctx)
+
+    condition = None
+    if guidance is not None:
+        if net.config.guidance_embed_dim is None:
+            raise ValueError("this network takes no guidance input (guidance_embed_dim is None): "
+                             "guide it with classifier-free guidance instead")
+        condition = guidance_embedding(guidance.reshape(-1), net.config.guidance_embed_dim).to(x.dtype)
+    return embed_time(net, t, x.dtype, class_labels, condition, pooled), context, context_mask  # emb (B, E)
 
 
 # ---- the encoder half (down path and middle), shared with the ControlNet, which copies it ----

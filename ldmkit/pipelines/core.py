@@ -16,9 +16,11 @@ import torch
 from ..autoencoders.tiling import tiled_decode
 from ..diffusion import SAMPLERS, sample, sampler_timesteps, start_scale
 from ..model.class_labels import checked_class_labels
+from ..nets.deepcache import DeepCache
 from ..utils.images import to_pil
 from .controlnet import WEIGHT as CONTROL_WEIGHT
 from .controlnet import Control, control_weights
+from .tiny_decoder import tiny_decode
 
 OUTPUTS = ("pil", "tensor", "latent")
 
@@ -203,18 +205,19 @@ def learns_variance(pipe) -> bool:
 
 
 def call_net(pipe, x: torch.Tensor, t, concat: torch.Tensor | None = None, keep_variance: bool = False,
-             control: Control | None = None, **cond) -> torch.Tensor:
+             control: Control | None = None, net=None, **cond) -> torch.Tensor:
     """The network in its own dtype, its output back in the sampler's float32. `concat`:
     channels joined to x_t (an inpainting model's mask and masked latent, an upscaler's image).
     A learned variance (a DiT's second C channels) is dropped unless `keep_variance` (DDPM uses it).
-    `control`: ControlNets whose residuals the UNet adds (pipelines.controlnet)."""
+    `control`: ControlNets whose residuals the UNet adds (pipelines.controlnet). `net`: what runs
+    in pipe.net's place (a DeepCache of it, for one run)."""
     x_in = x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)
     weight = cond.pop(CONTROL_WEIGHT, None)
     if control is not None:
         residuals = control.residuals(x.to(pipe.dtype), x_in.to(pipe.dtype), t, weight, cond)
         if residuals is not None:
             cond["control"] = residuals
-    out = pipe.net(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
+    out = (net or pipe.net)(x_in.to(pipe.dtype), t, **cond).to(x.dtype)
     if learns_variance(pipe) and not keep_variance:  # the variance channels: only DDPM uses them
         out = out[:, : pipe.net.config.out_channels]
     return out
@@ -240,7 +243,8 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
     learned = learns_variance(pipe) and sampler == "ddpm"
     if control is not None:
         control = control.at_timesteps(timesteps)
-    net = lambda x, t, **c: call_net(pipe, x, t, keep_variance=learned, control=control, **c)
+    cached = deep_cache(pipe)  # a fresh cache for this run's latents, or None
+    net = lambda x, t, **c: call_net(pipe, x, t, keep_variance=learned, control=control, net=cached, **c)
     return sample(
         net, z, pipe.schedule, sampler=sampler, prediction=pipe.config.prediction, cond=cond, uncond=uncond,
         guidance=guidance, guidance_rescale=guidance_rescale, gen=gens, progress=progress, timesteps=timesteps,
@@ -248,9 +252,18 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
     )
 
 
+def deep_cache(pipe) -> DeepCache | None:
+    """pipe.net under DeepCache (ldmkit.nets.deepcache) when pipe.deepcache_interval is set."""
+    interval = getattr(pipe, "deepcache_interval", None)
+    return None if interval is None else DeepCache(pipe.net, interval)
+
+
 @torch.no_grad()
 def decode(pipe, z0: torch.Tensor, batch_size: int = 256, tile: int | None = None) -> torch.Tensor:
-    """Images in [-1, 1] from final latents; `tile` (latent pixels) decodes in overlapping tiles."""
+    """Images in [-1, 1] from final latents; `tile` (latent pixels) decodes in overlapping tiles.
+    With pipe.tiny_decoder_on, the distilled tiny decoder decodes instead (it needs no tiles)."""
+    if getattr(pipe, "tiny_decoder_on", False):
+        return tiny_decode(pipe.tiny_decoder(), z0, batch_size)
     ae_dtype = next(pipe.autoencoder.parameters()).dtype
     if tile is not None:
         decoder = lambda z: tiled_decode(pipe.autoencoder, z, tile=tile, overlap=max(1, tile // 4))

@@ -22,10 +22,14 @@ from ..io import stable_diffusion as sd
 from ..model import ModelParts, load_model, resolve_model, save_model, swap_first_stage
 from ..model.conditioner import TextConditioner, conditioner_for, takes_pooled
 from ..nets.controlnet import ControlNet
+from ..nets.deepcache import check_deepcache
 from ..utils.memory_format import to_channels_last_owned
 from . import core
 from .controlnet import add_controlnet
+from .fast import FastPath, check_mode, choose_fast_path
+from .fast import apply as apply_fast_path
 from .image_tasks import img2img, inpaint, outpaint
+from .tiny_decoder import load_tiny_decoder
 from .txt2img import generate
 from .upscale import cascade, upscale
 
@@ -44,12 +48,17 @@ class Pipeline:
         self.schedule = make_schedule(parts.config.schedule)
         self.conditioner = conditioner_for(parts.config, parts.text_encoder, parts.class_names)
         self.controlnets: list[ControlNet] = []  # load_controlnet; a run gives one control image each
+        self.fast_path = FastPath()  # how the networks run (ldmkit.pipelines.fast): exact float32 eager
+        self.deepcache_interval: int | None = None  # DeepCache (ldmkit.nets.deepcache): a full UNet every N calls
+        self.tiny_decoder_on = False  # final decodes by the distilled tiny decoder (use_tiny_decoder)
+        self._tiny_decoder = None  # loaded when first asked for
 
     # ---- loading and saving ------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        autoencoder: str | Path | None = None, **sd_options,
+        autoencoder: str | Path | None = None, fast: bool | str = False, deepcache_interval: int | None = None,
+        **sd_options,
     ) -> Pipeline:
         """Load a shipped model by name ("fashion-mnist", "shapes"), an ldmkit model folder, a
         Stable Diffusion single file (.safetensors / .ckpt) or a diffusers folder; the kind is
@@ -57,7 +66,13 @@ class Pipeline:
         e.g. a fine-tuned decoder of the same latent space. `sd_options` go to the Stable
         Diffusion readers (tokenizer=, prediction=, use_ema=; see ldmkit.io.stable_diffusion).
         A folder of the generative family (config.json's kind "gan", "dalle", "unclip", ...) loads
-        as its own generator (ldmkit.family), whose generate() takes that model's settings."""
+        as its own generator (ldmkit.family), whose generate() takes that model's settings.
+        fast: True, the fastest exact-enough path this device allows (bf16 weights on bf16 units),
+        "compile" also a compiled UNet; False, float32 eager (ldmkit.pipelines.fast).
+        deepcache_interval: N, the UNet's deep part runs every N calls and is reused between (DeepCache)."""
+        check_mode(fast)
+        if fast is not False and dtype != torch.float32:
+            raise ValueError(f"give fast= or dtype=, not both: fast={fast!r} picks the dtype itself")
         path = Path(name_or_path)
         if path.is_file() or sd.is_diffusers_folder(path):
             parts = sd.load_stable_diffusion(path, **sd_options)
@@ -69,11 +84,18 @@ class Pipeline:
                 if autoencoder is not None:
                     raise ValueError(f"autoencoder= swaps a latent diffusion model's first stage; {folder} is a "
                                      f"{family_kind(folder)} model")
+                if fast is not False or deepcache_interval is not None:
+                    raise ValueError(f"fast= and deepcache_interval= speed up latent diffusion models; {folder} "
+                                     f"is a {family_kind(folder)} model")
                 return load_family_model(folder, device, dtype, open_diffusion_model=cls.from_pretrained)
             parts = load_model(folder)
         if autoencoder is not None:
             parts.autoencoder = swap_first_stage(parts.autoencoder, autoencoder)
-        return cls(parts).to(device, dtype)
+        pipe = cls(parts).to(device, dtype)
+        if deepcache_interval is not None:
+            check_deepcache(pipe.net, deepcache_interval)
+            pipe.deepcache_interval = deepcache_interval
+        return apply_fast_path(pipe, choose_fast_path(device, fast)) if fast is not False else pipe
 
     @property
     def parts(self) -> ModelParts:
@@ -209,3 +231,20 @@ class Pipeline:
 
     def finish(self, z0: torch.Tensor, output: str, vae_tile: int | None = None):
         return core.finish(self, z0, output, vae_tile)
+
+    # ---- the distilled tiny decoder (ldmkit.pipelines.tiny_decoder) ------------------------------
+    def tiny_decoder(self):
+        """The model's tiny decoder (TAESD layout, distilled from its first stage), loaded once: its
+        config.json's "tiny_decoder", else the shipped one whose teacher fingerprint matches. A
+        ValueError says how to make one when there is none."""
+        if self._tiny_decoder is None:
+            self._tiny_decoder = load_tiny_decoder(self.autoencoder, self.meta, model_name=self.name)
+        return self._tiny_decoder
+
+    def use_tiny_decoder(self, on: bool = True) -> Pipeline:
+        """Decode final latents with the tiny decoder (several times faster, a little less exact) or,
+        with on=False, with the full one again; an error now if the model has none."""
+        if on:
+            self.tiny_decoder()
+        self.tiny_decoder_on = bool(on)
+        return self

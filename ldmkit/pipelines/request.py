@@ -10,13 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from ..config import from_dict, to_dict
+from ..nets.deepcache import check_deepcache
 from . import core
 from .image_tasks import img2img, inpaint, outpaint
 from .txt2img import generate
 from .upscale import upscale
 
 TASKS = ("txt2img", "img2img", "inpaint", "outpaint", "upscale")
-COMMON = ("prompt", "negative_prompt", "num_images", "steps", "sampler", "guidance", "guidance_rescale", "seed")
+COMMON = ("prompt", "negative_prompt", "num_images", "steps", "sampler", "guidance", "guidance_rescale", "seed",
+          "deepcache", "tiny_decoder")
 TASK_FIELDS = {  # the settings each task takes, beyond COMMON
     "txt2img": ("height", "width"),
     "img2img": ("strength",),
@@ -46,6 +48,8 @@ class GenerationRequest:
     guidance: float | None = None
     guidance_rescale: float = 0.0
     seed: int = 0  # image k uses seed + k
+    deepcache: int | None = None  # DeepCache: the UNet's deep part every N calls, reused between (None: off)
+    tiny_decoder: bool = False  # decode with the model's distilled tiny decoder (faster, a little less exact)
     height: int | None = None  # txt2img: pixels (default: the model's size)
     width: int | None = None
     strength: float | None = None  # img2img (default 0.6), inpaint / outpaint (default 1.0)
@@ -77,6 +81,12 @@ class GenerationRequest:
             raise ValueError(f"num_images must be a whole number >= 1, got {self.num_images!r}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise ValueError("prompt and negative_prompt must be strings")
+        if self.deepcache is not None and (isinstance(self.deepcache, bool) or not isinstance(self.deepcache, int)
+                                           or self.deepcache < 1):
+            raise ValueError(f"deepcache must be a whole number >= 1 (a full UNet pass every N steps), "
+                             f"got {self.deepcache!r}")
+        if not isinstance(self.tiny_decoder, bool):
+            raise ValueError(f"tiny_decoder must be true or false, got {self.tiny_decoder!r}")
         if self.task == "outpaint" and min(self.left, self.right, self.top, self.bottom) < 0:
             raise ValueError("left, right, top and bottom must be >= 0")
         for name in ("controlnet", "classifier", "clip"):
@@ -132,6 +142,10 @@ HELP = {  # what each setting means, for the command line's --help and the API's
     "guidance": "classifier-free guidance scale; 1 = none (default: the model's)",
     "guidance_rescale": "rescale the guided prediction's std towards the conditional one's (0 = off)",
     "seed": "image k gets seed + k",
+    "deepcache": "DeepCache: run the UNet's deep part every N steps and reuse it between (faster, slightly "
+                 "different images; default: off)",
+    "tiny_decoder": "decode with the model's distilled tiny decoder: several times faster, a little less exact "
+                    "(an error if the model has none)",
     "height": "pixels (default: the model's size)",
     "width": "pixels (default: the model's size)",
     "strength": "in (0, 1]: how far to noise the input (1 = from pure noise; default 0.6 img2img, 1 else)",
@@ -175,7 +189,13 @@ def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "
     the request leaves to the default); a name missing there is loaded as Pipeline.generate loads
     it (a shipped name or a folder)."""
     r = request.resolved(pipe)
-    loaded = loaded or {}
+    with deepcache_applied(pipe, r.deepcache), tiny_decoder_applied(pipe, r.tiny_decoder):
+        return _run(pipe, r, image, mask, output, progress, hook, batch_size, vae_tile, control, control_image,
+                    loaded or {})
+
+
+def _run(pipe, r: GenerationRequest, image, mask, output, progress, hook, batch_size, vae_tile, control,
+         control_image, loaded: Mapping):
     if r.controlnet is not None:
         if control:
             raise ValueError("the request names a controlnet: give its control_image, not control=")
@@ -212,6 +232,35 @@ def run(pipe, request: GenerationRequest, image=None, mask=None, output: str = "
         return outpaint(pipe, image, r.prompt, r.left, r.right, r.top, r.bottom, strength=r.strength,
                         resample=r.resample, **common)
     return upscale(pipe, image, r.prompt, noise_level=r.noise_level, **common)
+
+
+@contextlib.contextmanager
+def deepcache_applied(pipe, interval: int | None):
+    """`pipe` under DeepCache with `interval` inside the block (None: as it is), as it was afterwards."""
+    if interval is None:
+        yield
+        return
+    check_deepcache(pipe.net, interval)
+    before = pipe.deepcache_interval
+    pipe.deepcache_interval = interval
+    try:
+        yield
+    finally:
+        pipe.deepcache_interval = before
+
+
+@contextlib.contextmanager
+def tiny_decoder_applied(pipe, on: bool):
+    """`pipe` decoding with its tiny decoder inside the block (False: as it is), as it was afterwards."""
+    if not on:
+        yield
+        return
+    before = pipe.tiny_decoder_on
+    pipe.use_tiny_decoder(True)
+    try:
+        yield
+    finally:
+        pipe.tiny_decoder_on = before
 
 
 @contextlib.contextmanager

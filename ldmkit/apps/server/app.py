@@ -41,7 +41,7 @@ from .a1111 import (
 )
 from .guard import Guard, error_body
 from .jobs import Gallery, Generation
-from .preview import fit_latent_to_rgb, preview_image
+from .preview import previewer
 from .registry import STEERING_FOLDERS, Registry
 from .settings import ServerSettings
 from .worker import QueueFull, Worker
@@ -63,7 +63,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     worker = Worker(registry, model, settings.device, limits.queue_size)
     worker.call(lambda w: w.pipeline(), "load")  # a model that cannot load stops the server at start
     gallery = Gallery(limits.gallery_size, settings.outputs)
-    previews: dict[str, object] = {}  # model name -> its latent-to-RGB map, fitted when first watched
+    previews: dict[str, object] = {}  # model name -> its preview (tiny decoder or linear map), made when first watched
     preview_lock = threading.Lock()
     page = {name: resources.files(__package__).joinpath("static", name).read_bytes()
             for name in ("index.html", *STATIC)}
@@ -292,9 +292,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if not skip_current_image and p.x0 is not None and (pipe := worker.loaded(p.model)) is not None:
             with preview_lock:
                 if p.model not in previews:
-                    previews[p.model] = fit_latent_to_rgb(pipe.autoencoder, pipe.autoencoder.config.in_channels)
-            scale = pipe.autoencoder.config.downsampling_factor * max(1, 128 // pipe.config.image_size)
-            current = encode_png(png_bytes(preview_image(p.x0, previews[p.model], scale)))
+                    previews[p.model] = previewer(pipe)
+            current = encode_png(png_bytes(previews[p.model](p.x0, max(1, 128 // pipe.config.image_size))))
         state = {"skipped": p.skipped, "interrupted": p.interrupted, "job": p.job, "job_count": p.job_count,
                  "job_timestamp": p.job_timestamp, "job_no": p.job_no, "sampling_step": p.step,
                  "sampling_steps": p.steps}

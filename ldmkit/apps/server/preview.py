@@ -1,5 +1,6 @@
-"""A cheap live preview: the sampler's clean-latent estimate x0 projected to RGB by one linear map
-per first stage (latent channels + 1 -> colour), instead of a decoder pass.
+"""A cheap live preview of the sampler's clean-latent estimate x0: decoded by the model's distilled
+tiny decoder when it has one (ldmkit.pipelines.tiny_decoder), else projected to RGB by one linear
+map per first stage (latent channels + 1 -> colour), instead of a full decoder pass.
 
 The map is fitted once, by least squares, to what the encoder makes of flat colours and
 gradients: at those the decoder is close to linear, and a flat patch's latent is its colour.
@@ -7,11 +8,29 @@ gradients: at those the decoder is close to linear, and a flat patch's latent is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ...pipelines.tiny_decoder import find_tiny_decoder, tiny_decode
 from ...utils.images import to_pil
+
+
+def previewer(pipe) -> Callable[[torch.Tensor, int], Image.Image]:
+    """preview(x0, zoom): the first image of x0 at full resolution, enlarged `zoom` times; by the
+    model's tiny decoder if it has one, else by the fitted linear map."""
+    if find_tiny_decoder(pipe.autoencoder, pipe.meta) is not None:
+        tiny = pipe.tiny_decoder()
+        return lambda x0, zoom: _enlarged(to_pil(tiny_decode(tiny, x0[:1].float())[0].cpu()), zoom)
+    weights = fit_latent_to_rgb(pipe.autoencoder, pipe.autoencoder.config.in_channels)
+    f = pipe.autoencoder.config.downsampling_factor
+    return lambda x0, zoom: preview_image(x0, weights, f * zoom)  # the map works at latent resolution
+
+
+def _enlarged(image: Image.Image, zoom: int) -> Image.Image:
+    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
 
 
 @torch.no_grad()
