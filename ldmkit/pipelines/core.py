@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..autoencoders.tiling import tiled_decode
-from ..diffusion import SAMPLERS, sample, sampler_timesteps, start_scale
+from ..diffusion import SAMPLERS, clip_x0, sample, sampler_timesteps, start_scale
 from ..model.class_labels import checked_class_labels
 from ..nets.deepcache import DeepCache
 from ..utils.images import to_pil
@@ -231,8 +231,10 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
     latent over `timesteps` (image-to-image). inputs: (cond, uncond) from network_inputs (given
     the same `control`, the ControlNets steering this run, placed on its timesteps here).
     hook(Step) runs after every step; it may raise Cancelled. A network with a learned variance
-    samples "ddpm" with it (IDDPM, DiT's sampler); every other sampler uses its mean only."""
+    samples "ddpm" with it (IDDPM, DiT's sampler); every other sampler uses its mean only.
+    A pixel-space model's x0 estimate is clipped to the images' range (pixel_x0_clip)."""
     cond, uncond = inputs
+    denoiser_wrapper = pixel_x0_clip(pipe, denoiser_wrapper)
     if folds_guidance(pipe):
         guidance = 1.0  # already an input of the network (network_inputs)
     if timesteps is None:
@@ -250,6 +252,21 @@ def run_sampler(pipe, z: torch.Tensor, inputs, sampler: str, steps: int, guidanc
         guidance=guidance, guidance_rescale=guidance_rescale, gen=gens, progress=progress, timesteps=timesteps,
         denoiser_wrapper=denoiser_wrapper, callback=callback, learn_sigma=learned,
     )
+
+
+def pixel_x0_clip(pipe, denoiser_wrapper=None):
+    """For a pixel-space model (GLIDE), the denoiser wrapper that also clamps x0_hat to the
+    images' range, [-s, s] with s the identity first stage's scale, as DDPM, ADM and GLIDE sample
+    (`clip_denoised`, diffusers' `clip_sample`). Without it the eps estimate at the first
+    timesteps, divided by sqrt(alpha_bar) (about 0.006 at t = 999 on the linear schedule, less
+    on the cosine one), throws x0_hat far outside the data, and the samples come out as
+    saturated speckle. A latent model's x0 has no such bound: its wrapper is returned as it is."""
+    if getattr(pipe.autoencoder.config, "kind", None) != "pixel":
+        return denoiser_wrapper
+    limit = pipe.autoencoder.config.scaling_factor
+    if denoiser_wrapper is None:
+        return lambda denoise: clip_x0(denoise, limit)
+    return lambda denoise: clip_x0(denoiser_wrapper(denoise), limit)
 
 
 def deep_cache(pipe) -> DeepCache | None:

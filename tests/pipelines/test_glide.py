@@ -57,6 +57,27 @@ def test_a_tiny_glide_run_saves_a_pixel_model_that_generates(glide_run):
     assert variation.size == (8, 8)
 
 
+def test_a_pixel_model_samples_with_its_x0_estimate_clipped_to_the_images_range(glide_run):
+    """DDPM / ADM / GLIDE's clip_denoised: unclipped, the eps estimate divided by sqrt(alpha_bar) ~ 0
+    at the first timesteps threw x0_hat far outside [-1, 1], and the trained GLIDE's samples were
+    saturated speckle. A latent model's x0 is not clipped."""
+    from ldmkit.pipelines.core import pixel_x0_clip
+
+    pipe = Pipeline.from_pretrained(glide_run / "model")
+    seen = []
+    pipe.generate("a photo of a bag", num_images=2, steps=4, guidance=3.0, output="latent",
+                  hook=lambda step: seen.append(step.x0.abs().max().item()))
+    assert len(seen) == 4 and max(seen) <= 1.0
+    wild = lambda x_t, t: 50 * x_t  # an x0 estimate far out of range
+    x = torch.ones(1, 1, 8, 8)
+    assert pixel_x0_clip(pipe)(wild)(x, 999.0).abs().max() == 1.0
+    shifted = pixel_x0_clip(pipe, lambda denoise: (lambda x_t, t: denoise(x_t, t) - 100))(wild)
+    assert shifted(x, 999.0).max() == -1.0  # the clip comes after any other wrapper
+    latent = Pipeline.from_pretrained("fashion-mnist")
+    marker = lambda denoise: denoise
+    assert pixel_x0_clip(latent) is None and pixel_x0_clip(latent, marker) is marker
+
+
 def test_cli_generates_with_a_glide_model(glide_run, tmp_path):
     from ldmkit.apps.cli import main
 
