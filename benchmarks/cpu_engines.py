@@ -52,7 +52,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.engines import SETTINGS, Run, convert_openvino, has_fast, load_engine, sdcpp_folder, versions
+from benchmarks.engines import (
+    SETTINGS,
+    Run,
+    convert_openvino,
+    has_fast,
+    load_engine,
+    save_taesd,
+    sdcpp_folder,
+    taesd_folder,
+    versions,
+)
 from benchmarks.sd_models import (
     PROMPT,
     build_diffusers,
@@ -65,7 +75,8 @@ from benchmarks.sd_models import (
 )
 
 MODEL, SEED = "sd-v1.5", 0
-ENGINES = ("ldmkit", "ldmkit-fast", "diffusers", "openvino-f32", "openvino-default", "sdcpp-f32", "sdcpp-f16")
+ENGINES = ("ldmkit", "ldmkit-fast", "ldmkit-compile", "ldmkit-compile-tiny", "diffusers",
+           "openvino-f32", "openvino-default", "sdcpp-f32", "sdcpp-f16")
 REFERENCE = "ldmkit"  # parity is against ldmkit's float32 image
 ROOT = Path(__file__).resolve().parent.parent  # the repository root: the children run from it with -m
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -104,9 +115,9 @@ def cpu_flags() -> list[str]:
 
 def skip_reason(engine: str, config: str) -> str | None:
     """Why a row cannot run here, or None."""
-    if engine == "ldmkit-fast" and not has_fast():
+    if engine.startswith("ldmkit-") and not has_fast():
         return "Pipeline.from_pretrained has no fast= keyword in this ldmkit"
-    if engine.startswith("openvino-"):
+    if engine.startswith(("openvino-", "ldmkit-compile")):
         try:
             import openvino  # noqa: F401
         except ImportError:
@@ -215,6 +226,9 @@ def add_parity(rows: list[dict]) -> None:
         if row["engine"].startswith("sdcpp-"):
             row["parity"] = None
             row["parity note"] = "own RNG and CLIP tokenizer: another image; it ran (see image stats)"
+        elif row["engine"].endswith("-tiny"):
+            row["parity"] = None
+            row["parity note"] = "a TAESD with random weights decodes: another image; only its time counts"
         elif reference is not None and row["engine"] != REFERENCE:
             row["parity"] = parity(image, reference)
 
@@ -267,6 +281,8 @@ def benchmark(args, tmp: Path) -> dict:
                 rows.append({"engine": engine, "setting": setting, "status": "skipped",
                              "note": "the OpenVINO conversion failed: " + conversion["note"][-300:]})
                 continue
+            if engine == "ldmkit-compile-tiny" and not taesd_folder(folder).is_dir():
+                save_taesd(folder)
             if engine.startswith("sdcpp-"):
                 sdcpp_folder(folder)  # its renamed copy, made here so that no row's load time holds it
             log(f"{setting}: {engine}")

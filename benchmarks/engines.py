@@ -3,6 +3,10 @@ diffusers folder and returns generate() -> one image, (1, 3, H, W) float32 in [0
 
     ldmkit           Pipeline.from_pretrained(folder), its own dpmpp_2m / lcm samplers
     ldmkit-fast      Pipeline.from_pretrained(folder, fast=True), where that keyword exists
+    ldmkit-compile   fast="compile": the UNet and VAE decoder run by OpenVINO (converted in the
+                     first call), in bf16 on CPUs with bf16 units
+    ldmkit-compile-tiny  the same, decoding with a TAESD (save_taesd: random weights, so its image
+                     is another image and only its time counts)
     diffusers        StableDiffusionPipeline, DPMSolverMultistepScheduler / LCMScheduler
     openvino-*       diffusers' pipeline (same scheduler loop and text encoder, in torch) whose
                      UNet and VAE decoder are OpenVINO models: converted once from diffusers'
@@ -23,6 +27,7 @@ image, so only that it ran is reported.
 from __future__ import annotations
 
 import inspect
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -56,6 +61,11 @@ SETTINGS = {
 }
 
 
+# ldmkit's rows: (fast=, tiny decoder)
+LDMKIT_ENGINES = {"ldmkit": (False, False), "ldmkit-fast": (True, False), "ldmkit-compile": ("compile", False),
+                  "ldmkit-compile-tiny": ("compile", True)}
+
+
 @dataclass(frozen=True)
 class Run:
     """What one engine process runs."""
@@ -85,10 +95,12 @@ def has_fast() -> bool:
     return "fast" in inspect.signature(Pipeline.from_pretrained).parameters
 
 
-def load_ldmkit(run: Run, fast: bool = False) -> tuple[Callable, dict]:
+def load_ldmkit(run: Run, fast: bool | str = False, tiny: bool = False) -> tuple[Callable, dict]:
     from ldmkit import Pipeline
 
-    pipe = Pipeline.from_pretrained(run.folder, fast=True) if fast else Pipeline.from_pretrained(run.folder)
+    pipe = Pipeline.from_pretrained(run.folder, fast=fast) if fast else Pipeline.from_pretrained(run.folder)
+    if tiny:
+        pipe.use_tiny_decoder(path=taesd_folder(run.folder))
     s, z_T = run.spec, start_latents(run.latent)
 
     def generate() -> torch.Tensor:
@@ -96,7 +108,27 @@ def load_ldmkit(run: Run, fast: bool = False) -> tuple[Callable, dict]:
                               output="tensor", height=run.pixels, width=run.pixels)
         return ((image.float() + 1) / 2).clamp(0, 1)  # ldmkit's tensors are in [-1, 1]
 
-    return generate, {"sampler": s.ldmkit, "fast": fast}
+    return generate, {"sampler": s.ldmkit, "fast": fast, "path": pipe.fast_path.describe(), "tiny decoder": tiny}
+
+
+def taesd_folder(folder: str | Path) -> Path:
+    return Path(folder).parent / "taesd"
+
+
+def save_taesd(folder: str | Path) -> Path:
+    """A TAESD for the folder's VAE (diffusers' AutoencoderTiny at TAESD's widths, one upsampling per
+    factor of 2 of the VAE), seeded random weights: its time does not depend on them."""
+    from diffusers import AutoencoderTiny
+
+    vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
+    levels = len(vae["block_out_channels"])  # the VAE downsamples levels - 1 times
+    torch.manual_seed(SEED)
+    taesd = AutoencoderTiny(in_channels=vae["in_channels"], out_channels=vae["out_channels"],
+                            latent_channels=vae["latent_channels"], encoder_block_out_channels=(64,) * levels,
+                            decoder_block_out_channels=(64,) * levels, num_encoder_blocks=(1,) + (3,) * (levels - 1),
+                            num_decoder_blocks=(3,) * (levels - 1) + (1,))
+    taesd.save_pretrained(taesd_folder(folder))
+    return taesd_folder(folder)
 
 
 # ---- diffusers, and diffusers' loop around OpenVINO's networks -------------------------------------
@@ -282,8 +314,8 @@ def load_sdcpp(run: Run) -> tuple[Callable, dict]:
 
 
 def load_engine(run: Run) -> tuple[Callable, dict]:
-    if run.engine in ("ldmkit", "ldmkit-fast"):
-        return load_ldmkit(run, fast=run.engine == "ldmkit-fast")
+    if run.engine in LDMKIT_ENGINES:
+        return load_ldmkit(run, *LDMKIT_ENGINES[run.engine])
     if run.engine == "diffusers":
         return load_diffusers(run)
     if run.engine.startswith("openvino-"):

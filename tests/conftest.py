@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+    # converted OpenVINO graphs go to a throwaway folder, not the user's ~/.cache/ldmkit
+    os.environ["LDMKIT_CACHE"] = tempfile.mkdtemp(prefix="ldmkit-test-cache-")
 
 
 @pytest.fixture

@@ -46,6 +46,13 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 SMALL_GRID_MIN_PIXELS = 256
 
 
+def tracing() -> bool:
+    """Whether a graph compiler is recording this call (OpenVINO's convert_model traces with
+    TorchScript; torch.compile with dynamo). A compiler fuses interpolate + conv itself, while the
+    four strided writes become scatters: OpenVINO ran the SD VAE decoder at 0.6x with them."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class Upsample(nn.Module):
     """x2 nearest upsampling and a 3x3 conv (the LDM / diffusers Upsample with conv), computed
     as four 2x2 convs on the input's grid from 16 x 16 pixels up. When something hooks the conv
@@ -58,6 +65,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hooked = self.conv._forward_hooks or self.conv._forward_pre_hooks
-        if hooked or x.shape[-2] * x.shape[-1] < SMALL_GRID_MIN_PIXELS:
+        if hooked or x.shape[-2] * x.shape[-1] < SMALL_GRID_MIN_PIXELS or tracing():
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return upsample_conv(x, self.conv.weight, self.conv.bias)             # (B, C, 2H, 2W)

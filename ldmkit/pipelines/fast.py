@@ -7,9 +7,10 @@ What it picks, and why (measured: docs/benchmarks.md, "The fast path"; benchmark
 - no channels_last for the UNet: no gain in float32 at 32 x 32 latents, within the noise in bf16
   (the autoencoder is channels_last already, Pipeline).
 - no compiled graph by default: converting costs a minute or more, which pays off only after a
-  few images. fast="compile" runs the UNet by OpenVINO where it is installed (`pip install
-  'ldmkit[fast]'`; in bf16 on bf16 units: about 2x per step), else by torch.compile's inductor
-  (13 minutes to compile the small SD UNet here, for 1.09x); "openvino" / "inductor" name one.
+  few images. fast="compile" runs the UNet and the decoder by OpenVINO where it is installed
+  (`pip install 'ldmkit[fast]'`; in bf16 on bf16 units: about 2x per step), else the UNet by
+  torch.compile's inductor (13 minutes to compile the small SD UNet here, for 1.09x);
+  "openvino" / "inductor" name one.
 The default (fast=False) is the exact float32 eager path.
 """
 
@@ -105,6 +106,14 @@ def choose_fast_path(device: str | torch.device = "cpu", mode=True, flags: set[s
     return FastPath(dtype=half or torch.float32, compile="inductor")
 
 
+def openvino_decoder(autoencoder, path: FastPath) -> None:
+    """The first stage's (or a tiny autoencoder's) decoder run by OpenVINO when `path` compiles
+    with it: at 512 px the full decoder costs as much as a few UNet steps."""
+    decoder = getattr(autoencoder, "decoder", None)
+    if path.compile == "openvino" and isinstance(decoder, torch.nn.Module):
+        run_with_openvino(decoder, path.compile_precision, denoiser=False)
+
+
 def apply(pipe, path: FastPath):
     """Put `pipe` on `path`: weights cast once (the text encoder's as Pipeline.to decides), the
     UNet's memory format, its compiled call. Returns pipe, with pipe.fast_path = path."""
@@ -114,6 +123,7 @@ def apply(pipe, path: FastPath):
         pipe.net.to(memory_format=torch.channels_last)
     if path.compile == "openvino":
         run_with_openvino(pipe.net, path.compile_precision)
+        openvino_decoder(pipe.autoencoder, path)
     elif path.compile == "inductor":
         pipe.net.compile(backend="inductor", dynamic=False)
     pipe.fast_path = path

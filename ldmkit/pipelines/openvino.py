@@ -1,17 +1,42 @@
-"""A UNet run by OpenVINO (optional: `pip install 'ldmkit[fast]'`), for fast="compile" on a CPU.
+"""Networks run by OpenVINO (optional: `pip install 'ldmkit[fast]'`), for fast="compile" on a CPU.
 
-ov.convert_model traces the network on its first call's inputs and OpenVINO compiles the graph
-for the CPU, in bf16 where the CPU has bf16 units (INFERENCE_PRECISION_HINT). The torch module
-stays what it was (weights, config, saving); only its forward is replaced, so pipe.net is still
-the UNet. A trace bakes in the Python branches its inputs took, so each new set of input shapes
-is converted anew (a CLI run has one). torch.compile's "openvino" backend is not used: with
+ov.convert_model traces a network on its first call's inputs and OpenVINO compiles the graph for
+the CPU, in bf16 where the CPU has bf16 units (INFERENCE_PRECISION_HINT). The torch module stays
+what it was (weights, config, saving); only its forward is replaced, so pipe.net is still the
+UNet. A trace bakes in the Python branches its inputs took, so each new set of input shapes is
+converted anew (a CLI run has one). Converting takes a minute or more at SD's size, so each
+converted graph is kept on disk ($LDMKIT_CACHE/openvino, default ~/.cache/ldmkit/openvino), keyed
+by the weights, the source of the module classes, the inputs and the OpenVINO version: a later
+run reads it back in seconds. The UNet and the first stage's decoder run this way; the text
+encoder, one call an image, stays in torch. torch.compile's "openvino" backend is not used: with
 torch 2.13 it fails while making its shape guards (docs/benchmarks.md, "The fast path").
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LDMKIT_CACHE") or Path.home() / ".cache" / "ldmkit") / "openvino"
+
+
+def graph_key(net: nn.Module, signature: tuple, openvino_version: str) -> str:
+    """What the traced graph depends on: the weights, the code of every module class in the
+    network, the inputs' names, shapes and dtypes, and the converter's version."""
+    digest = hashlib.sha256(repr((signature, openvino_version)).encode())
+    for cls in sorted({type(m) for m in net.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
+        digest.update(inspect.getsource(cls).encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def require_openvino():
@@ -24,7 +49,9 @@ def require_openvino():
 
 
 class OpenVINOForward:
-    """net.forward's replacement: x, t and the tensors given by name, through OpenVINO."""
+    """A module's forward replaced by OpenVINO: positional tensors and tensors given by name in,
+    one tensor out. Calls with other kinds of input (e.g. a ControlNet's list of residuals) run
+    the eager forward."""
 
     def __init__(self, net: nn.Module, precision: str | None = None):
         self.ov = require_openvino()
@@ -33,19 +60,22 @@ class OpenVINOForward:
         self.threads = torch.get_num_threads()
         self.compiled: dict[tuple, object] = {}  # (names, shapes, dtypes) -> an OpenVINO compiled model
 
-    def __call__(self, x: torch.Tensor, t, **inputs) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0])  # (B,): one input form
-        given = {k: v for k, v in inputs.items() if v is not None}
-        if not all(isinstance(v, torch.Tensor) for v in given.values()):
-            return self.eager(x, t, **inputs)  # e.g. a ControlNet's list of residuals: not traced
-        tensors = (x, t, *given.values())
-        key = (tuple(given), *((tuple(v.shape), v.dtype) for v in tensors))
-        if key not in self.compiled:
-            self.compiled[key] = self.compile(tuple(given), tensors)
-        outputs = self.compiled[key]([v.detach().cpu().numpy() for v in tensors])
-        return torch.from_numpy(outputs[0]).to(x.device)
+    def positional(self, args: tuple) -> tuple:
+        return args
 
-    def compile(self, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]):
+    def __call__(self, *args, **inputs) -> torch.Tensor:
+        args = self.positional(args)
+        given = {k: v for k, v in inputs.items() if v is not None}
+        if not all(isinstance(v, torch.Tensor) for v in (*args, *given.values())):
+            return self.eager(*args, **inputs)
+        tensors = (*args, *given.values())
+        key = (len(args), tuple(given), *((tuple(v.shape), v.dtype) for v in tensors))
+        if key not in self.compiled:
+            self.compiled[key] = self.compile(len(args), tuple(given), tensors)
+        outputs = self.compiled[key]([v.detach().cpu().numpy() for v in tensors])
+        return torch.from_numpy(outputs[0]).to(args[0].device)
+
+    def compile(self, n_positional: int, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]):
         eager = self.eager
 
         class ByPosition(nn.Module):  # the tracer passes inputs by position
@@ -53,16 +83,35 @@ class OpenVINOForward:
                 super().__init__()
                 self.net = net
 
-            def forward(self, x, t, *rest):
-                return eager(x, t, **dict(zip(names, rest)))
+            def forward(self, *flat):
+                return eager(*flat[:n_positional], **dict(zip(names, flat[n_positional:])))
 
-        with torch.no_grad():
-            model = self.ov.convert_model(ByPosition(self.net), example_input=tensors)
+        signature = (n_positional, names, *((tuple(v.shape), str(v.dtype)) for v in tensors))
+        path = cache_dir() / f"{type(self.net).__name__}-{graph_key(self.net, signature, self.ov.__version__)}.xml"
+        if path.is_file():
+            model = self.ov.Core().read_model(path)
+        else:
+            with torch.no_grad():
+                model = self.ov.convert_model(ByPosition(self.net), example_input=tensors)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial.xml")  # renamed when whole: a killed run leaves no half graph
+            self.ov.save_model(model, partial, compress_to_fp16=False)
+            partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
+            partial.replace(path)
         config = {**self.config, "INFERENCE_NUM_THREADS": self.threads}
         return self.ov.Core().compile_model(model, "CPU", config)
 
 
-def run_with_openvino(net: nn.Module, precision: str | None = None) -> nn.Module:
-    """net with its forward run by OpenVINO (converted on first use)."""
-    net.forward = OpenVINOForward(net, precision)
+class DenoiserOpenVINOForward(OpenVINOForward):
+    """A denoiser's forward(x, t, **conditioning): t as a float (B,) tensor, one input form."""
+
+    def positional(self, args: tuple) -> tuple:
+        x, t = args
+        return x, torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+
+
+def run_with_openvino(net: nn.Module, precision: str | None = None, denoiser: bool = True) -> nn.Module:
+    """net with its forward run by OpenVINO (converted on first use). denoiser: forward(x, t, ...);
+    else forward takes tensors only (a decoder)."""
+    net.forward = (DenoiserOpenVINOForward if denoiser else OpenVINOForward)(net, precision)
     return net

@@ -26,7 +26,7 @@ from ..nets.deepcache import check_deepcache
 from ..utils.memory_format import to_channels_last_owned
 from . import core
 from .controlnet import add_controlnet
-from .fast import FastPath, check_mode, choose_fast_path
+from .fast import FastPath, check_mode, choose_fast_path, openvino_decoder
 from .fast import apply as apply_fast_path
 from .image_tasks import img2img, inpaint, outpaint
 from .tiny_decoder import load_tiny_decoder
@@ -233,18 +233,21 @@ class Pipeline:
         return core.finish(self, z0, output, vae_tile)
 
     # ---- the distilled tiny decoder (ldmkit.pipelines.tiny_decoder) ------------------------------
-    def tiny_decoder(self):
-        """The model's tiny decoder (TAESD layout, distilled from its first stage), loaded once: its
-        config.json's "tiny_decoder", else the shipped one whose teacher fingerprint matches. A
-        ValueError says how to make one when there is none."""
-        if self._tiny_decoder is None:
-            self._tiny_decoder = load_tiny_decoder(self.autoencoder, self.meta, model_name=self.name)
+    def tiny_decoder(self, path: str | Path | None = None):
+        """The model's tiny decoder (TAESD layout, distilled from its first stage), loaded once: the
+        tiny autoencoder folder at `path` (ldmkit's, diffusers' AutoencoderTiny, or TAESD's own
+        files), else its config.json's "tiny_decoder", else the shipped one whose teacher
+        fingerprint matches. A ValueError says how to make one when there is none."""
+        if path is not None or self._tiny_decoder is None:
+            self._tiny_decoder = load_tiny_decoder(self.autoencoder, self.meta, path=path, model_name=self.name)
+            openvino_decoder(self._tiny_decoder, self.fast_path)
         return self._tiny_decoder
 
-    def use_tiny_decoder(self, on: bool = True) -> Pipeline:
-        """Decode final latents with the tiny decoder (several times faster, a little less exact) or,
-        with on=False, with the full one again; an error now if the model has none."""
+    def use_tiny_decoder(self, on: bool = True, path: str | Path | None = None) -> Pipeline:
+        """Decode final latents with the tiny decoder (several times faster, a little less exact;
+        `path`: a tiny autoencoder folder, e.g. TAESD for Stable Diffusion) or, with on=False, with
+        the full one again; an error now if the model has none."""
         if on:
-            self.tiny_decoder()
+            self.tiny_decoder(path)
         self.tiny_decoder_on = bool(on)
         return self

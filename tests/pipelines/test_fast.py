@@ -91,17 +91,49 @@ def test_inductor_compiled_unet_matches_eager(exact, reference):
     assert torch.equal(pipe.generate(PROMPT, **RUN), images)
 
 
-def test_openvino_unet_matches_eager(exact, reference):
+def test_openvino_unet_and_decoder_match_eager(exact, reference):
     """OpenVINO in f32 reorders float32 sums (1e-3 of the image range); the same seed gives the same
     image; DeepCache, which needs the blocks one by one, is refused on it."""
     pytest.importorskip("openvino")
     pipe = on_path(exact, FastPath(compile="openvino", compile_precision="f32"))
     images = pipe.generate(PROMPT, **RUN)
+    assert len(pipe.autoencoder.decoder.forward.compiled) == 1  # the decoder ran by OpenVINO too
     torch.testing.assert_close(images, reference, rtol=0, atol=1e-3)
     assert torch.equal(pipe.generate(PROMPT, **RUN), images)
     pipe.deepcache_interval = 2
     with pytest.raises(RuntimeError, match="use DeepCache or a compiled UNet, not both"):
         pipe.generate(PROMPT, **RUN)
+
+
+def test_converted_graphs_are_read_back_from_the_disk_cache(exact, reference, monkeypatch, tmp_path):
+    """A second pipeline with the same weights reads the graphs the first one converted; other
+    weights are converted anew."""
+    ov = pytest.importorskip("openvino")
+    monkeypatch.setenv("LDMKIT_CACHE", str(tmp_path))
+    path = FastPath(compile="openvino", compile_precision="f32")
+    first = on_path(exact, path).generate(PROMPT, **RUN)
+    saved = sorted(p.name for p in (tmp_path / "openvino").iterdir())
+    assert len(saved) == 4 and not any("partial" in name for name in saved)  # UNet and decoder: .xml + .bin each
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again despite the cache")
+
+    monkeypatch.setattr(ov, "convert_model", no_conversion)
+    torch.testing.assert_close(on_path(exact, path).generate(PROMPT, **RUN), first, rtol=0, atol=0)
+    changed = copy.deepcopy(exact)
+    with torch.no_grad():
+        changed.net.conv_in.bias.add_(1e-3)
+    with pytest.raises(AssertionError, match="converted again"):
+        on_path(changed, path).generate(PROMPT, **RUN)
+
+
+def test_openvino_runs_the_tiny_decoder_too(exact):
+    pytest.importorskip("openvino")
+    eager = copy.deepcopy(exact).use_tiny_decoder()
+    pipe = on_path(exact, FastPath(compile="openvino", compile_precision="f32")).use_tiny_decoder()
+    run = dict(RUN, steps=2)
+    torch.testing.assert_close(pipe.generate(PROMPT, **run), eager.generate(PROMPT, **run), rtol=0, atol=1e-3)
+    assert len(pipe.tiny_decoder().decoder.forward.compiled) == 1
 
 
 def test_deepcache_through_the_pipeline(exact, reference):

@@ -15,6 +15,7 @@ from ldmkit.io.taesd_files import load_tiny_autoencoder, save_tiny_autoencoder
 from ldmkit.metrics import psnr
 from ldmkit.model import save_autoencoder
 from ldmkit.pipelines.tiny_decoder import (
+    SHIPPED,
     check_tiny_decoder,
     decoder_fingerprint,
     find_tiny_decoder,
@@ -152,3 +153,17 @@ def test_mismatched_latent_channels_are_refused(teacher_folder, tmp_path):
     save_tiny_autoencoder(wrong, tmp_path / "wrong")
     with pytest.raises(ValueError, match="3-channel latents"):
         load_tiny_decoder(teacher, {"tiny_decoder": str(tmp_path / "wrong")})
+
+
+def test_a_tiny_decoder_folder_can_be_named():
+    """use_tiny_decoder(path=...) takes a tiny autoencoder from anywhere (TAESD for SD, say), and
+    still refuses one made for other latents."""
+    from ldmkit.pipelines import Pipeline
+
+    pipe = Pipeline.from_pretrained("shapes")
+    shipped = SHIPPED / "shapes-kl-f4-tiny-decoder"
+    assert pipe.use_tiny_decoder(path=shipped).tiny_decoder_on
+    images = pipe.generate("a red circle in the top left", steps=2, output="tensor", seed=0)
+    assert images.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="decodes 4-channel latents 2x to 1-channel images"):
+        pipe.use_tiny_decoder(path=SHIPPED / "fmnist-kl-f2-tiny-decoder")
