@@ -78,7 +78,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     settings = ServerSettings(
         model=args.model, models_dir=args.models_dir, host=args.host, port=args.port, auth=parse_auth(args.api_auth),
-        outputs=args.outputs, device=args.device,
+        outputs=args.outputs, device=args.device, fast=FAST_MODES.get(args.fast, False),
         limits=Limits(max_side=args.max_side, queue_size=args.queue_size),
     )
     app = create_app(settings)
@@ -496,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-auth", default=None, help="USER:PASS[,USER2:PASS2]: basic auth on every route")
     serve.add_argument("--outputs", type=Path, default=None, help="also write every result here as a PNG")
     serve.add_argument("--device", default="cpu")
+    serve.add_argument("--fast", nargs="?", const="auto", default=None, choices=FAST_MODES,
+                       help="load the diffusion models on the fast path, as generate --fast does")
     serve.add_argument("--max-side", type=int, default=1024, help="the largest width or height a request may ask")
     serve.add_argument("--queue-size", type=int, default=8, help="jobs that may wait; more are answered 503")
     serve.set_defaults(run=_serve)

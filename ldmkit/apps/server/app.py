@@ -60,7 +60,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     registry = Registry(settings.models_dir, settings.model)
     model = next(name for name, path in registry.models.items()
                  if name == settings.model or str(path) == str(settings.model))
-    worker = Worker(registry, model, settings.device, limits.queue_size)
+    worker = Worker(registry, model, settings.device, limits.queue_size, fast=settings.fast)
     worker.call(lambda w: w.pipeline(), "load")  # a model that cannot load stops the server at start
     gallery = Gallery(limits.gallery_size, settings.outputs)
     previews: dict[str, object] = {}  # model name -> its preview (tiny decoder or linear map), made when first watched

@@ -29,6 +29,7 @@ class ServerSettings:
     auth: dict[str, str] = field(default_factory=dict)  # user -> password; empty: no auth
     outputs: Path | None = None  # also write every result here as a PNG (off by default)
     device: str = "cpu"
+    fast: bool | str = False  # Pipeline.from_pretrained's fast= for the diffusion models it loads
     limits: Limits = Limits()
 
     def __post_init__(self):

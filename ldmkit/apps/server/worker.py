@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ...family.loading import family_kind
 from ...io.controlnet_files import load_controlnet
 from ...model.classifier import load_latent_classifier
 from ...model.clip import CLIP
@@ -65,8 +66,9 @@ class Progress:
 
 class Worker:
     def __init__(self, registry: Registry, model: str, device: str = "cpu", queue_size: int = 8,
-                 loaded_models: int = 2, loaded_steering: int = 4):
+                 loaded_models: int = 2, loaded_steering: int = 4, fast: bool | str = False):
         self.registry, self.device = registry, torch.device(device)
+        self.fast = fast  # Pipeline.from_pretrained's fast=, for the latent diffusion models
         self.model_name = model
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.lock = threading.Lock()
@@ -139,7 +141,8 @@ class Worker:
         name = name or self.model_name
         if name not in self._pipes:
             path = self.registry.model_path(name)
-            self._pipes[name] = Pipeline.from_pretrained(path, device=self.device)
+            fast = self.fast if family_kind(path) is None else False  # a GAN or DALL-E has no fast path
+            self._pipes[name] = Pipeline.from_pretrained(path, device=self.device, fast=fast)
             self._pipes[name].name = name
             while len(self._pipes) > self._loaded_models:
                 self._pipes.popitem(last=False)
