@@ -3,10 +3,10 @@ so that a folder naming the two loads with Pipeline.from_pretrained and takes on
 family table.
 
 A cascade folder holds config.json alone: {"kind": "cascade", "base": a model folder, "upsampler":
-an upscaling model's folder, "sampling": the defaults (steps, guidance, upsampler_steps,
-upsampler_guidance, noise_level; missing ones: each model's own)}. Both are diffusion models, which
-only the pipelines, a layer above, open: from_folder takes `open_decoder` (folder, device, dtype)
--> a Pipeline, as unCLIP's does, and Pipeline.from_pretrained passes its own.
+an upscaling model's folder, "sampling": the defaults (steps, sampler, guidance, upsampler_steps,
+upsampler_sampler, upsampler_guidance, noise_level; missing ones: each model's own)}. Both are
+diffusion models, which only the pipelines, a layer above, open: from_folder takes `open_decoder`
+(folder, device, dtype) -> a Pipeline, as unCLIP's does, and Pipeline.from_pretrained passes its own.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from ..storage import CheckpointError, atomic_write
 from .base import FamilyGenerator, check_common
 from .unclip import part_folder, read_config
 
-SAMPLING = ("steps", "guidance", "upsampler_steps", "upsampler_guidance", "noise_level")
+SAMPLING = ("steps", "guidance", "upsampler_steps", "upsampler_guidance", "noise_level", "sampler",
+            "upsampler_sampler")
 
 
 def save_cascade(directory: str | Path, base: str | Path, upsampler: str | Path, sampling: dict | None = None,
@@ -105,25 +106,25 @@ class CascadeGenerator(FamilyGenerator):
     def settings_used(self, settings: dict) -> dict:
         """The settings a run takes: those given, else the folder's, else each stage's own defaults."""
         given = {k: v for k, v in settings.items() if v is not None}
-        steps, _, guidance = self.base.resolve_settings(given.get("steps", self.sampling.get("steps")), None,
-                                                        given.get("guidance", self.sampling.get("guidance")))
-        up_steps, _, up_guidance = self.upsampler.resolve_settings(
-            given.get("upsampler_steps", self.sampling.get("upsampler_steps")), None,
-            given.get("upsampler_guidance", self.sampling.get("upsampler_guidance")))
+        pick = lambda name: given.get(name, self.sampling.get(name))  # noqa: E731
+        steps, sampler, guidance = self.base.resolve_settings(pick("steps"), pick("sampler"), pick("guidance"))
+        up_steps, up_sampler, up_guidance = self.upsampler.resolve_settings(
+            pick("upsampler_steps"), pick("upsampler_sampler"), pick("upsampler_guidance"))
         noise = given.get("noise_level", self.sampling.get("noise_level", self.upsampler.config.lowres.noise_level))
-        return {**given, "steps": steps, "guidance": guidance, "upsampler_steps": up_steps,
-                "upsampler_guidance": up_guidance, "noise_level": noise}
+        return {**given, "steps": steps, "sampler": sampler, "guidance": guidance, "upsampler_steps": up_steps,
+                "upsampler_sampler": up_sampler, "upsampler_guidance": up_guidance, "noise_level": noise}
 
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str] = "", num_images: int = 1, seed: int = 0, output: str = "pil",
                  steps: int | None = None, guidance: float | None = None, upsampler_steps: int | None = None,
-                 upsampler_guidance: float | None = None,
-                 noise_level: int | None = None) -> list[Image.Image] | torch.Tensor:
+                 upsampler_guidance: float | None = None, noise_level: int | None = None,
+                 sampler: str | None = None, upsampler_sampler: str | None = None) -> list[Image.Image] | torch.Tensor:
         """`num_images` images of each prompt, prompt-major: the base's, each upsampled under its
         prompt; image k of a prompt from seed + k in both stages. Settings not given: the folder's,
         else each stage's defaults. output: "pil" or "tensor" ((N, C, H, W) in [-1, 1])."""
         check_common(num_images, output)
         settings = self.settings_used({"steps": steps, "guidance": guidance, "upsampler_steps": upsampler_steps,
-                                       "upsampler_guidance": upsampler_guidance, "noise_level": noise_level})
+                                       "upsampler_guidance": upsampler_guidance, "noise_level": noise_level,
+                                       "sampler": sampler, "upsampler_sampler": upsampler_sampler})
         return self.base.cascade(self.upsampler, prompt, num_images=int(num_images), seed=seed, output=output,
                                  **settings)

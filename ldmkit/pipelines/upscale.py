@@ -70,20 +70,22 @@ def enlarged(y: torch.Tensor, factor: int) -> torch.Tensor:
 @torch.no_grad()
 def cascade(base, upsampler, prompt: str | list[str], negative_prompt: str = "", num_images: int = 1, seed: int = 0,
             steps: int | None = None, guidance: float | None = None, upsampler_steps: int | None = None,
-            upsampler_guidance: float | None = None, noise_level: int | None = None, output: str = "pil"):
+            upsampler_guidance: float | None = None, noise_level: int | None = None, output: str = "pil",
+            sampler: str | None = None, upsampler_sampler: str | None = None):
     """A text cascade (GLIDE, Imagen): the base model's images of each prompt, each then upscaled by
     `upsampler` under the same prompt. Image k of a prompt takes seed + k in both stages.
-    output: "pil" (a list) or "tensor" ((N, C, H, W) in [-1, 1])."""
+    Settings left None are each model's defaults. output: "pil" (a list) or "tensor" ((N, C, H, W)
+    in [-1, 1])."""
     if output not in ("pil", "tensor"):
         raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
     if upsampler.config.lowres is None:
         raise ValueError(f"{upsampler.name} is not an upscaler: a cascade's second model upscales the base's images")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     small = base.generate(prompts, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
-                          guidance=guidance, output="tensor").cpu()            # (P * n, C, h, w), prompt-major
+                          guidance=guidance, sampler=sampler, output="tensor").cpu()  # (P * n, C, h, w), prompt-major
     large = [upsampler.upscale(image, prompts[i // num_images], negative_prompt=negative_prompt,
                                seed=seed + i % num_images, steps=upsampler_steps, guidance=upsampler_guidance,
-                               noise_level=noise_level, output="tensor")
+                               sampler=upsampler_sampler, noise_level=noise_level, output="tensor")
              for i, image in enumerate(small)]
     images = torch.cat(large).float().cpu()                                    # (P * n, C, k h, k w)
     return images if output == "tensor" else [to_pil(x) for x in images]

@@ -143,6 +143,20 @@ def test_the_x2_upsampler_preset_runs_end_to_end_and_chains_after_the_base(glide
     with pytest.raises(ValueError, match="upscales the base's images"):
         save_cascade(tmp_path / "wrong", glide_run / "model", glide_run / "model")
 
+    # each stage's sampler: the folder's default, else the model's own; the cascade call takes both
+    stochastic = save_cascade(tmp_path / "ancestral", glide_run / "model", tmp_path / "model",
+                              sampling={"steps": 2, "upsampler_steps": 2, "upsampler_sampler": "euler_a"})
+    ancestral = Pipeline.from_pretrained(stochastic)
+    used = ancestral.settings_used({})
+    assert (used["sampler"], used["upsampler_sampler"]) == (base.defaults.sampler, "euler_a")
+    by_folder = ancestral.generate("a photo of a bag", num_images=2, output="tensor")
+    by_call = base.cascade(upsampler, "a photo of a bag", num_images=2, steps=2, upsampler_steps=2,
+                           upsampler_sampler="euler_a", output="tensor")
+    torch.testing.assert_close(by_folder, by_call)
+    assert not torch.allclose(by_folder, again[:2])  # not the default sampler's images
+    with pytest.raises(ValueError, match="unknown sampler"):
+        base.cascade(upsampler, "a photo of a bag", steps=2, upsampler_steps=2, upsampler_sampler="nope")
+
 
 def test_an_upscale_factor_must_be_a_multiple_of_the_first_stage_factor():
     with pytest.raises(ValueError, match="upscale_factor must be a whole number >= 2"):
