@@ -252,7 +252,7 @@ def number(value, fmt: str) -> str:
 
 
 def sampling_text(sampling: dict) -> str:
-    if {"sampler", "steps", "guidance"} <= set(sampling):  # a diffusion model's
+    if {"sampler", "steps", "guidance"} == set(sampling):  # a diffusion model's (a cascade has more)
         return f"{sampling['sampler']} {sampling['steps']} steps, w {sampling['guidance']:g}"
     return ", ".join(f"{k} {v}" for k, v in sampling.items()) or "defaults"
 
