@@ -48,6 +48,7 @@ from ldmkit.apps.evaluate import (
 from ldmkit.data import fashion_mnist, load_fashion_mnist
 from ldmkit.family import FamilyGenerator
 from ldmkit.family.loading import family_kind
+from ldmkit.family.unclip import part_folder
 from ldmkit.metrics import classify, load_fmnist_classifier
 from ldmkit.model.folder import BUNDLED, MODELS_DIR, resolve_model
 from ldmkit.pipelines import Pipeline
@@ -61,6 +62,8 @@ DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f2", "fashion-mnist-lcm", "fas
                   "fashion-mnist-unclip")
 FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)", "vae": "VAE", "unclip": "unCLIP (prior + decoder)",
                 "cascade": "pixel diffusion cascade (GLIDE)"}
+# family folders whose config.json names other model folders, the parts a row's key also hashes
+PART_FOLDERS = {"unclip": ("prior", "decoder"), "cascade": ("base", "upsampler")}
 # generate() arguments that say what to draw, not how: left out of a family model's sampling settings
 NOT_SAMPLING = {"self", "prompt", "num_images", "seed", "output", "class_labels", "clip", "batch_size"}
 SCORES = ("images", "frechet_distance", "fd_inf", "fd_inf_halves", "class_agreement", "class_agreement_by_class",
@@ -88,14 +91,21 @@ def row_key(folder: str, per_class: int, seed: int, steps: int | None, clip: str
 
 
 def fingerprint(folder: str) -> str:
-    """What the folder holds (config.json and weights, hashed): a row of weights since retrained
-    is measured again, not reused."""
+    """What the folder holds (config.json and weights, hashed), and for a folder that names its
+    parts (unCLIP's prior and decoder, a cascade's base and upsampler) what they hold too: a row of
+    weights since retrained is measured again, not reused."""
     digest = hashlib.sha256()
     root = resolve_model(folder)
-    for name in ("config.json", "model.safetensors"):
-        path = root / name
-        if path.is_file():
-            digest.update(path.read_bytes())
+    folders = [root]
+    config = root / "config.json"
+    meta = json.loads(config.read_text()) if config.is_file() else {}
+    for part in PART_FOLDERS.get(meta.get("kind"), ()):
+        folders.append(part_folder(meta[part], root, part))
+    for each in folders:
+        for name in ("config.json", "model.safetensors"):
+            path = each / name
+            if path.is_file():
+                digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 

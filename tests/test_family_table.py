@@ -82,3 +82,21 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
     before = len(calls)  # the run's sample grids called generate too
     assert family_table.main(argv[:1] + argv[2:3] + argv[4:] + ["--seed", "1"]) == 0
     assert calls[before:] == ["model"]
+
+
+def test_a_rows_key_hashes_the_parts_a_family_folder_names(tmp_path):
+    """A cascade (or unCLIP) folder holds config.json alone: its key changes with its parts' weights,
+    and a plain folder's key is the hash of its own config.json and weights, as before."""
+    import hashlib
+
+    for part in ("base", "upsampler"):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text("{}")
+        (tmp_path / part / "model.safetensors").write_bytes(b"weights of " + part.encode())
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "cascade", "base": "base", "upsampler": "upsampler"}))
+    before = family_table.fingerprint(str(tmp_path))
+    (tmp_path / "upsampler" / "model.safetensors").write_bytes(b"retrained")
+    assert family_table.fingerprint(str(tmp_path)) != before
+    plain = tmp_path / "base"
+    expected = hashlib.sha256(b"{}" + b"weights of base").hexdigest()[:16]
+    assert family_table.fingerprint(str(plain)) == expected
