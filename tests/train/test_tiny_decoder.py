@@ -88,12 +88,13 @@ class FakePipe:
     """What the preview and the final decode read of a Pipeline."""
 
     def __init__(self, autoencoder, meta):
+        from ldmkit.pipelines.fast import FastPath
         from ldmkit.pipelines.pipeline import Pipeline
 
         self.autoencoder, self.meta, self.name = autoencoder, meta, "fake"
-        self.tiny_decoder_on, self._tiny_decoder = False, None
-        self.tiny_decoder = lambda: Pipeline.tiny_decoder(self)
-        self.use_tiny_decoder = lambda on=True: Pipeline.use_tiny_decoder(self, on)
+        self.tiny_decoder_on, self._tiny_decoder, self.fast_path = False, None, FastPath()
+        self.tiny_decoder = lambda path=None: Pipeline.tiny_decoder(self, path)
+        self.use_tiny_decoder = lambda on=True, path=None: Pipeline.use_tiny_decoder(self, on, path)
 
 
 def test_preview_uses_the_tiny_decoder_when_present(teacher_folder, tmp_path):
