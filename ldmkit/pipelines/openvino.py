@@ -27,12 +27,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LDMKIT_CACHE") or Path.home() / ".cache" / "ldmkit") / "openvino"
 
 
+def class_source(cls: type) -> str:
+    """The class's source; its name where there is none to read (a class made at run time)."""
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def graph_key(net: nn.Module, signature: tuple, openvino_version: str) -> str:
     """What the traced graph depends on: the weights, the code of every module class in the
     network, the inputs' names, shapes and dtypes, and the converter's version."""
     digest = hashlib.sha256(repr((signature, openvino_version)).encode())
     for cls in sorted({type(m) for m in net.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
-        digest.update(inspect.getsource(cls).encode())
+        digest.update(class_source(cls).encode())
     for name, tensor in net.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
