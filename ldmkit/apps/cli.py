@@ -248,10 +248,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     else:
         pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
     if args.deepcache is not None:
-        from ..nets.deepcache import check_deepcache
-
-        check_deepcache(pipe.net, args.deepcache)
-        pipe.deepcache_interval = args.deepcache
+        pipe.use_deepcache(args.deepcache)
     results = []
     clip = scoring_clip(pipe, args.clip)  # the CLIP score of a text model's images; reranking's CLIP
     for settings in evaluation_settings(args):

@@ -23,11 +23,16 @@ from .inplace import silu_of_temporary
 from .unet import UNet, prepare_inputs
 
 
+def check_interval(interval, name: str = "the DeepCache interval") -> None:
+    """A clear error for an interval that is not a whole number >= 1 (a request checks it alone)."""
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"{name} must be a whole number >= 1 (1: a full pass every call, i.e. no caching; "
+                         f"3: a full pass every third call), got {interval!r}")
+
+
 def check_deepcache(net: nn.Module, interval, branch: int = 1) -> None:
     """A clear error for an interval below 1 or a network without a UNet's skips."""
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ValueError(f"the DeepCache interval must be a whole number >= 1 (1: a full pass every call, "
-                         f"i.e. no caching; 3: a full pass every third call), got {interval!r}")
+    check_interval(interval)
     if not isinstance(net, UNet):
         raise ValueError(f"DeepCache reuses the deep features of a UNet between its skip connections; this "
                          f"network is a {type(net).__name__}, which has no such skips: sample without deepcache")

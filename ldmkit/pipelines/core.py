@@ -263,10 +263,8 @@ def pixel_x0_clip(pipe, denoiser_wrapper=None):
     saturated speckle. A latent model's x0 has no such bound: its wrapper is returned as it is."""
     if getattr(pipe.autoencoder.config, "kind", None) != "pixel":
         return denoiser_wrapper
-    limit = pipe.autoencoder.config.scaling_factor
-    if denoiser_wrapper is None:
-        return lambda denoise: clip_x0(denoise, limit)
-    return lambda denoise: clip_x0(denoiser_wrapper(denoise), limit)
+    limit, inner = pipe.autoencoder.config.scaling_factor, denoiser_wrapper or (lambda denoise: denoise)
+    return lambda denoise: clip_x0(inner(denoise), limit)
 
 
 def deep_cache(pipe) -> DeepCache | None:

@@ -63,10 +63,10 @@ class OpenVINOForward:
 
     def __init__(self, net: nn.Module, precision: str | None = None):
         self.ov = require_openvino()
-        self.net, self.eager = net, net.forward  # the eager forward: traced, and kept for undo()
+        self.net, self.eager = net, net.forward  # the eager forward: traced, and run for untraceable inputs
         self.config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         self.threads = torch.get_num_threads()
-        self.compiled: dict[tuple, object] = {}  # (names, shapes, dtypes) -> an OpenVINO compiled model
+        self.compiled: dict[tuple, object] = {}  # (positional count, names, shapes and dtypes) -> compiled model
 
     def positional(self, args: tuple) -> tuple:
         return args
@@ -79,12 +79,13 @@ class OpenVINOForward:
         tensors = (*args, *given.values())
         key = (len(args), tuple(given), *((tuple(v.shape), v.dtype) for v in tensors))
         if key not in self.compiled:
-            self.compiled[key] = self.compile(len(args), tuple(given), tensors)
+            self.compiled[key] = self.compile(key, tensors)
         outputs = self.compiled[key]([v.detach().cpu().numpy() for v in tensors])
         return torch.from_numpy(outputs[0]).to(args[0].device)
 
-    def compile(self, n_positional: int, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]):
-        eager = self.eager
+    def compile(self, key: tuple, tensors: tuple[torch.Tensor, ...]):
+        """The compiled model for the inputs `key` describes: read from the disk cache, else traced."""
+        eager, (n_positional, names) = self.eager, key[:2]
 
         class ByPosition(nn.Module):  # the tracer passes inputs by position
             def __init__(self, net):
@@ -94,8 +95,7 @@ class OpenVINOForward:
             def forward(self, *flat):
                 return eager(*flat[:n_positional], **dict(zip(names, flat[n_positional:])))
 
-        signature = (n_positional, names, *((tuple(v.shape), str(v.dtype)) for v in tensors))
-        path = cache_dir() / f"{type(self.net).__name__}-{graph_key(self.net, signature, self.ov.__version__)}.xml"
+        path = cache_dir() / f"{type(self.net).__name__}-{graph_key(self.net, key, self.ov.__version__)}.xml"
         if path.is_file():
             model = self.ov.Core().read_model(path)
         else:

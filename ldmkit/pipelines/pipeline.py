@@ -91,10 +91,7 @@ class Pipeline:
             parts = load_model(folder)
         if autoencoder is not None:
             parts.autoencoder = swap_first_stage(parts.autoencoder, autoencoder)
-        pipe = cls(parts).to(device, dtype)
-        if deepcache_interval is not None:
-            check_deepcache(pipe.net, deepcache_interval)
-            pipe.deepcache_interval = deepcache_interval
+        pipe = cls(parts).to(device, dtype).use_deepcache(deepcache_interval)
         return apply_fast_path(pipe, choose_fast_path(device, fast)) if fast is not False else pipe
 
     @property
@@ -231,6 +228,14 @@ class Pipeline:
 
     def finish(self, z0: torch.Tensor, output: str, vae_tile: int | None = None):
         return core.finish(self, z0, output, vae_tile)
+
+    def use_deepcache(self, interval: int | None) -> Pipeline:
+        """Sample under DeepCache (ldmkit.nets.deepcache): the UNet's deep part every `interval`
+        calls, reused between; None: off. A clear error for a bad interval or a network without skips."""
+        if interval is not None:
+            check_deepcache(self.net, interval)
+        self.deepcache_interval = interval
+        return self
 
     # ---- the distilled tiny decoder (ldmkit.pipelines.tiny_decoder) ------------------------------
     def tiny_decoder(self, path: str | Path | None = None):

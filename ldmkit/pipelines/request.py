@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from ..config import from_dict, to_dict
-from ..nets.deepcache import check_deepcache
+from ..nets.deepcache import check_interval
 from . import core
 from .image_tasks import img2img, inpaint, outpaint
 from .txt2img import generate
@@ -81,10 +81,8 @@ class GenerationRequest:
             raise ValueError(f"num_images must be a whole number >= 1, got {self.num_images!r}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise ValueError("prompt and negative_prompt must be strings")
-        if self.deepcache is not None and (isinstance(self.deepcache, bool) or not isinstance(self.deepcache, int)
-                                           or self.deepcache < 1):
-            raise ValueError(f"deepcache must be a whole number >= 1 (a full UNet pass every N steps), "
-                             f"got {self.deepcache!r}")
+        if self.deepcache is not None:
+            check_interval(self.deepcache, "deepcache")
         if not isinstance(self.tiny_decoder, bool):
             raise ValueError(f"tiny_decoder must be true or false, got {self.tiny_decoder!r}")
         if self.task == "outpaint" and min(self.left, self.right, self.top, self.bottom) < 0:
@@ -240,9 +238,8 @@ def deepcache_applied(pipe, interval: int | None):
     if interval is None:
         yield
         return
-    check_deepcache(pipe.net, interval)
     before = pipe.deepcache_interval
-    pipe.deepcache_interval = interval
+    pipe.use_deepcache(interval)
     try:
         yield
     finally:
