@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in done:
             continue
         if args.metric is None:
-            args.metric = Bench(str(Path("models/fashion-mnist")))  # the classifier and test features, once
+            args.metric = Bench(str(Path("models/fashion-mnist-f4")))  # the classifier and test features, once
         results["cells"].append(run(name, net_config, steps, args))
         results["floor"] = floor(args.metric, args.per_class)
         save(results, args.out)

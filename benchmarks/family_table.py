@@ -6,7 +6,7 @@ diffusion: both" become numbers anyone can rerun.
         [--steps N] [--clip clip-small] [--threads 1] [--out docs/results/family-fashion-mnist.json]
         [--grid docs/images/family-fashion-mnist.png] [--markdown]
 
-Every model (default: the shipped fashion-mnist, fashion-mnist-f2 and fashion-mnist-lcm, and
+Every model (default: the shipped fashion-mnist, fashion-mnist-f4 and fashion-mnist-lcm, and
 models/fashion-mnist-dit, -gan, -vae, -kl-f4-prior, -dalle, -glide and -unclip where they exist) is loaded with
 Pipeline.from_pretrained and draws 10 x per-class images of the 10 class prompts in one
 generate(prompts, num_images=per_class, seed=seed, output="tensor") call at its own defaults
@@ -57,7 +57,7 @@ from ldmkit.utils.images import to_pil
 from .sd_models import cpu_name
 
 # Folders in models/; those absent are left out of the default table.
-DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f2", "fashion-mnist-lcm", "fashion-mnist-dit", "fashion-mnist-gan",
+DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f4", "fashion-mnist-lcm", "fashion-mnist-dit", "fashion-mnist-gan",
                   "fashion-mnist-vae", "fashion-mnist-kl-f4-prior", "fashion-mnist-dalle", "fashion-mnist-glide",
                   "fashion-mnist-unclip")
 FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)", "vae": "VAE", "unclip": "unCLIP (prior + decoder)",

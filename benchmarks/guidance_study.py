@@ -1,7 +1,7 @@
 """Classifier guidance against classifier-free guidance on Fashion-MNIST (Dhariwal & Nichol 2021
 against Ho & Salimans 2022), measured as `ldmkit evaluate` measures a model.
 
-    python -m benchmarks.guidance_study --classifier runs/noisy-classifier/model [--model fashion-mnist]
+    python -m benchmarks.guidance_study --classifier runs/noisy-classifier/model [--model fashion-mnist-f4]
         [--per-class 100] [--classifier-scales 0 1 2 4 8 16] [--cfg-scales 1 1.5 2 3 5]
         [--both-guidance 1.5] [--threads 1] [--out docs/results/guidance-study.json]
         [--plot docs/images/guidance-study.png]
@@ -153,7 +153,7 @@ def plot(results: dict, out: Path) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="fashion-mnist")
+    parser.add_argument("--model", default="fashion-mnist-f4", help="the model whose latents the classifier reads")
     parser.add_argument("--classifier", required=True, help="a noisy latent classifier folder for the model's latents")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--classifier-scales", nargs="+", type=float, default=[0, 1, 2, 4, 8, 16])

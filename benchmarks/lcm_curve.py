@@ -1,6 +1,6 @@
 """Few-step quality of a latent consistency model against its teacher, on Fashion-MNIST.
 
-    python -m benchmarks.lcm_curve [--model fashion-mnist-lcm] [--teacher fashion-mnist] [--steps 1 2 4 8]
+    python -m benchmarks.lcm_curve [--model fashion-mnist-lcm] [--teacher fashion-mnist-f4] [--steps 1 2 4 8]
         [--per-class 100] [--threads 1] [--out docs/results/lcm-curve.json] [--plot docs/images/lcm-curve.png]
 
 Every cell is scored as the sampler curve scores it (benchmarks/sampler_curve.py): the same class
@@ -35,7 +35,7 @@ def settings_for(bench: Bench, model: str, per_class: int, seed: int, guidance: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fashion-mnist-lcm")
-    parser.add_argument("--teacher", default="fashion-mnist")
+    parser.add_argument("--teacher", default="fashion-mnist-f4")
     parser.add_argument("--lora", type=Path, default=None, help="an LCM-LoRA file: --model is then the base it adapts")
     parser.add_argument("--guidance", type=float, default=None, help="the LCM's (default: the model's; 1 with --lora)")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4, 8])

@@ -32,5 +32,5 @@ for f in 2 8; do
   [ -f "docs/results/compression-ldm-f$f-1000.json" ] || $L evaluate --model "$model" --guidance 1.5 2 --size 100 \
     --out "docs/results/compression-ldm-f$f-1000.json"
 done
-[ -f docs/results/compression-ldm-f4-1000.json ] || $L evaluate --model models/fashion-mnist \
+[ -f docs/results/compression-ldm-f4-1000.json ] || $L evaluate --model models/fashion-mnist-f4 \
   --autoencoder models/autoencoders/fmnist-kl-f4 --guidance 1.5 2 --size 100 --out docs/results/compression-ldm-f4-1000.json

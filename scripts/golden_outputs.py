@@ -61,20 +61,20 @@ def outputs() -> dict[str, str]:
 
     image, mask, small = inputs()
     results = {}
-    fm = Pipeline.from_pretrained("fashion-mnist")
+    fm = Pipeline.from_pretrained("fashion-mnist-f4")
     for output in ("pil", "latent"):
-        results[f"fashion-mnist/generate/{output}"] = digest(
+        results[f"fashion-mnist-f4/generate/{output}"] = digest(
             fm.generate(["a photo of a sneaker", "a photo of a bag"], num_images=2, seed=3, output=output))
-        results[f"fashion-mnist/generate-negative-rescale/{output}"] = digest(
+        results[f"fashion-mnist-f4/generate-negative-rescale/{output}"] = digest(
             fm.generate("a photo of a dress", negative_prompt="a photo of a coat", num_images=2, seed=1,
                         sampler="euler_a", steps=12, guidance=4.0, guidance_rescale=0.5, output=output))
-        results[f"fashion-mnist/img2img/{output}"] = digest(
+        results[f"fashion-mnist-f4/img2img/{output}"] = digest(
             fm.img2img(image, "a photo of a bag", strength=0.6, num_images=2, seed=5, output=output))
-        results[f"fashion-mnist/inpaint/{output}"] = digest(
+        results[f"fashion-mnist-f4/inpaint/{output}"] = digest(
             fm.inpaint(image, mask, "a photo of a sneaker", num_images=2, seed=7, output=output))
-        results[f"fashion-mnist/inpaint-resample/{output}"] = digest(
+        results[f"fashion-mnist-f4/inpaint-resample/{output}"] = digest(
             fm.inpaint(image, mask, "a photo of a sneaker", num_images=1, seed=7, steps=6, resample=1, output=output))
-        results[f"fashion-mnist/outpaint/{output}"] = digest(
+        results[f"fashion-mnist-f4/outpaint/{output}"] = digest(
             fm.outpaint(image.crop((0, 0, 24, 32)), "a photo of a sneaker", right=8, num_images=1, seed=2,
                         output=output))
         results[f"shapes/generate/{output}"] = digest(Pipeline.from_pretrained("shapes").generate(

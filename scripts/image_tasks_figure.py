@@ -13,7 +13,7 @@ from ldmkit.data import fashion_mnist
 from ldmkit.utils.images import image_grid, to_pil
 
 out = sys.argv[1] if len(sys.argv) > 1 else "docs/images/image_tasks.png"
-pipe = Pipeline.from_pretrained("fashion-mnist")
+pipe = Pipeline.from_pretrained("fashion-mnist-f4")
 images, labels = held_out_images(1)
 mask = np.zeros((32, 32), np.uint8)
 mask[:, 16:] = 255

@@ -1,7 +1,7 @@
 """Write a model folder that decodes with another first stage of the same latent space.
 
     .venv/bin/python scripts/swap_decoder.py runs/fashion-mnist/model runs/fmnist-kl-f4-gan-decoder/model \
-        models/fashion-mnist
+        models/fashion-mnist-f4
 """
 
 import sys

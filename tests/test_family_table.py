@@ -43,7 +43,7 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
     gan = str(tmp_path / "gan" / "model")
     prior = str(save_vae_pointer(tmp_path / "kl-prior", "models/autoencoders/fmnist-kl-f4", "fashion-mnist"))
     out, grid = tmp_path / "family.json", tmp_path / "family.png"
-    argv = ["--models", "fashion-mnist", gan, prior, "--per-class", "2", "--steps", "2", "--out", str(out),
+    argv = ["--models", "fashion-mnist-f4", gan, prior, "--per-class", "2", "--steps", "2", "--out", str(out),
             "--grid", str(grid), "--markdown"]
     calls = count_generate_calls(monkeypatch)
     # 1,000 test images stand in for the 10,000: the classifier's pass over all of them is most of
@@ -61,7 +61,7 @@ def test_the_table_scores_a_gan_and_a_diffusion_model_and_reuses_its_rows(tmp_pa
         assert row["parameters"]["network"] > 0 and row["training"]["minutes"] > 0
     assert diffusion["kind"] == "latent diffusion (unet)" and diffusion["parameters"]["first_stage_decoder"] > 0
     assert diffusion["sampling"] == {"steps": 2, "sampler": "dpmpp_2m", "guidance": 3.0}
-    assert diffusion["key"] == {"folder": "models/fashion-mnist", "weights": diffusion["key"]["weights"],
+    assert diffusion["key"] == {"folder": "models/fashion-mnist-f4", "weights": diffusion["key"]["weights"],
                                 "per_class": 2, "seed": 0, "steps": 2, "clip": diffusion["key"]["clip"]}
     assert generator["kind"] == "GAN" and generator["parameters"]["first_stage_decoder"] is None
     assert generator["sampling"] == {"truncation": "inf"} and generator["key"]["steps"] is None

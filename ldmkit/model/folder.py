@@ -27,7 +27,7 @@ from .parts import ModelParts
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"  # the models shipped in the repository
 BUNDLED = ("fashion-mnist", "shapes", "fashion-mnist-x4", "fashion-mnist-inpaint", "fashion-mnist-lcm", "shapes-lcm",
-           "fashion-mnist-f2", "shapes-dit")
+           "fashion-mnist-f4", "shapes-dit")
 PIXEL_SPACE = "pixel"  # the first stage a training config names for pixel-space diffusion (GLIDE)
 
 

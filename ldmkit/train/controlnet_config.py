@@ -70,9 +70,9 @@ CONTROLNET_PRESETS: dict[str, ControlNetTrainConfig] = {
     # outline -> filled shape on the shipped shapes model; 0.2-0.3 s a step at batch 32 on one CPU
     # thread (docs/controlnet.md): about 20-30 minutes with its obedience measures
     "shapes-control": ControlNetTrainConfig(),
-    # Sobel edges -> garment on the shipped fashion-mnist model
+    # Sobel edges -> garment on the shipped fashion-mnist-f4 model (docs/controlnet.md)
     "fashion-mnist-edges": ControlNetTrainConfig(
-        base="fashion-mnist", data=ControlDataConfig(dataset="fashion-mnist-edges", limit=20_000, holdout=()),
+        base="fashion-mnist-f4", data=ControlDataConfig(dataset="fashion-mnist-edges", limit=20_000, holdout=()),
     ),
     "tiny": ControlNetTrainConfig(
         data=ControlDataConfig(limit=32), hint_widths=(8, 16, 16), steps=4, batch_size=4, log_every=1,

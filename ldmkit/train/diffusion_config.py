@@ -157,7 +157,7 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
     # 9-channel inpainting (z_t, mask, masked image's latent) started from the shipped model
     "fashion-mnist-inpaint": DiffusionTrainConfig(
         model=replace(COMPACT, net=replace(UNET_PRESETS["compact"], in_channels=9), task="inpainting"),
-        autoencoder="models/autoencoders/fmnist-kl-f4-gan-decoder", init_from="models/fashion-mnist",
+        autoencoder="models/autoencoders/fmnist-kl-f4-gan-decoder", init_from="models/fashion-mnist-f4",
         steps=3000, lr=1e-4, warmup_steps=100, min_snr_gamma=5.0,
     ),
     # GLIDE in pixel space, base and x2 upsampler (sizes and timings: GLIDE_UNET above)

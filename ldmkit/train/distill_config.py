@@ -39,11 +39,11 @@ class DistillConfig:
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
-    "fashion-mnist": DistillConfig(teacher="fashion-mnist"),
+    "fashion-mnist": DistillConfig(teacher="fashion-mnist-f4"),
     # LCM-LoRA: the guided teacher at its own scale, learnt without a guidance input; sampled at guidance 1
-    "fashion-mnist-lora": DistillConfig(teacher="fashion-mnist", lora=True, lr=5e-4, guidance_min=3.0,
+    "fashion-mnist-lora": DistillConfig(teacher="fashion-mnist-f4", lora=True, lr=5e-4, guidance_min=3.0,
                                         guidance_max=3.0, guidance=1.0),
     "shapes": DistillConfig(teacher="shapes", guidance_min=1.5, guidance_max=5.0),
-    "tiny": DistillConfig(teacher="fashion-mnist", steps=30, batch_size=8, data_limit=256, warmup_steps=5,
+    "tiny": DistillConfig(teacher="fashion-mnist-f4", steps=30, batch_size=8, data_limit=256, warmup_steps=5,
                           sample_every=30, checkpoint_every=10, log_every=5),
 }

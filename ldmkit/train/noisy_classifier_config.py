@@ -54,7 +54,7 @@ class NoisyClassifierTrainConfig:
 
 
 NOISY_CLASSIFIER_PRESETS: dict[str, NoisyClassifierTrainConfig] = {
-    # for the shipped fashion-mnist model (its 8x8x4 latents and its schedule)
+    # for the shipped fashion-mnist-f4 model (its 8x8x4 latents and its schedule)
     "fashion-mnist": NoisyClassifierTrainConfig(),
     "tiny": NoisyClassifierTrainConfig(
         classifier=NoisyClassifierConfig(replace(NoisyClassifierTrainConfig().classifier.encoder, base_channels=16,

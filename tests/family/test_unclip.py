@@ -122,7 +122,7 @@ def test_parts_that_do_not_fit_and_missing_folders_are_refused(parts, unclip, tm
     with pytest.raises(ValueError, match="both must use the same CLIP"):
         save_unclip(tmp_path / "u", prior, make_decoder(tmp_path / "other", embedding_clip="models/other-clip"))
     with pytest.raises(ValueError, match="conditioned on 'text'; an unCLIP decoder is conditioned on CLIP image"):
-        save_unclip(tmp_path / "u", prior, "models/fashion-mnist")
+        save_unclip(tmp_path / "u", prior, "models/fashion-mnist-f4")
     with pytest.raises(ValueError, match="does not hold an ldmkit latent diffusion model"):
         save_unclip(tmp_path / "u", prior, prior)
     with pytest.raises(ValueError, match="unknown sampling settings \\['guidance'\\]"):

@@ -17,7 +17,7 @@ TOKEN = "<my-thing>"
 
 @pytest.fixture(scope="module")
 def pipe():
-    return Pipeline.from_pretrained("fashion-mnist")
+    return Pipeline.from_pretrained("fashion-mnist-f4")
 
 
 @pytest.fixture(scope="module")

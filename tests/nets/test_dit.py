@@ -91,7 +91,7 @@ def test_a_dit_model_saves_loads_and_generates_through_the_pipeline(tmp_path):
     from ldmkit.autoencoders import Autoencoder
     from ldmkit.model import LatentDiffusionConfig, ModelParts
 
-    first_stage = Pipeline.from_pretrained("fashion-mnist").autoencoder
+    first_stage = Pipeline.from_pretrained("fashion-mnist-f4").autoencoder
     config = LatentDiffusionConfig(net=TINY, conditioning="class", text_encoder="minilm")
     names = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
     net = DiT(TINY)

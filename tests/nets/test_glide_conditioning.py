@@ -115,7 +115,7 @@ def test_configs_written_before_these_options_load_as_they_were():
     assert config == UNET_PRESETS["compact"]
     assert (config.text_attention, config.pooled_dim) == ("cross", None)
     # a shipped model's weights load strictly into the net its config.json describes
-    states, meta, _ = load_checkpoint(MODELS_DIR / "fashion-mnist")
+    states, meta, _ = load_checkpoint(MODELS_DIR / "fashion-mnist-f4")
     net_config = meta["model"].get("net", meta["model"].get("unet"))
     assert "text_attention" not in net_config
     UNet(from_dict(UNetConfig, net_config)).load_state_dict(states["unet"])

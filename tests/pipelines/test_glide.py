@@ -73,7 +73,7 @@ def test_a_pixel_model_samples_with_its_x0_estimate_clipped_to_the_images_range(
     assert pixel_x0_clip(pipe)(wild)(x, 999.0).abs().max() == 1.0
     shifted = pixel_x0_clip(pipe, lambda denoise: (lambda x_t, t: denoise(x_t, t) - 100))(wild)
     assert shifted(x, 999.0).max() == -1.0  # the clip comes after any other wrapper
-    latent = Pipeline.from_pretrained("fashion-mnist")
+    latent = Pipeline.from_pretrained("fashion-mnist-f4")
     marker = lambda denoise: denoise
     assert pixel_x0_clip(latent) is None and pixel_x0_clip(latent, marker) is marker
 

@@ -30,7 +30,7 @@ BAG = "a photo of a bag"
 
 @pytest.fixture(scope="module")
 def pipe():
-    return Pipeline.from_pretrained("fashion-mnist")
+    return Pipeline.from_pretrained("fashion-mnist-f4")
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,9 @@ def test_the_generate_command_takes_the_new_options(tmp_path, classifier_folder,
     clip_folder = tmp_path / "clip"
     clip.save_pretrained(clip_folder)
     out = tmp_path / "out"
-    assert main(["generate", BAG, "--num-images", "2", "--steps", "2", "--out", str(out), "--classifier",
-                 str(classifier_folder), "--classifier-scale", "5", "--rerank", "2", "--clip", str(clip_folder)]) == 0
+    assert main(["generate", BAG, "--model", "fashion-mnist-f4", "--num-images", "2", "--steps", "2", "--out", str(out),
+                 "--classifier", str(classifier_folder), "--classifier-scale", "5", "--rerank", "2",
+                 "--clip", str(clip_folder)]) == 0
     written = sorted(out.glob("0000*_seed*.png"))
     assert len(written) == 2 and Image.open(written[0]).size == (32, 32)
     text = read_png_metadata(written[0])
@@ -162,12 +163,12 @@ def test_the_shipped_clip_names_fresh_renders_and_fashion_classes():
 
 
 def test_the_shipped_noisy_classifier_reads_clean_and_noisy_latents():
-    """models/classifiers/fashion-mnist by name: accuracy on test latents falls from its card's 87.6%
+    """models/classifiers/fashion-mnist-f4 by name: accuracy on test latents falls from its card's 87.6%
     at t = 0 towards chance as t grows."""
     from ldmkit.data import load_fashion_mnist
 
-    classifier = load_latent_classifier("fashion-mnist")
-    pipe = Pipeline.from_pretrained("fashion-mnist")
+    classifier = load_latent_classifier("fashion-mnist-f4")
+    pipe = Pipeline.from_pretrained("fashion-mnist-f4")
     classifier.check_model(pipe.autoencoder, pipe.schedule)
     images, labels = load_fashion_mnist("test", limit=300)
     with torch.no_grad():

@@ -128,7 +128,7 @@ def test_task_evaluation_on_held_out_images():
 
     images, labels = held_out_images(2)
     assert images.shape == (20, 1, 32, 32) and labels.tolist() == [c for c in range(10) for _ in range(2)]
-    result = evaluate_image_tasks(Pipeline.from_pretrained("fashion-mnist"), per_class=1, steps=4)
+    result = evaluate_image_tasks(Pipeline.from_pretrained("fashion-mnist-f4"), per_class=1, steps=4)
     assert result["images"] == 10 and result["inpaint_unmasked_pixels_identical"] == 1.0
     assert result["img2img_low_psnr_db"] > 12 and 0 < result["img2img_low_ssim"] <= 1
     for key in ("img2img_full_follows_prompt", "inpaint_right_half_class_agreement", "img2img_low_class_kept"):

@@ -69,7 +69,7 @@ def test_lcm_lora_writes_a_file_that_lora_loads(tmp_path):
     config = dataclasses.replace(TINY, lora=True, lora_rank=4, steps=6, checkpoint_every=6, sample_every=6,
                                  guidance=1.0)
     summary = distill(config, tmp_path / "lora", progress=False)
-    pipe = Pipeline.from_pretrained("fashion-mnist")
+    pipe = Pipeline.from_pretrained("fashion-mnist-f4")
     plain = pipe.generate("a photo of a bag", sampler="lcm", steps=4, guidance=1.0, seed=0, output="tensor")
     pipe.load_lora(summary["lora"])
     adapted = pipe.generate("a photo of a bag", sampler="lcm", steps=4, guidance=1.0, seed=0, output="tensor")

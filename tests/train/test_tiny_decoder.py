@@ -118,7 +118,7 @@ def test_shipped_model_decodes_close_to_the_full_decoder():
     from ldmkit import Pipeline
     from ldmkit.pipelines.request import GenerationRequest, run
 
-    pipe = Pipeline.from_pretrained("fashion-mnist")
+    pipe = Pipeline.from_pretrained("fashion-mnist-f4")
     assert find_tiny_decoder(pipe.autoencoder, pipe.meta) is not None
     z0 = pipe.generate("a sneaker", steps=4, seed=0, num_images=2, output="latent")
     full = pipe.decode(z0)

@@ -116,6 +116,6 @@ def test_an_edge_controlnet_on_fashion_mnist(tmp_path):
         dataset="fashion-mnist-edges", limit=16, holdout=()), steps=1, batch_size=4, obedience_hints=2, sample_steps=1)
     summary = train_controlnet(config, tmp_path, progress=False)
     assert set(summary["obedience"]) == {"iou"} and 0 <= summary["obedience"]["iou"] <= 1
-    pipe = Pipeline.from_pretrained("fashion-mnist")
+    pipe = Pipeline.from_pretrained("fashion-mnist-f4")
     assert pipe.load_controlnet(tmp_path / "controlnet").config.hint_channels == 1
     assert (tmp_path / "samples" / "step_000001.png").is_file()

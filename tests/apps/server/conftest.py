@@ -1,4 +1,5 @@
-"""A server over the shipped fashion-mnist model and a models folder in A1111's layout (a LoRA,
+"""A server over the shipped fashion-mnist-f4 model (8 x 8 latents: fast, and the LCM-LoRA,
+classifier and ControlNet fixtures are built on it) and a models folder in A1111's layout (a LoRA,
 an embedding, a hypernetwork), for the API, client and security tests."""
 
 import socket
@@ -17,10 +18,12 @@ from ldmkit.finetune.hypernetwork import Hypernetwork, save_hypernetwork
 from ldmkit.finetune.lora import LoRANetwork
 from ldmkit.finetune.lora_formats import save_lora
 
+SERVED = "fashion-mnist-f4"
+
 
 @pytest.fixture(scope="package")
 def pipe():
-    return Pipeline.from_pretrained("fashion-mnist")
+    return Pipeline.from_pretrained("fashion-mnist-f4")
 
 
 @pytest.fixture(scope="package")
@@ -42,7 +45,7 @@ def models_dir(pipe, tmp_path_factory):
 @pytest.fixture(scope="package")
 def app(models_dir):
     torch.set_num_threads(1)
-    return create_app(ServerSettings(models_dir=models_dir, limits=Limits(queue_size=4)))
+    return create_app(ServerSettings(model=SERVED, models_dir=models_dir, limits=Limits(queue_size=4)))
 
 
 @pytest.fixture(scope="package")
@@ -54,7 +57,7 @@ def client(app):
 @pytest.fixture(scope="package")
 def live_server(models_dir):
     """The server on a free loopback port in a thread: (base url, the app)."""
-    app = create_app(ServerSettings(models_dir=models_dir, limits=Limits(queue_size=3)))
+    app = create_app(ServerSettings(model=SERVED, models_dir=models_dir, limits=Limits(queue_size=3)))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

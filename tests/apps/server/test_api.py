@@ -77,7 +77,7 @@ def test_png_info_reads_ldmkit_and_a1111_texts(client):
                                                             "negative_prompt": "blurry, dark"}).json()["images"][0])
     r = client.post("/sdapi/v1/png-info", json={"image": b64_png(image, image.text)}).json()
     assert r["parameters"]["prompt"] == PROMPT and r["parameters"]["negative_prompt"] == "blurry, dark"
-    assert r["parameters"]["seed"] == 5 and r["items"]["model"] == "fashion-mnist"
+    assert r["parameters"]["seed"] == 5 and r["items"]["model"] == "fashion-mnist-f4"
     a1111 = "a cat\nNegative prompt: ugly\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 512x512"
     foreign = b64_png(Image.new("RGB", (8, 8)), {"parameters": a1111})
     r = client.post("/sdapi/v1/png-info", json={"image": foreign}).json()
@@ -101,7 +101,7 @@ def test_lora_tag_applies_for_that_request_only(client):
 def test_lists_a_client_reads(client):
     assert {s["name"] for s in client.get("/sdapi/v1/samplers").json()} >= {"Euler a", "DPM++ 2M", "DDIM"}
     assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic", "karras"]
-    assert "fashion-mnist" in [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+    assert "fashion-mnist-f4" in [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
     assert [x["name"] for x in client.get("/sdapi/v1/loras").json()] == ["stripes"]
     assert list(client.get("/sdapi/v1/embeddings").json()["loaded"]) == ["thing"]
     assert [x["name"] for x in client.get("/sdapi/v1/hypernetworks").json()] == ["soft"]
@@ -120,8 +120,8 @@ def test_options_take_back_what_they_gave_and_switch_models(client):
     assert client.get("/ldmkit/v1/model").json()["name"] == "shapes"
     r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "../../etc/passwd"})
     assert r.status_code == 422 and "unknown model" in r.json()["detail"]
-    client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "fashion-mnist [abc123]"})  # A1111's title form
-    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "fashion-mnist"
+    client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "fashion-mnist-f4 [abc123]"})  # A1111's title form
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "fashion-mnist-f4"
 
 
 def test_upscaler_runs_the_upscaler_model(client, pipe):

@@ -49,7 +49,7 @@ def test_webuiapi_png_info_round_trip(api):
     info = api.png_info(image)
     assert info.info == image.info["parameters"]
     assert info.json["parameters"]["seed"] == 21 and info.json["parameters"]["prompt"] == PROMPT
-    assert api.util_get_current_model() == "fashion-mnist"
+    assert api.util_get_current_model() == "fashion-mnist-f4"
     assert "Euler a" in api.util_get_sampler_names()
 
 

@@ -1,5 +1,5 @@
 """The `ldmkit serve` page in a real browser (Debian's chromium through Playwright) against the
-real server and the shipped 32 px fashion-mnist model: txt2img, inpainting with a mask drawn by
+real server and the shipped 32 px fashion-mnist-f4 model: txt2img, inpainting with a mask drawn by
 the mouse, PNG info, the gallery's restore. LDMKIT_SCREENSHOT=1 also writes the README's
 screenshot, docs/images/server-page.png."""
 

@@ -57,7 +57,9 @@ def steering_dir(pipe, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def steering_client(steering_dir):
-    app = create_app(ServerSettings(models_dir=steering_dir, limits=Limits(queue_size=4, max_images=8)))
+    limits = Limits(queue_size=4, max_images=8)
+    settings = ServerSettings(model="fashion-mnist-f4", models_dir=steering_dir, limits=limits)
+    app = create_app(settings)
     with TestClient(app) as client:
         yield client
 
