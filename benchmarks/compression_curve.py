@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ldmkit.apps.evaluate import evaluate
-from ldmkit.pipelines import Pipeline
+from ldmkit.apps.evaluate import evaluate, load_for_evaluation
 
 from .sd_models import cpu_name
 
@@ -116,7 +115,8 @@ def earlier_points(guidance: float) -> list[dict]:
         for step, minutes, path in rows:
             if not Path(path).exists():
                 continue
-            for row in json.loads(Path(path).read_text()):
+            found = json.loads(Path(path).read_text())
+            for row in found if isinstance(found, list) else [found]:  # one guidance: one row
                 if row["settings"]["guidance"] == guidance and row["images"] == 1000:
                     points.append({"series": name, "run": None, "folder": path, "step": step,
                                    "train_minutes": minutes, **scores(row)})
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             if (name, point["step"]) in {(q["series"], q["step"]) for q in results["points"]}:
                 continue
             print(f"{name}: step {point['step']:,} ({point['folder']})", flush=True)
-            pipe = Pipeline.from_pretrained(point["folder"])
+            pipe = load_for_evaluation(point["folder"])
             result = evaluate(pipe, size=args.per_class, steps=args.steps, sampler="dpmpp_2m",
                               guidance=args.guidance)
             results["points"].append({**point, **scores(result)})

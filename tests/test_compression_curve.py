@@ -41,7 +41,7 @@ def test_the_command_scores_each_point_once_and_plots(tmp_path, monkeypatch):
     fake_run(tmp_path / "runs" / "ldm-f8", 2000)
     monkeypatch.setattr(compression_curve, "SERIES", {"f = 8": [Run("ldm-f8")]})
     monkeypatch.setattr(compression_curve, "EARLIER", {})
-    monkeypatch.setattr(compression_curve.Pipeline, "from_pretrained", staticmethod(lambda folder: folder))
+    monkeypatch.setattr(compression_curve, "load_for_evaluation", lambda folder: folder)
     scored = []
 
     def fake_evaluate(folder, size, **settings):

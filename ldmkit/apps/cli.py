@@ -235,18 +235,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    import torch
+    from .evaluate import evaluate, load_for_evaluation
 
-    from ..pipelines import Pipeline
-    from .evaluate import evaluate
-
-    config = Path(args.model) / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("type") == "diffusion-run":  # a run's checkpoint
-        from ..train.diffusion import pipeline_from_checkpoint
-
-        pipe = pipeline_from_checkpoint(args.model, torch.device(args.device))
-    else:
-        pipe = Pipeline.from_pretrained(args.model, device=torch.device(args.device), autoencoder=args.autoencoder)
+    pipe = load_for_evaluation(args.model, args.device, autoencoder=args.autoencoder)
     if args.deepcache is not None:
         pipe.use_deepcache(args.deepcache)
     results = []

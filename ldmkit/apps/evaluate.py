@@ -21,7 +21,9 @@ Other generate() settings (classifier=, classifier_scale=, rerank=, ...) pass th
 from __future__ import annotations
 
 import functools
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -72,6 +74,17 @@ def evaluate_fashion_mnist(pipe: Pipeline, per_class: int = 200, seed: int = 0, 
     if clip is not None:
         result["clip_score"] = clip.score(images, [p for p in fashion_mnist_prompts() for _ in range(per_class)])
     return result
+
+
+def load_for_evaluation(model: str | Path, device: str | torch.device = "cpu", autoencoder=None) -> Pipeline:
+    """A model by name or folder, or a training run's checkpoint folder (its EMA weights), for
+    scoring: FD against training time reads a run's checkpoints."""
+    config = Path(model) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("type") == "diffusion-run":
+        from ..train.diffusion import pipeline_from_checkpoint
+
+        return pipeline_from_checkpoint(model, torch.device(device))
+    return Pipeline.from_pretrained(model, device=torch.device(device), autoencoder=autoencoder)
 
 
 def fashion_mnist_prompts() -> list[str]:
