@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         for point in series_points(name, args.runs, args.every):
             if (name, point["step"]) in {(q["series"], q["step"]) for q in results["points"]}:
                 continue
+            if not Path(point["folder"]).is_dir():  # a running trainer replaced that checkpoint
+                print(f"{name}: step {point['step']:,} is gone ({point['folder']}); skipped", flush=True)
+                continue
             print(f"{name}: step {point['step']:,} ({point['folder']})", flush=True)
             pipe = load_for_evaluation(point["folder"])
             result = evaluate(pipe, size=args.per_class, steps=args.steps, sampler="dpmpp_2m",
