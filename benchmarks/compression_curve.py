@@ -19,30 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ldmkit.apps.evaluate import evaluate, load_for_evaluation
 
+from .results import write_json
 from .sd_models import cpu_name
 
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of a series: its folder, and the run it continued (None: from scratch)."""
-    folder: str
-    after: str | None = None
-
-
-# the study's runs: f = 2 was continued four times (cosine learning rate each time, docs/compression.md)
-SERIES: dict[str, list[Run]] = {
-    "f = 1 (pixels)": [Run("ldm-f1")],
-    "f = 2": [Run("ldm-f2"), Run("ldm-f2b", "ldm-f2"), Run("ldm-f2c", "ldm-f2b"), Run("ldm-f2d", "ldm-f2c"),
-              Run("ldm-f2e", "ldm-f2d")],
-    "f = 8": [Run("ldm-f8")],
+# the study's runs, each continuing the one before it (init_from): f = 2 was continued four times
+# (a cosine learning rate each time, docs/compression.md)
+SERIES: dict[str, list[str]] = {
+    "f = 1 (pixels)": ["ldm-f1"],
+    "f = 2": ["ldm-f2", "ldm-f2b", "ldm-f2c", "ldm-f2d", "ldm-f2e"],
+    "f = 8": ["ldm-f8"],
 }
 # runs no longer on disk that a series continues: (steps, training minutes on one thread)
 FINISHED = {"ldm-f2": (7000, 118.1)}
@@ -86,26 +77,23 @@ def minutes_at(minutes: dict[int, float], step: int) -> float | None:
 def series_points(name: str, runs_dir: Path, every: int) -> list[dict]:
     """The points of one series: (run, folder, step in the series, training minutes in the series),
     at every `every` steps of the series and at the end of each run."""
-    points, offset_steps, offset_minutes = [], {}, {}
+    points, base_steps, base_minutes = [], 0, 0.0  # where the run before this one ended
     for run in SERIES.get(name, []):
-        folder = runs_dir / run.folder
-        if run.folder in FINISHED:
-            offset_steps[run.folder], offset_minutes[run.folder] = FINISHED[run.folder]
+        folder = runs_dir / run
+        if run in FINISHED:
+            base_steps, base_minutes = FINISHED[run]
             continue
         if not (folder / "log.jsonl").exists():
             break
-        base_steps = offset_steps.get(run.after, 0)
-        base_minutes = offset_minutes.get(run.after, 0.0)
         minutes = training_minutes(folder)
-        found = checkpoints(folder)
-        for step, path in found:
+        for step, path in checkpoints(folder):
             if (base_steps + step) % every and path.name != "model":
                 continue
             at = minutes_at(minutes, step)
-            points.append({"series": name, "run": run.folder, "folder": str(path), "step": base_steps + step,
+            points.append({"series": name, "run": run, "folder": str(path), "step": base_steps + step,
                            "train_minutes": None if at is None else base_minutes + at})
-        offset_steps[run.folder] = base_steps + max(minutes, default=0)
-        offset_minutes[run.folder] = base_minutes + (minutes[max(minutes)] if minutes else 0.0)
+        if minutes:
+            base_steps, base_minutes = base_steps + max(minutes), base_minutes + minutes[max(minutes)]
     return points
 
 
@@ -127,13 +115,6 @@ def scores(result: dict) -> dict:
     keys = ("frechet_distance", "frechet_floor", "frechet_first_stage", "fd_inf", "fd_inf_halves",
             "class_agreement", "seconds_per_image_batched")
     return {k: result.get(k) for k in keys}
-
-
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(partial, path)
 
 
 def plot(results: dict, out: Path) -> Path:
@@ -184,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     if results.get("settings") != settings:
         results = {"settings": settings, "cpu": cpu_name(), "floor": None, "points": []}
-    results["points"] += [p for p in earlier_points(args.guidance)
-                          if (p["series"], p["step"]) not in {(q["series"], q["step"]) for q in results["points"]}]
+    done = {(p["series"], p["step"]) for p in results["points"]}
+    results["points"] += [p for p in earlier_points(args.guidance) if (p["series"], p["step"]) not in done]
+    done = {(p["series"], p["step"]) for p in results["points"]}
     for name in args.series:
         for point in series_points(name, args.runs, args.every):
-            if (name, point["step"]) in {(q["series"], q["step"]) for q in results["points"]}:
+            if (name, point["step"]) in done:
                 continue
             if not Path(point["folder"]).is_dir():  # a running trainer replaced that checkpoint
                 print(f"{name}: step {point['step']:,} is gone ({point['folder']}); skipped", flush=True)
@@ -198,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(pipe, size=args.per_class, steps=args.steps, sampler="dpmpp_2m",
                               guidance=args.guidance)
             results["points"].append({**point, **scores(result)})
+            done.add((name, point["step"]))
             results["floor"] = result["frechet_floor"]
-            save(results, args.out)
+            write_json(results, args.out, indent=1)
     results["points"].sort(key=lambda p: (p["series"], p["step"]))
-    save(results, args.out)
+    write_json(results, args.out, indent=1)
     if results["points"] and results["floor"] is not None:
         print(f"wrote {args.out} and {plot(results, args.plot)}")
     return 0

@@ -63,6 +63,7 @@ from benchmarks.engines import (
     taesd_folder,
     versions,
 )
+from benchmarks.results import write_json
 from benchmarks.sd_models import (
     PROMPT,
     build_diffusers,
@@ -71,7 +72,6 @@ from benchmarks.sd_models import (
     peak_rss_gib,
     quiet,
     save_reference,
-    write_json,
 )
 
 MODEL, SEED = "sd-v1.5", 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -41,6 +40,7 @@ from ldmkit.nets.dit_config import DiTConfig
 from ldmkit.train.diffusion import train_diffusion
 from ldmkit.train.diffusion_config import DiffusionTrainConfig
 
+from .results import write_json
 from .sampler_curve import Bench, floor, run_cell
 from .sd_models import cpu_name
 
@@ -129,13 +129,6 @@ def plot(results: dict, out: Path) -> Path:
     return out
 
 
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(partial, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", nargs="+", type=int, default=[64, 128, 192])
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             args.metric = Bench(str(Path("models/fashion-mnist-f4")))  # the classifier and test features, once
         results["cells"].append(run(name, net_config, steps, args))
         results["floor"] = floor(args.metric, args.per_class)
-        save(results, args.out)
+        write_json(results, args.out, indent=1)
         print(f"{name}: FD {results['cells'][-1]['frechet_distance']:.3f}", file=sys.stderr)
     if "floor" in results and results["cells"]:
         print(f"plot: {plot(results, args.plot)}", file=sys.stderr)

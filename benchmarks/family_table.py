@@ -31,7 +31,6 @@ import inspect
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from ldmkit.model.folder import BUNDLED, MODELS_DIR, resolve_model
 from ldmkit.pipelines import Pipeline
 from ldmkit.utils.images import to_pil
 
+from .results import write_json
 from .sd_models import cpu_name
 
 # Folders in models/; those absent are left out of the default table.
@@ -244,13 +244,6 @@ def load_clip(name: str | None):
         return None, f"clip_score left out: {error}"
 
 
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, path)
-
-
 def stored_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -372,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"].append(row)
         # until the run is over, rows of models not reached yet stay in the file
         pending = [r for r in stored if r.get("key") not in [done["key"] for done in results["rows"]]]
-        save({**results, "rows": results["rows"] + pending}, args.out)
-    save(results, args.out)
+        write_json({**results, "rows": results["rows"] + pending}, args.out)
+    write_json(results, args.out)
     print(table(results))
     if args.markdown:
         print()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results import write_json
 from benchmarks.sd_models import (
     NEGATIVE,
     PROMPT,
@@ -38,7 +39,6 @@ from benchmarks.sd_models import (
     rel_err,
     save_reference,
     timed,
-    write_json,
 )
 from ldmkit.nets.deepcache import DeepCache, shallow_forward
 from ldmkit.pipelines import Pipeline

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ldmkit.apps.evaluate import evaluate_fashion_mnist
 from ldmkit.model.classifier import load_latent_classifier
 from ldmkit.pipelines import Pipeline
 
+from .results import write_json
 from .sd_models import cpu_name
 
 TARGET_AGREEMENT = 0.85
@@ -79,13 +79,6 @@ def load_results(path: Path, settings: dict) -> dict:
         if stored.get("settings", {}).get("identity") == settings["identity"]:
             return stored
     return {"settings": settings, "cells": []}
-
-
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def table(results: dict) -> str:
@@ -197,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         results["floor"] = {"images": scores["images"], "frechet_distance": scores["frechet_floor"],
                             "fd_inf": scores["fd_inf_floor"], "first_stage": scores["frechet_first_stage"]}
         results["classifier_scale_at_85"] = scale_at_agreement(results["cells"])
-        save(results, args.out)
+        write_json(results, args.out)
     results["cells"].sort(key=lambda c: (["classifier", "cfg", "cfg+classifier"].index(c["series"]),
                                          c["guidance"], c["classifier_scale"]))
-    save(results, args.out)
+    write_json(results, args.out)
     print(table(results))
     print(f"written {args.out} and {plot(results, args.plot)}")
     return 0 if all(math.isfinite(c["frechet_distance"]) for c in results["cells"]) else 1

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from .results import write_json
 from .sampler_curve import Bench, default_cache, floor, number, run_cell
 from .sd_models import cpu_name
 
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "fd_over_teacher_20": {str(r["steps"]): r["frechet_distance"] / target["frechet_distance"]
                                for r in rows if r["model"] == name},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, args.out)
+    write_json(results, args.out)
     print(table(results))
     print(f"written {args.out} and {plot(results, args.plot, name)}")
     return 0

@@ -60,6 +60,8 @@ from ldmkit.diffusion import SAMPLERS
 from ldmkit.metrics import classify, extrapolated_frechet_distance, feature_frechet_distance, load_fmnist_classifier
 from ldmkit.pipelines import Pipeline
 
+from .results import write_json
+
 REFERENCE_SAMPLER = "ddpm"
 # settings that must match for a resumed file's cells to be comparable with new ones
 RUN_KEYS = ("model", "per_class", "chunk_per_class", "guidance", "seed", "reference_sampler", "reference_steps")
@@ -249,10 +251,7 @@ def save_results(results: dict, path: Path) -> None:
     for cell in ([reference] + results["cells"]) if reference else []:
         cell["fd_over_reference"] = cell["frechet_distance"] / reference["frechet_distance"]
         cell["fd_inf_over_reference"] = ratio(cell["fd_inf"], reference["fd_inf"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, path)
+    write_json(results, path)
 
 
 def missing_cells(results: dict, samplers: list[str], steps: list[int], reference_steps: int) -> list[tuple]:

@@ -331,13 +331,6 @@ def machine() -> dict:
     }
 
 
-def write_json(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
 def quiet(diffusers: bool = True) -> None:
     """No deprecation chatter or progress bars from transformers (and diffusers, which a process
     measuring ldmkit's memory must not import) in the tables."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from benchmarks.results import write_json
 from benchmarks.sd_models import (
     NEGATIVE,
     PROMPT,
@@ -44,7 +45,6 @@ from benchmarks.sd_models import (
     rel_err,
     ru_maxrss_gib,
     timed,
-    write_json,
 )
 from ldmkit import Pipeline
 from ldmkit.io.stable_diffusion import save_diffusers_folder, save_single_file

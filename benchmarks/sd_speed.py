@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results import write_json
 from benchmarks.sd_models import (
     PROMPT,
     load_reference,
@@ -39,7 +40,6 @@ from benchmarks.sd_models import (
     rel_err,
     ru_maxrss_gib,
     timed,
-    write_json,
 )
 
 MODEL, GUIDANCE, SEED = "sd-v1.5", 7.5, 0

@@ -74,6 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.measure import CPU_ATTENTION_FLOPS, alternate, matmul_peak, summarize
+from benchmarks.results import write_json
 from benchmarks.sd_models import (
     PROMPT,
     TEXT_LENGTH,
@@ -86,7 +87,6 @@ from benchmarks.sd_models import (
     rel_err,
     ru_maxrss_gib,
     timed,
-    write_json,
 )
 from benchmarks.sd_speed import log
 from benchmarks.sides import GUIDANCE, SAMPLER, Diffusers, Ldmkit

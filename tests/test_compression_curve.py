@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmarks import compression_curve
-from benchmarks.compression_curve import Run, series_points
+from benchmarks.compression_curve import series_points
 
 
 def fake_run(folder, steps, images_per_s=64.0, every=1000, finished=True):
@@ -28,7 +28,7 @@ def fake_run(folder, steps, images_per_s=64.0, every=1000, finished=True):
 def test_a_continued_run_follows_the_one_it_started_from(tmp_path, monkeypatch):
     fake_run(tmp_path / "a", 3000)  # 64 images/s at batch 64: a step a second
     fake_run(tmp_path / "b", 2000, images_per_s=32.0, finished=False)  # still training: no model/ yet
-    monkeypatch.setitem(compression_curve.SERIES, "test", [Run("a"), Run("b", "a")])
+    monkeypatch.setitem(compression_curve.SERIES, "test", ["a", "b"])
     points = series_points("test", tmp_path, every=2000)
     assert [(p["run"], p["step"]) for p in points] == [("a", 2000), ("a", 3000), ("b", 4000)]
     assert [p["folder"].split(str(tmp_path))[1] for p in points] == [
@@ -39,7 +39,7 @@ def test_a_continued_run_follows_the_one_it_started_from(tmp_path, monkeypatch):
 
 def test_the_command_scores_each_point_once_and_plots(tmp_path, monkeypatch):
     fake_run(tmp_path / "runs" / "ldm-f8", 2000)
-    monkeypatch.setattr(compression_curve, "SERIES", {"f = 8": [Run("ldm-f8")]})
+    monkeypatch.setattr(compression_curve, "SERIES", {"f = 8": ["ldm-f8"]})
     monkeypatch.setattr(compression_curve, "EARLIER", {})
     monkeypatch.setattr(compression_curve, "load_for_evaluation", lambda folder: folder)
     scored = []
