@@ -7,7 +7,8 @@ inputs, and more noise lets it invent more detail); y_n is joined to z_t as inpu
 the latent's size, n is the UNet's class label, and the decoder (f = 4) gives the image at
 f times the input's size. A pixel-space upsampler (f = 1, lowres.upscale_factor k) first enlarges
 y k times (bilinear, as GLIDE and ADM do), since its "latents" are the output image itself.
-A text cascade (GLIDE) is two models: `cascade` generates with the base and upsamples each image.
+A text cascade (GLIDE) is two models: `cascade` generates with the base and upsamples its images,
+in batches, each as `upscale` would alone.
 """
 
 from __future__ import annotations
@@ -31,32 +32,56 @@ def upscale(pipe, image, prompt: str = "", negative_prompt: str = "", noise_leve
     """`image` at the model's upscale factor times its size (a latent upscaler's: the autoencoder's
     factor). Image k draws, from generator seed + k, first the low-resolution noise and then z_T
     (diffusers' order). hook: as in txt2img.generate."""
-    lowres = pipe.config.lowres
-    if lowres is None:
+    y = lowres_input(pipe, image)
+    seeds = [seed + k for k in range(num_images)]
+    z = upscale_latents(pipe, y.expand(num_images, -1, -1, -1), [prompt] * num_images, seeds, negative_prompt,
+                        noise_level, steps, sampler, guidance, latents, progress, guidance_rescale, hook)
+    return core.finish(pipe, z, output)
+
+
+def lowres_input(pipe, image) -> torch.Tensor:
+    """(1, C, h, w) in [-1, 1]: the image, its sides made multiples the network can take."""
+    if pipe.config.lowres is None:
         raise ValueError(f"{pipe.name} is not an upscaler (no low-resolution input): use generate, img2img or inpaint")
+    enlarge = pipe.config.lowres.enlargement(pipe.autoencoder.config.downsampling_factor)
+    net_multiple = pipe.net.config.downsampling_factor
+    y, _ = image_tensor(image, pipe.config.lowres.channels, net_multiple // math.gcd(net_multiple, enlarge))
+    return y
+
+
+def upscale_latents(pipe, y: torch.Tensor, prompts: list[str], seeds: list[int], negative_prompt: str = "",
+                    noise_level: int | None = None, steps: int | None = None, sampler: str | None = None,
+                    guidance: float | None = None, latents: torch.Tensor | None = None, progress: bool = False,
+                    guidance_rescale: float = 0.0, hook: core.StepHook | None = None,
+                    batch_size: int = 64) -> torch.Tensor:
+    """Final latents for a batch of low-resolution images y (B, C, h, w) in [-1, 1], row i under
+    prompts[i] and drawing from generator seeds[i] (so a row is the same alone or in a batch),
+    batch_size rows through the sampler at a time."""
+    lowres = pipe.config.lowres
     noise_level = lowres.noise_level if noise_level is None else noise_level
     if not isinstance(noise_level, int) or not 0 <= noise_level <= lowres.max_noise_level:
         raise ValueError(f"noise_level must be a whole number in [0, {lowres.max_noise_level}], got {noise_level!r}")
     steps, sampler, guidance = core.resolve_settings(pipe, steps, sampler, guidance)
-    enlarge = lowres.enlargement(pipe.autoencoder.config.downsampling_factor)
-    net_multiple = pipe.net.config.downsampling_factor
-    y, _ = image_tensor(image, lowres.channels, net_multiple // math.gcd(net_multiple, enlarge))
-    y = enlarged(y, enlarge)                                                   # (1, C, h, w): the latent's size
-    shape = (num_images, pipe.autoencoder.config.z_channels, *y.shape[-2:])
+    y = enlarged(y, lowres.enlargement(pipe.autoencoder.config.downsampling_factor))  # (B, C, h, w): the latent's size
+    shape = (len(y), pipe.autoencoder.config.z_channels, *y.shape[-2:])
     if latents is not None and tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} for this image, got {tuple(latents.shape)}")
-    gens = core.generators(seed, num_images)
-    y = y.to(pipe.device).expand(num_images, -1, -1, -1)
     alpha_bar = float(make_schedule(lowres.schedule).alpha_bar[noise_level])
-    y_noisy = q_sample(y, alpha_bar, noise_like(y, gens))
-    z_T = (
-        noise_like(torch.empty(shape, device=pipe.device), gens) if latents is None
-        else latents.to(pipe.device).float()
-    )
-    extra = {"concat": y_noisy, "class_labels": torch.full((num_images,), noise_level, device=pipe.device)}
-    inputs = core.network_inputs(pipe, [prompt] * num_images, negative_prompt, guidance, extra)
-    z = core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale, gens, progress, hook=hook)
-    return core.finish(pipe, z, output)
+    results = []
+    for start in range(0, len(y), batch_size):
+        rows = slice(start, start + batch_size)
+        gens = [torch.Generator().manual_seed(s) for s in seeds[rows]]
+        y_rows = y[rows].to(pipe.device)
+        y_noisy = q_sample(y_rows, alpha_bar, noise_like(y_rows, gens))
+        z_T = (
+            noise_like(torch.empty((len(gens), *shape[1:]), device=pipe.device), gens) if latents is None
+            else latents[rows].to(pipe.device).float()
+        )
+        extra = {"concat": y_noisy, "class_labels": torch.full((len(gens),), noise_level, device=pipe.device)}
+        inputs = core.network_inputs(pipe, prompts[rows], negative_prompt, guidance, extra)
+        results.append(core.run_sampler(pipe, z_T, inputs, sampler, steps, guidance, guidance_rescale, gens,
+                                        progress, hook=hook))
+    return torch.cat(results)
 
 
 def enlarged(y: torch.Tensor, factor: int) -> torch.Tensor:
@@ -83,9 +108,9 @@ def cascade(base, upsampler, prompt: str | list[str], negative_prompt: str = "",
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     small = base.generate(prompts, negative_prompt=negative_prompt, num_images=num_images, seed=seed, steps=steps,
                           guidance=guidance, sampler=sampler, output="tensor").cpu()  # (P * n, C, h, w), prompt-major
-    large = [upsampler.upscale(image, prompts[i // num_images], negative_prompt=negative_prompt,
-                               seed=seed + i % num_images, steps=upsampler_steps, guidance=upsampler_guidance,
-                               sampler=upsampler_sampler, noise_level=noise_level, output="tensor")
-             for i, image in enumerate(small)]
-    images = torch.cat(large).float().cpu()                                    # (P * n, C, k h, k w)
+    y = torch.cat([lowres_input(upsampler, image) for image in small])
+    z = upscale_latents(upsampler, y, [prompts[i // num_images] for i in range(len(y))],
+                        [seed + i % num_images for i in range(len(y))], negative_prompt, noise_level,
+                        upsampler_steps, upsampler_sampler, upsampler_guidance)  # all images in batches
+    images = core.decode(upsampler, z).float().cpu()                          # (P * n, C, k h, k w)
     return images if output == "tensor" else [to_pil(x) for x in images]

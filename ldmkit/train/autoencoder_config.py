@@ -122,6 +122,14 @@ TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
         data=DataConfig(dataset="shapes", size=32, limit=8192, eval_images=512),
         steps=1500, batch_size=32, lr=1e-3,
     ),
+    # the shapes DALL-E's first stage: the shapes recipe as a VQ with fmnist-vq-f4's 512-code book
+    "shapes-vq-f4": AutoencoderTrainConfig(
+        model=AutoencoderConfig(kind="vq", in_channels=3, out_channels=3, base_channels=32,
+                                channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8,
+                                codebook_size=512, ema=True, restart_dead_codes=True),
+        data=DataConfig(dataset="shapes", size=32, limit=8192, eval_images=512),
+        steps=3000, batch_size=32, lr=1e-3,
+    ),
     # fmnist-kl-f4's decoder fine-tuned with a PatchGAN and feature matching, encoder frozen:
     # the same latents, sharper images (docs/stage2.md)
     "fmnist-kl-f4-gan-decoder": AutoencoderTrainConfig(

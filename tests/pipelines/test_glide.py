@@ -157,6 +157,16 @@ def test_the_x2_upsampler_preset_runs_end_to_end_and_chains_after_the_base(glide
     with pytest.raises(ValueError, match="unknown sampler"):
         base.cascade(upsampler, "a photo of a bag", steps=2, upsampler_steps=2, upsampler_sampler="nope")
 
+    # the upsampler takes the base's images in one batch, each as `upscale` makes it alone:
+    # its prompt, its seed (noise from its own generator, also under an ancestral sampler)
+    small = base.generate(["a photo of a bag", "a photo of a shirt"], num_images=2, steps=2, output="tensor")
+    alone = torch.cat([upsampler.upscale(image, prompt, seed=k, steps=2, sampler="euler_a", output="tensor")
+                       for image, (prompt, k) in zip(small, [("a photo of a bag", 0), ("a photo of a bag", 1),
+                                                             ("a photo of a shirt", 0), ("a photo of a shirt", 1)])])
+    batched = base.cascade(upsampler, ["a photo of a bag", "a photo of a shirt"], num_images=2, steps=2,
+                           upsampler_steps=2, upsampler_sampler="euler_a", output="tensor")
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
 
 def test_an_upscale_factor_must_be_a_multiple_of_the_first_stage_factor():
     with pytest.raises(ValueError, match="upscale_factor must be a whole number >= 2"):
