@@ -75,7 +75,7 @@ from benchmarks.sd_models import (
 )
 
 MODEL, SEED = "sd-v1.5", 0
-ENGINES = ("ldmkit", "ldmkit-fast", "ldmkit-compile", "ldmkit-compile-tiny", "diffusers",
+ENGINES = ("ldmkit", "ldmkit-fast", "ldmkit-compile", "ldmkit-compile-f32", "ldmkit-compile-tiny", "diffusers",
            "openvino-f32", "openvino-default", "sdcpp-f32", "sdcpp-f16")
 REFERENCE = "ldmkit"  # parity is against ldmkit's float32 image
 ROOT = Path(__file__).resolve().parent.parent  # the repository root: the children run from it with -m

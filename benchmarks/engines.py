@@ -5,6 +5,7 @@ diffusers folder and returns generate() -> one image, (1, 3, H, W) float32 in [0
     ldmkit-fast      Pipeline.from_pretrained(folder, fast=True), where that keyword exists
     ldmkit-compile   fast="compile": the UNet and VAE decoder run by OpenVINO (converted in the
                      first call), in bf16 on CPUs with bf16 units
+    ldmkit-compile-f32  fast="openvino-f32": the same graphs computed in f32 (openvino-f32's class)
     ldmkit-compile-tiny  the same, decoding with a TAESD (save_taesd: random weights, so its image
                      is another image and only its time counts)
     diffusers        StableDiffusionPipeline, DPMSolverMultistepScheduler / LCMScheduler
@@ -63,7 +64,7 @@ SETTINGS = {
 
 # ldmkit's rows: (fast=, tiny decoder)
 LDMKIT_ENGINES = {"ldmkit": (False, False), "ldmkit-fast": (True, False), "ldmkit-compile": ("compile", False),
-                  "ldmkit-compile-tiny": ("compile", True)}
+                  "ldmkit-compile-tiny": ("compile", True), "ldmkit-compile-f32": ("openvino-f32", False)}
 
 
 @dataclass(frozen=True)

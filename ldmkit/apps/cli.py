@@ -69,7 +69,8 @@ def _distill_tiny_decoder(args: argparse.Namespace) -> None:
 
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-FAST_MODES = {"auto": True, "compile": "compile", "openvino": "openvino", "inductor": "inductor"}  # --fast [MODE]
+FAST_MODES = {"auto": True, "compile": "compile", "openvino": "openvino", "openvino-f32": "openvino-f32",
+              "inductor": "inductor"}  # --fast [MODE]
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -194,7 +195,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, model_help: str, ta
     parser.add_argument("--fast", nargs="?", const="auto", default=None, choices=FAST_MODES,
                         help="the fastest path this machine allows: bf16 weights on bf16 units (no value); "
                              "'compile' also compiles the UNet (OpenVINO if installed, else inductor; "
-                             "pays off over many images). Default: exact float32")
+                             "pays off over many images); 'openvino-f32' compiles but keeps float32. "
+                             "Default: exact float32")
     _add_sd_arguments(parser)
     add_adapter_arguments(parser)
 

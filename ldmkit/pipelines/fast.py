@@ -10,7 +10,8 @@ What it picks, and why (measured: docs/benchmarks.md, "The fast path"; benchmark
   few images. fast="compile" runs the UNet and the decoder by OpenVINO where it is installed
   (`pip install 'ldmkit[fast]'`; in bf16 on bf16 units: about 2x per step), else the UNet by
   torch.compile's inductor (13 minutes to compile the small SD UNet here, for 1.09x);
-  "openvino" / "inductor" name one.
+  "openvino" / "inductor" name one; "openvino-f32" keeps OpenVINO at float32 (the fp32 class:
+  float32 eager's image to round-off, on a CPU that would otherwise compute in bf16).
 The default (fast=False) is the exact float32 eager path.
 """
 
@@ -25,7 +26,7 @@ import torch
 
 from .openvino import run_with_openvino
 
-MODES = (False, True, "compile", "openvino", "inductor")
+MODES = (False, True, "compile", "openvino", "openvino-f32", "inductor")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo: native bf16 dot products
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -92,13 +93,14 @@ def choose_fast_path(device: str | torch.device = "cpu", mode=True, flags: set[s
     if mode is True:
         return FastPath(dtype=half or torch.float32)
     openvino = openvino_installed() if openvino is None else openvino
-    if mode == "openvino" or (mode == "compile" and openvino and device.type == "cpu"):
+    if mode in ("openvino", "openvino-f32") or (mode == "compile" and openvino and device.type == "cpu"):
         if device.type != "cpu":
             raise ValueError(f"OpenVINO's backend runs on the CPU; this pipeline is on {device}: use fast='inductor'")
         if not openvino:
             raise ImportError("fast='openvino' needs OpenVINO: pip install 'ldmkit[fast]' (or openvino>=2024.0)")
         # OpenVINO takes float32 weights and computes in bf16 itself where the CPU has bf16 units
-        return FastPath(compile="openvino", compile_precision="bf16" if half is torch.bfloat16 else "f32")
+        bf16 = half is torch.bfloat16 and mode != "openvino-f32"
+        return FastPath(compile="openvino", compile_precision="bf16" if bf16 else "f32")
     if mode == "compile" and device.type == "cpu":
         warnings.warn("fast='compile': OpenVINO is not installed (pip install 'ldmkit[fast]'), so the UNet is "
                       "compiled by torch's inductor instead, which takes minutes and gains little on a CPU",

@@ -46,6 +46,8 @@ def test_the_choice_follows_the_cpu_flags():
     with pytest.warns(UserWarning, match="OpenVINO is not installed"):
         assert choose_fast_path("cpu", "compile", zen4, openvino=False) == FastPath(dtype=torch.bfloat16,
                                                                                    compile="inductor")
+    assert choose_fast_path("cpu", "openvino-f32", zen4, openvino=True) == FastPath(compile="openvino",
+                                                                                   compile_precision="f32")
     with pytest.raises(ImportError, match="pip install 'ldmkit\\[fast\\]'"):
         choose_fast_path("cpu", "openvino", zen4, openvino=False)
     assert FastPath(compile="openvino", compile_precision="bf16").describe() == "fp32 openvino-bf16"
