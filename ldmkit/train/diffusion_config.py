@@ -168,6 +168,18 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
         model=GLIDE_X2, autoencoder="pixel", steps=3000, lr=3e-4, cond_dropout=0.2, min_snr_gamma=5.0,
         guidance=1.0,
     ),
+    # the same cascade on shapes' RGB renders (the family's shapes table): 16x16 base, x2 to 32x32
+    "shapes-glide": DiffusionTrainConfig(
+        model=replace(GLIDE_BASE, net=replace(GLIDE_UNET, in_channels=3, out_channels=3)), autoencoder="pixel",
+        data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=5000, lr=3e-4, cond_dropout=0.2,
+        min_snr_gamma=5.0,
+    ),
+    "shapes-glide-x2": DiffusionTrainConfig(
+        model=replace(GLIDE_X2, net=replace(GLIDE_X2_UNET, in_channels=6, out_channels=3),
+                      lowres=replace(GLIDE_X2.lowres, channels=3)),
+        autoencoder="pixel", data=DiffusionDataConfig(dataset="shapes", limit=20_000), steps=3000, lr=3e-4,
+        cond_dropout=0.2, min_snr_gamma=5.0, guidance=1.0,
+    ),
     # unCLIP decoders (DALL-E 2): images from clip-small image embeddings (UNCLIP_DECODER above)
     "fashion-mnist-unclip-decoder": DiffusionTrainConfig(
         model=UNCLIP_DECODER, steps=7000, lr=3e-4, min_snr_gamma=5.0, cond_dropout=0.1,
