@@ -123,21 +123,27 @@ def plot(results: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_steps, by_speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (by_steps, by_minutes, by_speed) = plt.subplots(1, 3, figsize=(16, 4.2))
     names = sorted({p["series"] for p in results["points"]})
     for name, marker in zip(names, "osD^v"):
         row = sorted((p for p in results["points"] if p["series"] == name), key=lambda p: p["step"])
         by_steps.plot([p["step"] for p in row], [p["frechet_distance"] for p in row], marker=marker, label=name)
+        timed = [p for p in row if p["train_minutes"] is not None]  # a point whose run's log is gone has none
+        by_minutes.plot([p["train_minutes"] for p in timed], [p["frechet_distance"] for p in timed], marker=marker,
+                        label=name)
         last = row[-1]
         by_speed.plot([1 / last["seconds_per_image_batched"]], [last["frechet_distance"]], marker=marker,
                       linestyle="", markersize=9, label=f"{name}, {last['step']:,} steps")
-    for ax in (by_steps, by_speed):
+    for ax in (by_steps, by_minutes, by_speed):
         ax.axhline(results["floor"], color="grey", linestyle=":", label="real images (floor)")
         ax.set_yscale("log")
         ax.set_ylabel(f"FD ({results['settings']['images']} images, guidance {results['settings']['guidance']})")
         ax.legend(fontsize=8)
     by_steps.set_xlabel("training steps (batch 64)")
     by_steps.set_title("FD against training progress (LDM fig. 6)", fontsize=10)
+    by_minutes.set_xscale("log")
+    by_minutes.set_xlabel("training minutes, one CPU thread (the compute budget)")
+    by_minutes.set_title("FD against training compute", fontsize=10)
     by_speed.set_xscale("log")
     by_speed.set_xlabel(f"images / s, batched, {results['settings']['threads']} thread(s)")
     by_speed.set_title("FD against sampling throughput (LDM fig. 7)", fontsize=10)

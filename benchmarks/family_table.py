@@ -1,9 +1,10 @@
 """The generative family side by side on Fashion-MNIST: one table, a row per model, each scored as
 `ldmkit evaluate` scores a model, so that "GANs: high fidelity, low diversity; VAEs: more diverse;
-diffusion: both" become numbers anyone can rerun.
+diffusion: both" become numbers anyone can rerun. `--dataset shapes` makes the same table on
+shapes (benchmarks/family_shapes.py says how it is scored).
 
-    python -m benchmarks.family_table [--models NAME_OR_FOLDER ...] [--per-class 100] [--seed 0]
-        [--steps N] [--clip clip-small] [--threads 1] [--out docs/results/family-fashion-mnist.json]
+    python -m benchmarks.family_table [--dataset fashion-mnist] [--models NAME_OR_FOLDER ...] [--per-class 100]
+        [--seed 0] [--steps N] [--clip clip-small] [--threads 1] [--out docs/results/family-fashion-mnist.json]
         [--grid docs/images/family-fashion-mnist.png] [--markdown]
 
 Every model (default: the shipped fashion-mnist, fashion-mnist-f4 and fashion-mnist-lcm, and
@@ -46,7 +47,7 @@ from ldmkit.apps.evaluate import (
 )
 from ldmkit.data import fashion_mnist, load_fashion_mnist
 from ldmkit.family import FamilyGenerator
-from ldmkit.family.loading import family_kind
+from ldmkit.family.loading import PARTS, family_kind
 from ldmkit.family.unclip import part_folder
 from ldmkit.metrics import classify, load_fmnist_classifier
 from ldmkit.model.folder import BUNDLED, MODELS_DIR, resolve_model
@@ -62,18 +63,15 @@ DEFAULT_MODELS = ("fashion-mnist", "fashion-mnist-f4", "fashion-mnist-lcm", "fas
                   "fashion-mnist-unclip")
 FAMILY_KINDS = {"gan": "GAN", "dalle": "autoregressive (DALL-E)", "vae": "VAE", "unclip": "unCLIP (prior + decoder)",
                 "cascade": "pixel diffusion cascade (GLIDE)"}
-# family folders whose config.json names other model folders, the parts a row's key also hashes
-PART_FOLDERS = {"unclip": ("prior", "decoder"), "cascade": ("base", "upsampler")}
 # generate() arguments that say what to draw, not how: left out of a family model's sampling settings
 NOT_SAMPLING = {"self", "prompt", "num_images", "seed", "output", "class_labels", "clip", "batch_size"}
 SCORES = ("images", "frechet_distance", "fd_inf", "fd_inf_halves", "class_agreement", "class_agreement_by_class",
           "precision", "recall")
 
 
-def default_models() -> list[str]:
-    """The shipped Fashion-MNIST models that are in models/, as names or folders."""
-    return [name if name in BUNDLED else str(MODELS_DIR / name) for name in DEFAULT_MODELS
-            if (MODELS_DIR / name).is_dir()]
+def default_models(names: tuple[str, ...] = DEFAULT_MODELS) -> list[str]:
+    """The shipped models of `names` that are in models/, as names or folders."""
+    return [name if name in BUNDLED else str(MODELS_DIR / name) for name in names if (MODELS_DIR / name).is_dir()]
 
 
 def model_folder(name_or_path: str) -> str:
@@ -85,8 +83,9 @@ def model_folder(name_or_path: str) -> str:
         return str(folder)
 
 
-def row_key(folder: str, per_class: int, seed: int, steps: int | None, clip: str | None) -> dict:
-    return {"folder": folder, "weights": fingerprint(folder), "per_class": per_class, "seed": seed, "steps": steps,
+def row_key(folder: str, per_prompt: int, seed: int, steps: int | None, clip: str | None,
+            count_name: str = "per_class") -> dict:
+    return {"folder": folder, "weights": fingerprint(folder), count_name: per_prompt, "seed": seed, "steps": steps,
             "clip": clip}
 
 
@@ -99,7 +98,7 @@ def fingerprint(folder: str) -> str:
     folders = [root]
     config = root / "config.json"
     meta = json.loads(config.read_text()) if config.is_file() else {}
-    for part in PART_FOLDERS.get(meta.get("kind"), ()):
+    for part in PARTS.get(meta.get("kind"), ()):
         folders.append(part_folder(meta[part], root, part))
     for each in folders:
         for name in ("config.json", "model.safetensors"):
@@ -155,9 +154,10 @@ def training_record(meta: dict) -> dict:
     return {"minutes": training.get("train_minutes"), "steps": training.get("steps"), "note": training.get("note")}
 
 
-def sample_strip(images: torch.Tensor, per_class: int) -> str:
-    """The first image of each class side by side, a PNG in base64: the row's grid samples."""
-    firsts = [to_pil(images[c * per_class]) for c in range(10)]
+def sample_strip(images: torch.Tensor, picks: list[int]) -> str:
+    """The images at `picks` (the first of each class) side by side, a PNG in base64: the row's
+    grid samples."""
+    firsts = [to_pil(images[i]) for i in picks]
     strip = Image.new(firsts[0].mode, (sum(im.width for im in firsts), firsts[0].height))
     for c, image in enumerate(firsts):
         strip.paste(image, (c * image.width, 0))
@@ -167,21 +167,32 @@ def sample_strip(images: torch.Tensor, per_class: int) -> str:
 
 
 class Scorer:
-    """The classifier, the test features and the real reference images, computed once a run."""
+    """Fashion-MNIST's: the classifier, the test features and the real reference images, computed
+    once a run; what the table draws and how it lays out its columns."""
+
+    dataset, count_name, grid_mode, grid_labels = "fashion-mnist", "per_class", "L", fashion_mnist.CLASS_NAMES
+    accuracy_columns, fd_format = ("agreement",), ".3f"
+    metric = ("ldmkit.apps.evaluate.score_fashion_mnist_images: FD, FD_inf of the shipped classifier's features "
+              "against the 10,000 test images; class agreement; precision and recall (k = 3) against as many real "
+              "training images")
 
     def __init__(self, per_class: int):
-        self.per_class = per_class
+        self.per_class = self.per_prompt = per_class
+        self.prompts = fashion_mnist_prompts()
         self.classifier = load_fmnist_classifier()
         self.test_features = shipped_test_features("cpu")
         self.reference_images, self.held_out = real_images(per_class)
         self.reference_features = classify(self.classifier, self.reference_images)[0]
 
-    def score(self, images: torch.Tensor, conditional: bool = True) -> dict:
-        """The row's scores; an unconditional model's images were not asked for classes, so it
-        has no class agreement."""
+    def counts(self) -> dict:
+        return {"per_class": self.per_class, "images": 10 * self.per_class}
+
+    def score(self, images: torch.Tensor, model=None) -> dict:
+        """The row's scores of a model's images (None: real images); an unconditional model's
+        images were not asked for classes, so it has no class agreement."""
         scores = score_fashion_mnist_images(self.classifier, images, self.per_class, self.test_features,
                                             self.reference_features)
-        if not conditional:
+        if not getattr(model, "conditional", True):
             scores["class_agreement"] = scores["class_agreement_by_class"] = None
         return {k: scores[k] if k != "images" else len(images) for k in SCORES}
 
@@ -190,7 +201,20 @@ class Scorer:
         reports it (the reference images themselves against the test set)."""
         return {"model": "real training images", "kind": "data (held out)", **self.score(self.held_out),
                 "as_evaluate": real_data_floor(self.reference_features, self.test_features),
-                "samples_png": sample_strip(self.held_out, self.per_class)}
+                "samples_png": self.strip(self.held_out)}
+
+    def strip(self, images: torch.Tensor) -> str:
+        return sample_strip(images, [c * self.per_class for c in range(10)])
+
+    @staticmethod
+    def accuracy_cells(row: dict) -> list[str]:
+        return [number(row["class_agreement"], ".1%")]
+
+    @staticmethod
+    def floor_line(results: dict) -> str:
+        evaluate_floor = results["floor"]["as_evaluate"]
+        return (f"{results['settings']['images']} images a row; FD floor as `ldmkit evaluate` reports it (the "
+                f"reference images themselves): {evaluate_floor['frechet_distance']:.3f}")
 
 
 def real_images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,15 +231,16 @@ def real_images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         limit *= 2
 
 
-def measure(name: str, key: dict, scorer: Scorer, clip, steps: int | None) -> dict:
-    """Load, generate 10 x per_class images in one call, time it and score them: one row."""
+def measure(name: str, key: dict, scorer, clip, steps: int | None) -> dict:
+    """Load, generate per_prompt images of each of the scorer's prompts in one call, time it and
+    score them: one row."""
     model = Pipeline.from_pretrained(name)
-    if model.meta.get("dataset") != "fashion-mnist":
-        raise SystemExit(f"{name} was trained on {model.meta.get('dataset')!r}: the table scores Fashion-MNIST")
+    if model.meta.get("dataset") != scorer.dataset:
+        raise SystemExit(f"{name} was trained on {model.meta.get('dataset')!r}: the table scores {scorer.dataset}")
     settings = sampling_settings(model, steps)
     conditional = getattr(model, "conditional", True)  # a family model may take no prompt
-    prompts = fashion_mnist_prompts() if conditional else [""]
-    per_prompt = scorer.per_class * (10 // len(prompts))
+    prompts = scorer.prompts if conditional else [""]
+    per_prompt = scorer.per_prompt * (len(scorer.prompts) // len(prompts))
     diffusion = {} if isinstance(model, FamilyGenerator) else settings
     start = time.perf_counter()
     images = model.generate(prompts, num_images=per_prompt, seed=key["seed"], output="tensor", **diffusion)
@@ -223,12 +248,12 @@ def measure(name: str, key: dict, scorer: Scorer, clip, steps: int | None) -> di
     row = {"model": Path(key["folder"]).name, "key": key, "kind": model_kind(model),
            "parameters": parameter_counts(model), "text_encoder": model.meta.get("text_encoder"),
            "sampling": settings, "training": training_record(model.meta),
-           "seconds_per_image_batched": seconds / len(images), **scorer.score(images, conditional),
+           "seconds_per_image_batched": seconds / len(images), **scorer.score(images, model),
            "clip_score": None if clip is None or not conditional else clip.score(
                images, [p for p in prompts for _ in range(per_prompt)]),
            "measured_on": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(model.device),
                            "torch": torch.__version__},
-           "samples_png": sample_strip(images, scorer.per_class)}
+           "samples_png": scorer.strip(images)}
     return row
 
 
@@ -261,58 +286,64 @@ def sampling_text(sampling: dict) -> str:
 
 
 COLUMNS = ("model", "kind", "net params", "decoder params", "sampling", "train min", "s/image", "FD", "FD_inf",
-           "precision", "recall", "agreement", "CLIP")
+           "precision", "recall")
 
 
-def cells(row: dict) -> list[str]:
+def columns(scorer) -> tuple[str, ...]:
+    return (*COLUMNS, *scorer.accuracy_columns, "CLIP")
+
+
+def cells(row: dict, scorer) -> list[str]:
     parameters, training = row.get("parameters") or {}, row.get("training") or {}
     return [row["model"], row["kind"], number(parameters.get("network"), ","),
             number(parameters.get("first_stage_decoder"), ","),
             sampling_text(row["sampling"]) if "sampling" in row else "-", number(training.get("minutes"), ".1f"),
-            number(row.get("seconds_per_image_batched"), ".4f"), f"{row['frechet_distance']:.3f}",
-            number(row["fd_inf"], ".3f"), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-            number(row["class_agreement"], ".1%"), number(row.get("clip_score"), ".2f")]
+            number(row.get("seconds_per_image_batched"), ".4f"), format(row["frechet_distance"], scorer.fd_format),
+            number(row["fd_inf"], scorer.fd_format), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+            *scorer.accuracy_cells(row), number(row.get("clip_score"), ".2f")]
 
 
-def table(results: dict) -> str:
-    rows = [cells(r) for r in [*results["rows"], results["floor"]]]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+def table(results: dict, scorer) -> str:
+    rows = [cells(r, scorer) for r in [*results["rows"], results["floor"]]]
+    names = columns(scorer)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(names)]
 
     def line(values: list[str]) -> str:  # text columns left, numbers right
         return "  ".join(v.ljust(w) if i < 5 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
 
-    lines = [line(COLUMNS), "-" * len(line(COLUMNS)), *(line(r) for r in rows)]
-    evaluate_floor = results["floor"]["as_evaluate"]
-    lines.append(f"{results['settings']['images']} images a row; FD floor as `ldmkit evaluate` reports it (the "
-                 f"reference images themselves): {evaluate_floor['frechet_distance']:.3f}")
+    lines = [line(names), "-" * len(line(names)), *(line(r) for r in rows), scorer.floor_line(results)]
     return "\n".join(lines)
 
 
-def markdown(results: dict) -> str:
-    rows = [cells(r) for r in [*results["rows"], results["floor"]]]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown(results: dict, scorer) -> str:
+    rows = [cells(r, scorer) for r in [*results["rows"], results["floor"]]]
+    names = columns(scorer)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def draw_grid(results: dict, out: Path, scale: int = 3) -> Path:
-    """A row of one sample per class for each model (and the real images), its name on the left."""
+def draw_grid(results: dict, out: Path, labels=fashion_mnist.CLASS_NAMES, mode: str = "L", scale: int = 3) -> Path:
+    """A row of samples for each model (and the real images), one a column (a class: `labels`,
+    each of one or more lines), the model's name on the left."""
     rows = [*results["rows"], results["floor"]]
-    strips = [Image.open(io.BytesIO(base64.b64decode(r["samples_png"]))).convert("L") for r in rows]
-    cell = strips[0].height * scale
+    strips = [Image.open(io.BytesIO(base64.b64decode(r["samples_png"]))).convert(mode) for r in rows]
+    cell, count = strips[0].height * scale, len(labels)
+    ink = (lambda v: v) if mode == "L" else (lambda v: (v, v, v))  # noqa: E731
     try:  # Pillow's own scalable font (Pillow >= 10.1 with FreeType): no font file needed
         font = ImageFont.load_default(size=13)
     except (TypeError, ImportError):
         font = ImageFont.load_default()
-    label_width, header = 200, 18
-    grid = Image.new("L", (label_width + 10 * cell, header + len(rows) * cell), 255)
+    lines = max(label.count("\n") + 1 for label in labels)
+    label_width, header = 200, 18 + 17 * (lines - 1)  # 13-pixel text, Pillow's 4 pixels between lines
+    grid = Image.new(mode, (label_width + count * cell, header + len(rows) * cell), ink(255))
     draw = ImageDraw.Draw(grid)
-    for c, name in enumerate(fashion_mnist.CLASS_NAMES):
-        draw.text((label_width + c * cell + 2, 2), name, fill=0, font=font)
+    for c, name in enumerate(labels):
+        draw.text((label_width + c * cell + 2, 2), name, fill=ink(0), font=font)
     for i, (row, strip) in enumerate(zip(rows, strips)):
         top = header + i * cell
-        grid.paste(strip.resize((10 * cell, cell), Image.NEAREST), (label_width, top))
-        draw.text((4, top + cell // 2 - 15), row["model"], fill=0, font=font)
-        draw.text((4, top + cell // 2 + 2), row["kind"], fill=96, font=font)
+        grid.paste(strip.resize((count * cell, cell), Image.NEAREST), (label_width, top))
+        draw.text((4, top + cell // 2 - 15), row["model"], fill=ink(0), font=font)
+        draw.text((4, top + cell // 2 + 2), row["kind"], fill=ink(96), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     return out
@@ -320,36 +351,48 @@ def draw_grid(results: dict, out: Path, scale: int = 3) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=("fashion-mnist", "shapes"), default="fashion-mnist")
     parser.add_argument("--models", nargs="+", default=None,
-                        help="shipped names or model folders (default: the shipped Fashion-MNIST models present)")
-    parser.add_argument("--per-class", type=int, default=100)
+                        help="shipped names or model folders (default: the dataset's shipped models present)")
+    parser.add_argument("--per-class", type=int, default=100, help="fashion-mnist: images of each class prompt")
+    parser.add_argument("--per-combination", type=int, default=25,
+                        help="shapes: images of each of the 48 combinations' captions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="the diffusion models' steps (default: each one's)")
     parser.add_argument("--clip", default="clip-small", help="a CLIP for the CLIP score; 'none' to leave it out")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/family-fashion-mnist.json"))
-    parser.add_argument("--grid", type=Path, default=Path("docs/images/family-fashion-mnist.png"))
+    parser.add_argument("--out", type=Path, default=None, help="default: docs/results/family-DATASET.json")
+    parser.add_argument("--grid", type=Path, default=None, help="default: docs/images/family-DATASET.png")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown too")
     args = parser.parse_args(argv)
-    if args.per_class < 2 or (args.steps is not None and args.steps < 1):
-        parser.error("need --per-class >= 2 (precision and recall need neighbours) and --steps >= 1")
+    args.per_prompt = args.per_class if args.dataset == "fashion-mnist" else args.per_combination
+    if args.per_prompt < 2 or (args.steps is not None and args.steps < 1):
+        parser.error("need --per-class (--per-combination) >= 2 (precision and recall need neighbours) and "
+                     "--steps >= 1")
+    args.out = args.out or Path(f"docs/results/family-{args.dataset}.json")
+    args.grid = args.grid or Path(f"docs/images/family-{args.dataset}.png")
     return args
+
+
+def make_scorer(args: argparse.Namespace, clip):
+    if args.dataset == "fashion-mnist":
+        return Scorer(args.per_class), DEFAULT_MODELS
+    from .family_shapes import DEFAULT_SHAPES_MODELS, ShapesScorer  # here: family_shapes builds on this module
+
+    return ShapesScorer(args.per_combination, clip), DEFAULT_SHAPES_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = args.models or default_models()
     clip, clip_note = load_clip(args.clip)
     clip_name = None if clip is None else args.clip
-    scorer = Scorer(args.per_class)
+    scorer, names = make_scorer(args, clip)
+    models = args.models or default_models(names)
     stored = stored_rows(args.out)
-    results = {"settings": {"per_class": args.per_class, "images": 10 * args.per_class, "seed": args.seed,
-                            "steps": args.steps, "clip": clip_note,
-                            "metric": "ldmkit.apps.evaluate.score_fashion_mnist_images: FD, FD_inf of the shipped "
-                                      "classifier's features against the 10,000 test images; class agreement; "
-                                      "precision and recall (k = 3) against as many real training images",
+    results = {"settings": {**scorer.counts(), "seed": args.seed, "steps": args.steps, "clip": clip_note,
+                            "metric": scorer.metric,
                             "parameters": "network: the denoiser / generator / transformer; first_stage_decoder: "
                                           "what decodes its latents or codes (the frozen text encoder not counted)",
                             "seconds": "one generate() call for all images, batched, at each model's batch size"},
@@ -357,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         folder = model_folder(name)
         steps = None if family_kind(resolve_model(name)) else args.steps  # --steps is the diffusion models'
-        key = row_key(folder, args.per_class, args.seed, steps, clip_name)
+        key = row_key(folder, args.per_prompt, args.seed, steps, clip_name, scorer.count_name)
         row = next((r for r in stored if r.get("key") == key), None)
         if row is None:
             print(f"measuring {name} ...", flush=True)
@@ -367,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         pending = [r for r in stored if r.get("key") not in [done["key"] for done in results["rows"]]]
         write_json({**results, "rows": results["rows"] + pending}, args.out)
     write_json(results, args.out)
-    print(table(results))
+    print(table(results, scorer))
     if args.markdown:
         print()
-        print(markdown(results))
-    print(f"written {args.out} and {draw_grid(results, args.grid)}")
+        print(markdown(results, scorer))
+    print(f"written {args.out} and {draw_grid(results, args.grid, scorer.grid_labels, scorer.grid_mode)}")
     return 0 if all(math.isfinite(r["frechet_distance"]) for r in results["rows"]) else 1
 
 

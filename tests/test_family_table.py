@@ -1,19 +1,25 @@
 """benchmarks.family_table: a tiny GAN, the shipped diffusion model and a KL first stage's prior
 side by side on a few images, every column filled (but the unconditional prior's agreement), the
-grid drawn, and a rerun reusing the stored rows without generating."""
+grid drawn, and a rerun reusing the stored rows without generating; the shapes table likewise on a
+tiny shapes model, split into seen and held-out combinations by the model's own holdout."""
 
 import functools
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
+import benchmarks.family_shapes as family_shapes
 import benchmarks.family_table as family_table
-from ldmkit.data import load_fashion_mnist
+from ldmkit.data import load_fashion_mnist, shapes
 from ldmkit.family import GANGenerator, VAEGenerator
 from ldmkit.family.vae import save_vae_pointer
 from ldmkit.metrics import classify, load_fmnist_classifier
 from ldmkit.pipelines import Pipeline
+from ldmkit.train.diffusion import train_diffusion
+from ldmkit.train.diffusion_config import DIFFUSION_PRESETS, DiffusionDataConfig
 from ldmkit.train.gan import train_gan
 from ldmkit.train.gan_config import GAN_PRESETS
 
@@ -100,3 +106,66 @@ def test_a_rows_key_hashes_the_parts_a_family_folder_names(tmp_path):
     plain = tmp_path / "base"
     expected = hashlib.sha256(b"{}" + b"weights of base").hexdigest()[:16]
     assert family_table.fingerprint(str(plain)) == expected
+
+
+def test_the_shapes_table_splits_by_the_models_holdout_and_reuses_its_rows(tmp_path, monkeypatch):
+    holdout = (("red", "circle", "top left"), ("blue", "square", "bottom left"))  # not the default four
+    config = replace(DIFFUSION_PRESETS["tiny"], autoencoder="models/autoencoders/shapes-kl-f4", steps=1,
+                     data=DiffusionDataConfig(dataset="shapes", limit=16, holdout=holdout), sample_every=100)
+    train_diffusion(config, tmp_path / "run", progress=False)
+    model = str(tmp_path / "run" / "model")
+    out, grid = tmp_path / "shapes.json", tmp_path / "shapes.png"
+    argv = ["--dataset", "shapes", "--models", model, "--per-combination", "2", "--steps", "2", "--out", str(out),
+            "--grid", str(grid), "--markdown"]
+    calls = count_generate_calls(monkeypatch)
+    monkeypatch.setattr(family_shapes, "FD_PER_COMBINATION", 4)  # 192 renders for FD, not 10,080: a test of the table
+    assert family_table.main(argv) == 0
+    assert len(calls) == 1
+    results = json.loads(out.read_text())
+    (row,) = results["rows"]
+    assert row["key"] == {"folder": model, "weights": row["key"]["weights"], "per_combination": 2, "seed": 0,
+                          "steps": 2, "clip": "clip-small"}
+    assert row["images"] == 96 and row["frechet_distance"] > 0 and 0 <= row["precision"] <= 1
+    assert 0 <= row["recall"] <= 1 and row["clip_score"] is not None and row["parameters"]["network"] > 0
+    assert row["holdout"] == [list(c) for c in holdout]
+    seen, held_out = row["attribute_accuracy"]["seen"], row["attribute_accuracy"]["held_out"]
+    assert seen["images"] == 92 and held_out["images"] == 4 and 0 <= seen["all"] <= 1 and 0 <= held_out["all"] <= 1
+    floor = results["floor"]  # renders: the attribute reader reads every one right, split by the default holdout
+    assert floor["images"] == 96 and floor["holdout"] == [list(c) for c in shapes.COMBINATIONS
+                                                         if c in shapes.DEFAULT_HOLDOUT]
+    assert floor["attribute_accuracy"]["seen"]["all"] == floor["attribute_accuracy"]["held_out"]["all"] == 1
+    assert floor["reference_floor"]["frechet_distance"] >= 0 and results["settings"]["images"] == 96
+    with Image.open(grid) as image:
+        assert image.mode == "RGB" and image.width == 200 + 12 * 32 * 3
+
+    assert family_table.main(argv) == 0  # the same settings: read back, nothing generated
+    assert len(calls) == 1 and json.loads(out.read_text())["rows"] == results["rows"]
+    with pytest.raises(SystemExit, match="trained on 'fashion-mnist'"):
+        family_table.main([*argv[:3], "fashion-mnist-f4", *argv[4:]])
+
+
+def test_shapes_accuracy_is_split_by_the_holdout_given():
+    """Renders with the held-out combinations' images blanked: all seen ones read right, no held-out one."""
+    images = family_shapes.render_set(2, 0)  # (96, 3, 32, 32), combination-major
+    holdout = {("green", "circle", "top right"), ("yellow", "square", "bottom right")}
+    for k, combo in enumerate(shapes.COMBINATIONS):
+        if combo in holdout:
+            images[2 * k : 2 * k + 2] = -1
+    split = family_shapes.split_accuracy(images, 2, holdout)
+    assert split["seen"] == {"images": 92, "colour": 1.0, "shape": 1.0, "quadrant": 1.0, "all": 1.0}
+    assert split["held_out"]["images"] == 4 and split["held_out"]["all"] == 0
+    assert family_shapes.split_accuracy(images, 2, set())["held_out"] is None
+
+
+def test_a_family_models_holdout_is_read_where_its_trainer_records_it():
+    """A diffusion model's train.data.holdout, the family trainers' train.shapes_holdout, and for a
+    model of parts (unCLIP, a cascade) the union of its parts'."""
+    from ldmkit.apps.evaluate import model_holdout
+
+    a, b = ("red", "circle", "top left"), ("blue", "square", "bottom left")
+    assert model_holdout(SimpleNamespace(meta={"train": {"data": {"holdout": [list(a)]}}})) == {a}
+    assert model_holdout(SimpleNamespace(kind="dalle", meta={"train": {"shapes_holdout": [list(b)]}})) == {b}
+    unclip = SimpleNamespace(kind="unclip", meta={}, prior=SimpleNamespace(meta={"train": {"shapes_holdout": [a]}}),
+                             decoder=SimpleNamespace(meta={"train": {"data": {"holdout": [b]}}}))
+    assert model_holdout(unclip) == {a, b}
+    assert model_holdout(SimpleNamespace(meta={})) == set()

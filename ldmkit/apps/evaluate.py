@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..data import fashion_mnist, load_fashion_mnist, shapes
+from ..family.loading import PARTS
 from ..metrics import (
     classify,
     extrapolated_frechet_distance,
@@ -122,16 +123,23 @@ def score_class_images(classifier, images: torch.Tensor, test_features: torch.Te
     classifier features (N, 128) under "features"."""
     features, predicted = classify(classifier, images)
     hits = (predicted == torch.arange(10).repeat_interleave(per_class)).float()
-    order = torch.arange(len(images)).view(10, per_class)  # prompt-major: each half takes half of every class
-    halves = [features[order[:, : per_class // 2].flatten()], features[order[:, per_class // 2 :].flatten()]]
     return {
-        "frechet_distance": feature_frechet_distance(features, test_features),
-        "fd_inf": _fd_inf(features, test_features),
-        "fd_inf_halves": [_fd_inf(half, test_features) for half in halves],
+        **frechet_scores(features, test_features, per_class),
         "class_agreement": hits.mean().item(),
         "class_agreement_by_class": dict(zip(fashion_mnist.CLASS_NAMES, hits.view(10, per_class).mean(1).tolist())),
         "features": features,
     }
+
+
+def frechet_scores(features: torch.Tensor, test_features: torch.Tensor, per_prompt: int) -> dict:
+    """FD and FD_inf of the features of `per_prompt` images of each prompt (prompt-major) to the
+    test features, and FD_inf of each half apart (how much it moves with other images), each half
+    taking half of every prompt's images."""
+    order = torch.arange(len(features)).view(-1, per_prompt)
+    halves = [features[order[:, : per_prompt // 2].flatten()], features[order[:, per_prompt // 2 :].flatten()]]
+    return {"frechet_distance": feature_frechet_distance(features, test_features),
+            "fd_inf": _fd_inf(features, test_features),
+            "fd_inf_halves": [_fd_inf(half, test_features) for half in halves]}
 
 
 def score_fashion_mnist_images(classifier, images: torch.Tensor, per_class: int, test_features: torch.Tensor,
@@ -151,8 +159,24 @@ def real_data_floor(real_features: torch.Tensor, test_features: torch.Tensor) ->
             "fd_inf": _fd_inf(real_features, test_features)}
 
 
+def shapes_holdout(meta: dict) -> set[tuple[str, str, str]]:
+    """The shapes combinations a model folder's training left out, where its config.json records
+    them: a diffusion run under train.data.holdout, the family's trainers (DALL-E, the unCLIP
+    prior) under train.shapes_holdout."""
+    train = meta.get("train") or {}
+    recorded = [*(train.get("data") or {}).get("holdout", []), *train.get("shapes_holdout", [])]
+    return {tuple(c) for c in recorded}
+
+
+def model_holdout(model) -> set[tuple[str, str, str]]:
+    """shapes_holdout of a loaded model and of the models it is made of (unCLIP's prior and
+    decoder, a cascade's base and upsampler): a combination one part never saw is unseen by all."""
+    parts = [getattr(model, name) for name in PARTS.get(getattr(model, "kind", None), ())]
+    return set().union(*(shapes_holdout(part.meta) for part in [model, *parts]))
+
+
 def evaluate_shapes(pipe: Pipeline, per_combination: int = 25, seed: int = 0, clip=None, **settings) -> dict:
-    holdout = {tuple(c) for c in pipe.meta.get("train", {}).get("data", {}).get("holdout", [])}
+    holdout = model_holdout(pipe)
     results = {}
     start, count = time.perf_counter(), 0
     for split, combos in (("seen", [c for c in shapes.COMBINATIONS if c not in holdout]),

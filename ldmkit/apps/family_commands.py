@@ -56,12 +56,12 @@ def add_family_commands(commands) -> None:
     from ..train.unclip_prior_config import PRIOR_PRESETS
     from ..train.vae_config import VAE_PRESETS
 
-    gan = commands.add_parser("train-gan", help="train a class-conditional DCGAN on Fashion-MNIST (hinge loss, "
-                                                "PatchGAN discriminator with a class projection)")
+    gan = commands.add_parser("train-gan", help="train a class-conditional DCGAN on Fashion-MNIST or shapes (hinge "
+                                                "loss, PatchGAN discriminator with a class projection)")
     add_run_arguments(gan, GAN_PRESETS, "fashion-mnist", "--set gan.d_norm=group --set batch_size=32")
     gan.set_defaults(run=_train_gan)
-    vae = commands.add_parser("train-vae", help="train a class-conditional VAE on Fashion-MNIST (the GAN's "
-                                                "generator as its decoder, a weighted ELBO)")
+    vae = commands.add_parser("train-vae", help="train a class-conditional VAE on Fashion-MNIST or shapes (the "
+                                                "GAN's generator as its decoder, a weighted ELBO)")
     add_run_arguments(vae, VAE_PRESETS, "fashion-mnist", "--set kl_weight=0.5 --set vae.z_dim=16")
     vae.set_defaults(run=_train_vae)
     dalle = commands.add_parser("train-dalle", help="train a miniature DALL-E: a transformer over caption tokens "

@@ -29,6 +29,12 @@ COMBINATIONS = list(itertools.product(COLOURS, SHAPES, QUADRANTS))  # 48
 # seen in training with other partners
 DEFAULT_HOLDOUT = (("red", "triangle", "bottom right"), ("green", "circle", "top right"),
                    ("blue", "square", "bottom left"), ("yellow", "triangle", "top left"))  # fmt: skip
+# the values of each attribute in COMBINATIONS' order: combination i = (c, s, q) has i = (c * 3 + s) * 4 + q
+ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "quadrant": QUADRANTS}
+# trained on by default: the first rows of the trainers' sample grids, above the held-out ones
+PREVIEW = (("red", "circle", "top left"), ("green", "square", "bottom right"),
+           ("blue", "triangle", "top right"), ("yellow", "circle", "bottom left"))  # fmt: skip
+TRAIN_RENDERS = 16_384  # images of a shapes training run without a limit
 
 
 def caption(colour: str, shape: str, quadrant: str) -> str:

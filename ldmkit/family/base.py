@@ -12,6 +12,7 @@ from torch import nn
 
 from ..model.class_labels import checked_class_labels
 from ..model.conditioner import NULL_PROMPT, ClassConditioner
+from .attributes import AttributePrompts
 
 OUTPUTS = ("pil", "tensor")
 
@@ -65,26 +66,39 @@ class FamilyGenerator:
 
 
 class ClassPromptGenerator(FamilyGenerator):
-    """A generator of classes (or of none): a prompt names a class ("bag", "a photo of a bag"),
-    "" a class drawn per image; or the caller gives class_labels."""
+    """A generator of classes (or of none): a prompt names a class ("bag", "a photo of a bag") or,
+    for classes made of attributes, one value of each ("a red circle in the top left"); "" a class
+    drawn per image; or the caller gives class_labels."""
 
     conditional: bool
 
-    def __init__(self, name: str, meta: dict | None, class_names: Sequence[str]):
+    def __init__(self, name: str, meta: dict | None, class_names: Sequence[str],
+                 attribute_names: Sequence[tuple[str, Sequence[str]]] | None = None):
+        """attribute_names: for classes made of attributes, [(attribute, its values), ...] in the
+        labels' order (config.json's "attribute_names"); None for plain classes."""
         super().__init__(name, meta)
         self.class_names = list(class_names)
         # "" (NULL_PROMPT) names the label len(class_names): here, a class drawn from each image's seed
         self.conditioner = ClassConditioner(self.class_names, len(self.class_names) + 1)
+        self.attribute_names = [(a, list(values)) for a, values in attribute_names] if attribute_names else None
+        self.attribute_prompts = AttributePrompts(self.attribute_names, class_names) if attribute_names else None
 
-    def set_conditional(self, conditional: bool, num_classes: int) -> None:
-        """Whether prompts name classes; a conditional model needs a name for each of its classes."""
+    def set_conditional(self, conditional: bool, num_classes: int, attributes: tuple[int, ...] = ()) -> None:
+        """Whether prompts name classes; a conditional model needs a name for each of its classes, and
+        one for each value of its attributes if its classes are made of them."""
         self.conditional = conditional
         if conditional and len(self.class_names) != num_classes:
             raise ValueError(f"a {self.kind.upper()} of {num_classes} classes needs as many class names, "
                              f"got {len(self.class_names)}")
+        counts = tuple(len(values) for _, values in self.attribute_names or ())
+        if conditional and counts != tuple(attributes):
+            raise ValueError(f"a {self.kind.upper()} whose classes have attributes of {tuple(attributes)} values "
+                             f"needs as many attribute names, got {self.attribute_names}")
 
     def label(self, prompt: str) -> int | None:
         """The class a prompt names ("bag" or "a photo of a bag"); None for "" (a random class)."""
+        if self.attribute_prompts is not None and prompt != NULL_PROMPT:
+            return self.attribute_prompts.label(prompt)  # an unknown word: ValueError listing the known
         label = self.conditioner.label(prompt)  # a prompt naming no class: ValueError listing them
         return None if label == self.conditioner.null_label else label
 

@@ -7,7 +7,9 @@ doubling of the size, the width halving each time -> the last one to `channels` 
 in [-1, 1] like the data. The class y enters through conditional BatchNorm (class_input
 "batchnorm", the presets'): each BatchNorm's gain and shift are linear in a class embedding
 e(y). The older class_input "concat" feeds [z, e(y)] to the linear layer instead; trained on
-Fashion-MNIST it collapsed to one image per class (see Generator). Discriminator: D(x, y) = the
+Fashion-MNIST it collapsed to one image per class (see Generator). A class made of attributes
+(shapes: colour, shape, quadrant) embeds as the sum of one embedding per attribute
+(ClassEmbedding), so a combination never trained on still has an e(y). Discriminator: D(x, y) = the
 PatchGAN's logit of each patch plus <V_y, phi(x)>, phi(x) its last feature map, mean-pooled; one
 verdict per patch, each also asking whether the image fits its class.
 """
@@ -35,6 +37,10 @@ class GANConfig:
     image_size: int = 32  # 4 * 2^n pixels
     channels: int = 1
     num_classes: int = 10
+    # a class made of attributes: how many values each has, the label being the mixed-radix number
+    # of their indices (itertools.product's order; shapes: (4, 3, 4) colours, shapes, quadrants).
+    # e(y) is then the sum of one embedding per attribute. (): one embedding per class
+    attributes: tuple[int, ...] = ()
     conditioning: str = "class"  # class | none
     # how G takes the class: "batchnorm", conditional BatchNorm (every BatchNorm's gain and
     # shift linear in a class embedding, BigGAN), z alone entering the first layer; "concat",
@@ -51,8 +57,12 @@ class GANConfig:
     d_minibatch_std: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "attributes", tuple(self.attributes))
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.attributes and (min(self.attributes) < 1 or math.prod(self.attributes) != self.num_classes):
+            raise ValueError(f"attributes {self.attributes} must be counts >= 1 whose product is num_classes "
+                             f"({self.num_classes})")
         if self.class_input not in CLASS_INPUTS:
             raise ValueError(f"class_input must be one of {CLASS_INPUTS}, got {self.class_input!r}")
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
@@ -69,6 +79,36 @@ class GANConfig:
     def upsamplings(self) -> int:
         """The doublings from 4x4 to image_size."""
         return int(math.log2(self.image_size // 4))
+
+
+class ClassEmbedding(nn.Embedding):
+    """labels (B,) -> e(y) (B, dim): a learned row per class, or with attributes (a, b, ...) the sum
+    of one row per attribute, e(y) = E_1[y_1] + E_2[y_2] + ..., y_i the label's attribute indices;
+    the tables are stacked in one weight of a + b + ... rows. With attributes each row starts
+    N(0, 1/A), A attributes, so that e(y) starts N(0, 1) as one class's row does."""
+
+    def __init__(self, num_classes: int, dim: int, attributes: tuple[int, ...] = ()):
+        super().__init__(sum(attributes) or num_classes, dim)
+        self.attributes = tuple(attributes)
+        self.gain = len(attributes) ** -0.5 if attributes else 1.0  # a row's scale, for other inits too
+        with torch.no_grad():
+            self.weight.mul_(self.gain)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return class_rows(self.weight, labels, self.attributes)
+
+
+def class_rows(table: torch.Tensor, labels: torch.Tensor, attributes: tuple[int, ...] = ()) -> torch.Tensor:
+    """table's row per label (B, D); with attributes, the sum of the rows of the label's attribute
+    values (table: their tables stacked, sum(attributes) rows)."""
+    if not attributes:
+        return table[labels]
+    indices, rest, offset = [], labels, sum(attributes)
+    for count in reversed(attributes):  # mixed radix, last attribute the fastest
+        offset -= count
+        indices.append(rest % count + offset)
+        rest = rest // count
+    return table[torch.stack(indices, dim=1)].sum(dim=1)  # (B, A, D) -> (B, D)
 
 
 class ClassBatchNorm2d(nn.BatchNorm2d):
@@ -108,7 +148,7 @@ class Generator(nn.Module):
         # scales z's own variation to unit variance, and the class only sets the gains and
         # shifts after each BatchNorm.
         conditional, concat = c.conditioning == "class", c.class_input == "concat"
-        self.class_embedding = nn.Embedding(c.num_classes, c.z_dim) if conditional else None
+        self.class_embedding = ClassEmbedding(c.num_classes, c.z_dim, c.attributes) if conditional else None
 
         def norm(channels: int) -> nn.BatchNorm2d:
             return nn.BatchNorm2d(channels) if concat or not conditional else ClassBatchNorm2d(channels, c.z_dim)
@@ -149,7 +189,8 @@ class Generator(nn.Module):
         """Recompute BatchNorm's running statistics as the average over `batches` batches of fresh
         samples, z ~ N(0, I) and classes drawn uniformly from `classes` (those trained on; None:
         all), from `seed` (BigGAN's "standing statistics", Brock et al. 2019). z_means (classes or
-        1, z_dim): z ~ N(z_means[y], I) instead, the prior a VAE decoder samples. Eval mode uses them;
+        1, z_dim; attribute tables, stacked, for a class of attributes): z ~ N(m_y, I) instead, m_y
+        those rows (class_rows), the prior a VAE decoder samples. Eval mode uses them;
         those tracked in training belong to earlier weights and, averaged into an EMA of the
         weights, to none at all."""
         choices = torch.tensor(range(self.config.num_classes) if classes is None else list(classes))
@@ -165,7 +206,8 @@ class Generator(nn.Module):
             z = torch.randn((batch_size, self.config.z_dim), generator=gen).to(like.device, like.dtype)
             labels = choices[torch.randint(len(choices), (batch_size,), generator=gen)].to(like.device)
             if z_means is not None:
-                z = z + z_means[labels if len(z_means) > 1 else 0].to(z)
+                means = z_means[0] if len(z_means) == 1 else class_rows(z_means, labels, self.config.attributes)
+                z = z + means.to(z)
             self(z, labels if self.config.conditioning == "class" else None)
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
@@ -223,8 +265,9 @@ class ProjectionDiscriminator(nn.Module):
             main[-1] = last
         self.class_embedding = None
         if config.conditioning == "class":
-            self.class_embedding = nn.Embedding(config.num_classes, width)
-            nn.init.xavier_uniform_(self.class_embedding.weight)  # as the paper's code (Glorot)
+            self.class_embedding = ClassEmbedding(config.num_classes, width, config.attributes)
+            # as the paper's code (Glorot); with attributes, their sum at that scale
+            nn.init.xavier_uniform_(self.class_embedding.weight, gain=self.class_embedding.gain)
 
     def forward(self, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         main = self.patches.main

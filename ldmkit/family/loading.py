@@ -18,6 +18,8 @@ from .vae import VAEGenerator
 
 GENERATORS: dict[str, type[FamilyGenerator]] = {
     cls.kind: cls for cls in (GANGenerator, DalleGenerator, VAEGenerator, UnclipGenerator, CascadeGenerator)}
+# kinds whose folder names other model folders in config.json, each loaded as the attribute of that name
+PARTS = {"unclip": ("prior", "decoder"), "cascade": ("base", "upsampler")}
 
 
 def family_kind(folder: str | Path) -> str | None:

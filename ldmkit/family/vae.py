@@ -2,7 +2,7 @@
 
 Two kinds of folder load as one (config.json "kind": "vae"):
 - a VAE trained to generate (`ldmkit train-vae`'s run_dir/model): {"vae": VAEConfig,
-  "class_names", ...} and model.safetensors with its decoder under "decoder." (BatchNorm
+  "class_names", for shapes "attribute_names", ...} and model.safetensors with its decoder under "decoder." (BatchNorm
   statistics recomputed for samples of the prior, as the GAN's are) and the prior's class means
   under "prior.means";
 - a pointer to a KL first stage, {"autoencoder": "models/autoencoders/fmnist-kl-f4"}: its decoder
@@ -24,8 +24,9 @@ from ..config import from_dict
 from ..model.folder import load_autoencoder, resolve_repo_path
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint
 from ..utils.images import to_pil
+from .attributes import trained_labels
 from .base import ClassPromptGenerator, check_common
-from .gan_networks import Generator
+from .gan_networks import Generator, class_rows
 from .vae_networks import VAEConfig
 
 
@@ -36,14 +37,17 @@ class VAEGenerator(ClassPromptGenerator):
     kind = "vae"
 
     def __init__(self, decoder: Generator | Autoencoder, class_names: Sequence[str] = (), name: str = "vae",
-                 meta: dict | None = None, prior_means: torch.Tensor | None = None):
-        """prior_means (classes or 1, z_dim): the m_y of p(z | y) = N(m_y, I); None: zeros."""
-        super().__init__(name, meta, class_names)
+                 meta: dict | None = None, prior_means: torch.Tensor | None = None,
+                 attribute_names: Sequence[tuple[str, Sequence[str]]] | None = None):
+        """prior_means (classes or 1, z_dim; attribute values for a class of attributes): the m_y of
+        p(z | y) = N(m_y, I), their sum for attributes; None: zeros."""
+        super().__init__(name, meta, class_names, attribute_names)
         self.decoder = decoder.eval().requires_grad_(False)
         self.first_stage = isinstance(decoder, Autoencoder)
         self.prior_means = prior_means
+        self.attributes = () if self.first_stage else decoder.config.attributes
         self.set_conditional(not self.first_stage and decoder.config.conditioning == "class",
-                             getattr(decoder.config, "num_classes", 0))
+                             getattr(decoder.config, "num_classes", 0), self.attributes)
 
     @classmethod
     def from_folder(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -68,11 +72,11 @@ class VAEGenerator(ClassPromptGenerator):
             decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in states["vae"].items()
                                      if k.startswith("decoder.")})
             means = states["vae"].get("prior_means")
-            decoder.refresh_batch_statistics((meta.get("train") or {}).get("classes"), z_means=means)
+            decoder.refresh_batch_statistics(trained_labels(meta.get("train") or {}), z_means=means)
         else:
             raise CheckpointError(f"{path} has no decoder weights ('decoder.' or 'vae.' tensors)")
-        return cls(decoder, meta.get("class_names") or [], name=path.name, meta=meta,
-                   prior_means=means).to(device, dtype)
+        return cls(decoder, meta.get("class_names") or [], name=path.name, meta=meta, prior_means=means,
+                   attribute_names=meta.get("attribute_names")).to(device, dtype)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.decoder]
@@ -80,7 +84,9 @@ class VAEGenerator(ClassPromptGenerator):
     def config_entries(self) -> dict:
         if self.first_stage:
             return {"autoencoder": self.meta.get("autoencoder"), "latent_shape": list(self.latent_shape)}
-        return {"vae": self.meta.get("vae"), "class_names": self.class_names if self.conditional else None}
+        entries = {"vae": self.meta.get("vae"), "class_names": self.class_names if self.conditional else None}
+        named = self.conditional and self.attribute_names
+        return entries | ({"attribute_names": self.attribute_names} if named else {})
 
     @property
     def autoencoder(self) -> Autoencoder | None:
@@ -101,12 +107,13 @@ class VAEGenerator(ClassPromptGenerator):
     def generate(self, prompt: str | Sequence[str] = "", num_images: int = 1, seed: int = 0, output: str = "pil",
                  class_labels: Sequence[int] | None = None, temperature: float = 1.0,
                  batch_size: int = 256) -> list[Image.Image] | torch.Tensor:
-        """`num_images` images of each prompt (a class name or "a photo of a {name}"; "" for an
-        unconditional one), or of each of `class_labels`, prompt-major. Image i draws its class
-        (for "") and then z from a generator seeded seed + i: the same image alone or in any batch.
-        temperature T scales the prior's spread, z ~ N(m_y, T^2 I): below 1, fidelity for variety
-        (Kingma & Dhariwal 2018, sec. 5); 1, the default, is the prior trained against. output: "pil" or "tensor"
-        ((N, C, H, W) in [-1, 1], float32)."""
+        """`num_images` images of each prompt (a class name or "a photo of a {name}"; for shapes, a
+        caption naming a colour, a shape and a quadrant; "" for an unconditional one), or of each
+        of `class_labels`, prompt-major. Image i draws its class (for "") and then z from a
+        generator seeded seed + i: the same image alone or in any batch. temperature T scales the
+        prior's spread, z ~ N(m_y, T^2 I): below 1, fidelity for variety (Kingma & Dhariwal 2018,
+        sec. 5); 1, the default, is the prior trained against. output: "pil" or "tensor" ((N, C,
+        H, W) in [-1, 1], float32)."""
         labels = self.labels(prompt, class_labels)
         check_common(num_images, output)
         if not temperature > 0:
@@ -118,7 +125,10 @@ class VAEGenerator(ClassPromptGenerator):
             if self.conditional:  # drawn always and first: z is the seed's, whatever the class
                 drawn = int(torch.randint(len(self.class_names), (1,), generator=gen))
                 classes.append(drawn if label is None else label)
-            mean = 0.0 if self.prior_means is None else self.prior_means[classes[-1] if classes else 0].cpu()
+            mean = 0.0
+            if self.prior_means is not None:  # m_y; an unconditional VAE's one row
+                label = torch.tensor([classes[-1] if classes else 0])
+                mean = class_rows(self.prior_means.cpu(), label, self.attributes if classes else ())[0]
             z.append(mean + temperature * torch.randn(self.latent_shape, generator=gen))
         z = torch.stack(z)
         y = torch.tensor(classes, dtype=torch.long) if classes else None

@@ -8,11 +8,13 @@ z_dim numbers. Prior: p(z | y) = N(m_y, I), a learned mean per class (the prior 
 al. 2015 in its simplest form; m = 0 for an unconditional VAE): with the standard prior N(0, I) for
 every class, the encoder, which sees the image, put the class into z as well, the decoder learned
 to read it from there, and the prior's samples came out of a random class whatever the label
-(docs/family.md). Decoder: the DCGAN generator of ldmkit.family.gan_networks (class through
-conditional BatchNorm), with p(x | z, y) = N(G(z, y), sigma_x^2 I) and sigma_x at its maximum-
-likelihood value, the root mean squared error of the batch: the calibrated decoder of Rybkin et
-al. 2021 ("optimal sigma-VAE"), so that the reconstruction term is a true log-likelihood and
-kl_weight = 1 is the ELBO itself rather than a hand-picked balance of MSE against KL.
+(docs/family.md). A class made of attributes (shapes) sums one embedding and one prior mean
+per attribute, as the GAN's ClassEmbedding, so a combination never trained on has both.
+Decoder: the DCGAN generator of ldmkit.family.gan_networks (class through conditional
+BatchNorm), with p(x | z, y) = N(G(z, y), sigma_x^2 I) and sigma_x at its maximum-likelihood
+value, the root mean squared error of the batch: the calibrated decoder of Rybkin et al. 2021
+("optimal sigma-VAE"), so that the reconstruction term is a true log-likelihood and kl_weight = 1
+is the ELBO itself rather than a hand-picked balance of MSE against KL.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .gan_networks import CONDITIONINGS, GANConfig, Generator
+from .gan_networks import CONDITIONINGS, ClassEmbedding, GANConfig, Generator, class_rows
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,11 @@ class VAEConfig:
     image_size: int = 32  # 4 * 2^n pixels
     channels: int = 1
     num_classes: int = 10
+    attributes: tuple[int, ...] = ()  # a class made of attributes (GANConfig's): embeddings and prior means summed
     conditioning: str = "class"  # class | none
 
     def __post_init__(self):
+        object.__setattr__(self, "attributes", tuple(self.attributes))
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         self.decoder_config()  # the generator's own checks (sizes, widths), now
@@ -43,8 +47,8 @@ class VAEConfig:
     def decoder_config(self) -> GANConfig:
         """The GAN generator that decodes: the same z width, widths and class input as the presets' GAN."""
         return GANConfig(z_dim=self.z_dim, base_channels=self.base_channels, image_size=self.image_size,
-                         channels=self.channels, num_classes=self.num_classes, conditioning=self.conditioning,
-                         class_input="batchnorm")
+                         channels=self.channels, num_classes=self.num_classes, attributes=self.attributes,
+                         conditioning=self.conditioning, class_input="batchnorm")
 
 
 class VAEEncoder(nn.Module):
@@ -58,7 +62,8 @@ class VAEEncoder(nn.Module):
             layers += [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
             channels, width = width, width * 2
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.class_embedding = nn.Embedding(c.num_classes, c.z_dim) if c.conditioning == "class" else None
+        conditional = c.conditioning == "class"
+        self.class_embedding = ClassEmbedding(c.num_classes, c.z_dim, c.attributes) if conditional else None
         inputs = channels * 4 * 4 + (c.z_dim if self.class_embedding is not None else 0)
         self.to_moments = nn.Linear(inputs, 2 * c.z_dim)
 
@@ -82,13 +87,16 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = VAEEncoder(config)
         self.decoder = Generator(config.decoder_config())
-        # m_y of p(z | y) = N(m_y, I): zeros at the start, the standard prior for every class
-        self.prior_means = nn.Parameter(torch.zeros(config.num_classes if config.conditioning == "class" else 1,
-                                                    config.z_dim))
+        # m_y of p(z | y) = N(m_y, I): zeros at the start, the standard prior for every class; a row
+        # per attribute value for a class of attributes, m_y their sum (class_rows)
+        rows = (sum(config.attributes) or config.num_classes) if config.conditioning == "class" else 1
+        self.prior_means = nn.Parameter(torch.zeros(rows, config.z_dim))
 
     def prior_mean(self, class_labels: torch.Tensor | None, count: int) -> torch.Tensor:
         """m_y for each label (count, z_dim); the one mean of an unconditional VAE."""
-        return self.prior_means[class_labels] if class_labels is not None else self.prior_means.expand(count, -1)
+        if class_labels is None:
+            return self.prior_means.expand(count, -1)
+        return class_rows(self.prior_means, class_labels, self.config.attributes)
 
     def losses(self, x: torch.Tensor, class_labels: torch.Tensor | None, gen: torch.Generator) -> dict:
         """Per-image means of the negative ELBO's two terms (nats), z drawn by reparameterisation

@@ -33,9 +33,8 @@ from .logging import JsonlLog, plot_losses
 from .steps import NonFiniteSteps, fused_adam, learning_rate, step_generator
 
 TIMING = ("seconds_per_step",)  # what differs between a resumed run and an uninterrupted one
-SHAPES_IMAGES = 16_384  # renders of a shapes run without a limit
-SHAPES_PROMPTS = (("red", "circle", "top left"), ("green", "square", "bottom right"),
-                  ("blue", "triangle", "top right"), ("yellow", "circle", "bottom left"))  # trained on by default
+SHAPES_IMAGES = shapes.TRAIN_RENDERS  # renders of a shapes run without a limit
+SHAPES_PROMPTS = shapes.PREVIEW  # trained on by default
 
 
 def captioned_images(config: DalleTrainConfig, split: str) -> tuple[torch.Tensor, list[str]]:

@@ -1,4 +1,6 @@
-"""Training a class-conditional GAN (ldmkit.family.gan_networks) on Fashion-MNIST with the hinge loss.
+"""Training a class-conditional GAN (ldmkit.family.gan_networks) on Fashion-MNIST or shapes with
+the hinge loss. A shapes class is one of the 48 (colour, shape, quadrant) combinations, embedded as
+the sum of its three attributes' embeddings; `shapes_holdout`'s combinations are never trained on.
 
 Each step draws a batch of real images and their labels, and a z per image; the generator makes
 fakes of those same labels. The discriminator takes an Adam step on the hinge loss (Lim & Ye
@@ -8,9 +10,10 @@ EMA of the generator's weights, its BatchNorm statistics recomputed for
 them, is what samples and is saved. All randomness of a step comes from
 a generator seeded by (seed, step), so a resumed run repeats an uninterrupted one exactly.
 
-A run folder holds log.jsonl, loss.png, samples/step_*.png (a row per class, the same seeds in
-every row and grid), checkpoints/ (each loadable as a GAN too) and, when finished, model/
-(ldmkit.family.GANGenerator reads it).
+A run folder holds log.jsonl, loss.png, samples/step_*.png (a row per class, or for shapes per
+combination of shapes.PREVIEW and the held-out ones; the same seeds in every row and grid),
+checkpoints/ (each loadable as a GAN too) and, when finished, model/ (ldmkit.family.GANGenerator
+reads it).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..autoencoders.losses import hinge_d_loss, hinge_g_loss
 from ..config import to_dict
-from ..data import fashion_mnist, load_fashion_mnist
+from ..data import load_fashion_mnist, shapes
+from ..family.attributes import dataset_names, trained_labels
 from ..family.base import ClassPromptGenerator
 from ..family.gan import GANGenerator
 from ..family.gan_networks import Generator, ProjectionDiscriminator
@@ -44,9 +48,17 @@ TIMING = ("seconds_per_step",)  # what differs between a resumed run and an unin
 
 def training_images(config: GANTrainConfig | VAETrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, C, S, S) in [-1, 1], labels (N,)) of a GAN's or a VAE's run: of `classes` if
-    given, the first `limit`."""
+    given, the first `limit`. A shapes label is its combination's index in shapes.COMBINATIONS;
+    `limit` (None: shapes.TRAIN_RENDERS) renders of the combinations neither held out nor outside
+    `classes`."""
     network = config.gan if isinstance(config, GANTrainConfig) else config.vae
-    images, labels = _train_split(network.image_size)
+    if config.dataset == "shapes":
+        left_out = tuple(c for k, c in enumerate(shapes.COMBINATIONS) if c in config.shapes_holdout
+                         or (config.classes is not None and k not in config.classes))
+        images, labels = _shapes_renders(config.limit or shapes.TRAIN_RENDERS, network.image_size, config.seed,
+                                         left_out)
+    else:
+        images, labels = _train_split(network.image_size)
     if config.classes is not None:
         keep = torch.isin(labels, torch.tensor(config.classes))
         images, labels = images[keep], labels[keep]
@@ -63,6 +75,25 @@ def _train_split(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return load_fashion_mnist("train", pad_to=size)
 
 
+@functools.lru_cache(maxsize=1)
+def _shapes_renders(count: int, size: int, seed: int, holdout: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` shapes renders of the allowed combinations and their labels, rendered once per process."""
+    data = shapes.ShapesDataset(count, size=size, seed=seed, holdout=holdout)
+    items = [data[i] for i in range(count)]
+    # (colour, shape, quadrant) indices -> the index in shapes.COMBINATIONS, their product's order
+    labels = [(c * len(shapes.SHAPES) + s) * len(shapes.QUADRANTS) + q for _, _, (c, s, q) in items]
+    return torch.stack([image for image, _, _ in items]), torch.tensor(labels)
+
+
+def grid_classes(config: GANTrainConfig | VAETrainConfig) -> list[int]:
+    """The labels of a run's sample grid rows: the trained classes, or for shapes a few trained
+    combinations (shapes.PREVIEW) and the held-out ones, which show whether the attributes compose."""
+    if config.dataset == "shapes":
+        return [shapes.COMBINATIONS.index(c) for c in (*shapes.PREVIEW, *config.shapes_holdout)]
+    network = config.gan if isinstance(config, GANTrainConfig) else config.vae
+    return list(config.classes) if config.classes is not None else list(range(network.num_classes))
+
+
 def r1_penalty(d_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """E ||grad_x D(x)||^2 over real images (Mescheder et al. 2018, eq. 9), D(x) an image's mean
     patch logit; its graph is kept, so the penalty trains D."""
@@ -75,8 +106,9 @@ def train_gan(config: GANTrainConfig, run_dir: str | Path, device: str | torch.d
     """Train, or resume, a GAN in `run_dir`; returns the run's summary."""
     run_dir, device = Path(run_dir), torch.device(device)
     images, labels = training_images(config)
-    class_names = list(fashion_mnist.CLASS_NAMES)
+    class_names, attribute_names = dataset_names(config.dataset)
     conditional = config.gan.conditioning == "class"
+    trained = trained_labels(to_dict(config))  # the standing statistics' classes
 
     torch.manual_seed(config.seed)
     generator = Generator(config.gan).to(device)
@@ -85,9 +117,10 @@ def train_gan(config: GANTrainConfig, run_dir: str | Path, device: str | torch.d
     opt_g = fused_adam(generator.parameters(), lr=config.lr, betas=config.betas)
     opt_d = fused_adam(discriminator.parameters(), lr=config.lr, betas=config.betas)
     # samples with the EMA weights: the grids during training and the final model
-    sampler = GANGenerator(Generator(config.gan).to(device), class_names, name=run_dir.name)
+    sampler = GANGenerator(Generator(config.gan).to(device), class_names, name=run_dir.name,
+                           attribute_names=attribute_names)
     meta = {"kind": "gan", "gan": to_dict(config.gan), "class_names": class_names, "dataset": config.dataset,
-            "train": to_dict(config)}
+            "train": to_dict(config)} | ({"attribute_names": attribute_names} if attribute_names else {})
     log = JsonlLog(run_dir / "log.jsonl")
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
     start, seconds_before = 0, 0.0
@@ -155,8 +188,8 @@ def train_gan(config: GANTrainConfig, run_dir: str | Path, device: str | torch.d
         if sample:
             began = time.perf_counter()
             sampler.net.load_state_dict(ema.state_dict())
-            sampler.net.refresh_batch_statistics(config.classes)  # those of the EMA weights
-            save_sample_grid(sampler, config.classes, config.samples_per_class,
+            sampler.net.refresh_batch_statistics(trained)  # those of the EMA weights
+            save_sample_grid(sampler, grid_classes(config), config.samples_per_class,
                              run_dir / "samples" / f"step_{done:06d}.png", done)
             sampling += time.perf_counter() - began
         if done % config.log_every == 0 or done == end:
@@ -178,19 +211,18 @@ def train_gan(config: GANTrainConfig, run_dir: str | Path, device: str | torch.d
                "seconds_per_step": timed[-1] if timed else None}
     if end == config.steps:  # the finished GAN: the EMA generator, as in the last grid
         sampler.net.load_state_dict(ema.state_dict())
-        sampler.net.refresh_batch_statistics(config.classes)
+        sampler.net.refresh_batch_statistics(trained)
         save_checkpoint(run_dir / "model", {"generator": sampler.net.state_dict()}, {**meta, "training": summary})
         summary["saved"] = str(run_dir / "model")
     return summary
 
 
 @torch.no_grad()
-def save_sample_grid(sampler: ClassPromptGenerator, classes: tuple[int, ...] | None, per_row: int, path: Path,
+def save_sample_grid(sampler: ClassPromptGenerator, rows: list[int], per_row: int, path: Path,
                      step: int) -> Path:
-    """A row of samples per trained class (`classes`, None: all), seeds 0.. in every row: a column
-    shares its z. A GAN's or a VAE's."""
+    """A row of samples per class of `rows` (grid_classes), seeds 0.. in every row: a column shares
+    its z. A GAN's or a VAE's."""
     if sampler.conditional:
-        rows = list(classes) if classes is not None else list(range(len(sampler.class_names)))
         names = [sampler.class_names[k] for k in rows]
         images = [im for k in rows for im in sampler.generate(class_labels=[k], num_images=per_row, seed=0)]
     else:

@@ -1,11 +1,12 @@
-"""Training a class-conditional VAE (ldmkit.family.vae_networks) on Fashion-MNIST: each step draws
+"""Training a class-conditional VAE (ldmkit.family.vae_networks) on Fashion-MNIST or shapes (the
+data and the held-out shapes combinations as the GAN's, ldmkit.train.gan): each step draws
 a batch of images and labels, encodes them to q(z | x, y), decodes one reparameterised z per image
 and takes an Adam step on the weighted negative ELBO, nll + kl_weight * KL, per image. All
 randomness of a step comes from a generator seeded by (seed, step), so a resumed run repeats an
 uninterrupted one exactly.
 
-A run folder holds log.jsonl, loss.png, samples/step_*.png (a row per class, z ~ N(0, I) from the
-same seeds in every row and grid), checkpoints/ (each loadable as a VAE too) and, when finished,
+A run folder holds log.jsonl, loss.png, samples/step_*.png (rows as the GAN's, z ~ N(m_y, I) from
+the same seeds in every row and grid), checkpoints/ (each loadable as a VAE too) and, when finished,
 model/ (ldmkit.family.VAEGenerator reads it): the decoder, its BatchNorm statistics recomputed for
 samples of the prior, which is what generation feeds it.
 """
@@ -19,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..data import fashion_mnist
+from ..family.attributes import dataset_names, trained_labels
 from ..family.vae import VAEGenerator
 from ..family.vae_networks import VAE
 from ..storage import save_checkpoint
 from .checkpoints import checkpoint_dir, prune_checkpoints, resume_module
-from .gan import save_sample_grid, training_images
+from .gan import grid_classes, save_sample_grid, training_images
 from .logging import JsonlLog, plot_losses
 from .steps import NonFiniteSteps, fused_adam, step_generator
 from .vae_config import VAETrainConfig
@@ -37,14 +38,15 @@ def train_vae(config: VAETrainConfig, run_dir: str | Path, device: str | torch.d
     """Train, or resume, a VAE in `run_dir`; returns the run's summary."""
     run_dir, device = Path(run_dir), torch.device(device)
     images, labels = training_images(config)
-    class_names = list(fashion_mnist.CLASS_NAMES)
+    class_names, attribute_names = dataset_names(config.dataset)
     conditional = config.vae.conditioning == "class"
+    trained = trained_labels(to_dict(config))  # the standing statistics' classes
 
     torch.manual_seed(config.seed)
     vae = VAE(config.vae).to(device)
     opt = fused_adam(vae.parameters(), lr=config.lr)
     meta = {"kind": "vae", "vae": to_dict(config.vae), "class_names": class_names, "dataset": config.dataset,
-            "train": to_dict(config)}
+            "train": to_dict(config)} | ({"attribute_names": attribute_names} if attribute_names else {})
     log = JsonlLog(run_dir / "log.jsonl")
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps)
     start, seconds_before = resume_module(run_dir, config, resume, vae, "vae", opt, nonfinite, log)
@@ -61,8 +63,9 @@ def train_vae(config: VAETrainConfig, run_dir: str | Path, device: str | torch.d
         decoder = VAE(config.vae).to(device).decoder
         decoder.load_state_dict(vae.decoder.state_dict())
         means = vae.prior_means.detach().clone()
-        decoder.refresh_batch_statistics(config.classes, z_means=means)
-        return VAEGenerator(decoder, class_names, name=run_dir.name, prior_means=means)
+        decoder.refresh_batch_statistics(trained, z_means=means)
+        return VAEGenerator(decoder, class_names, name=run_dir.name, prior_means=means,
+                            attribute_names=attribute_names)
 
     end = config.steps if max_steps is None else min(config.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=config.steps, desc="vae", disable=not progress)
@@ -86,7 +89,7 @@ def train_vae(config: VAETrainConfig, run_dir: str | Path, device: str | torch.d
 
         if done % config.sample_every == 0 or done == end:
             began = time.perf_counter()
-            save_sample_grid(sampler(), config.classes, config.samples_per_class,
+            save_sample_grid(sampler(), grid_classes(config), config.samples_per_class,
                              run_dir / "samples" / f"step_{done:06d}.png", done)
             sampling += time.perf_counter() - began
         if done % config.log_every == 0 or done == end:
