@@ -26,6 +26,13 @@ if [ ! -d models/shapes-dalle ]; then
   [ -d "$out/dalle-shapes/model" ] || $L train-dalle --preset shapes --out "$out/dalle-shapes"
   ship "$out/dalle-shapes/model" models/shapes-dalle
 fi
+# the GAN and the VAE (compositional class embeddings: held-out combinations still have one)
+for kind in gan vae; do
+  if [ ! -d "models/shapes-$kind" ]; then
+    [ -d "$out/$kind-shapes/model" ] || $L "train-$kind" --preset shapes --out "$out/$kind-shapes"
+    ship "$out/$kind-shapes/model" "models/shapes-$kind"
+  fi
+done
 # GLIDE: the 16x16 pixel-space base and its x2 upsampler, one cascade folder with both inside; the
 # Fashion-MNIST cascade's sampling (noise level 50, euler_a upsampler: docs/glide.md)
 if [ ! -d models/shapes-glide ]; then
