@@ -6,10 +6,11 @@ what it was (weights, config, saving); only its forward is replaced, so pipe.net
 UNet. A trace bakes in the Python branches its inputs took, so each new set of input shapes is
 converted anew (a CLI run has one). Converting takes a minute or more at SD's size, so each
 converted graph is kept on disk ($LDMKIT_CACHE/openvino, default ~/.cache/ldmkit/openvino), keyed
-by the weights, the source of the module classes, the inputs and the OpenVINO version: a later
-run reads it back in seconds. The UNet and the first stage's decoder run this way; the text
-encoder, one call an image, stays in torch. torch.compile's "openvino" backend is not used: with
-torch 2.13 it fails while making its shape guards (docs/benchmarks.md, "The fast path").
+by the weights, the source of the module classes, the inputs and the OpenVINO version, and the
+compiled model in OpenVINO's own cache beside it (CACHE_DIR): a later run imports it in seconds.
+The UNet and the first stage's decoder run this way; the text encoder, one call an image, stays
+in torch. torch.compile's "openvino" backend is not used: with torch 2.13 it fails while making
+its shape guards (docs/benchmarks.md, "The fast path").
 """
 
 from __future__ import annotations
@@ -96,18 +97,20 @@ class OpenVINOForward:
                 return eager(*flat[:n_positional], **dict(zip(names, flat[n_positional:])))
 
         path = cache_dir() / f"{type(self.net).__name__}-{graph_key(self.net, key, self.ov.__version__)}.xml"
-        if path.is_file():
-            model = self.ov.Core().read_model(path)
-        else:
+        if not path.is_file():
             with torch.no_grad():
                 model = self.ov.convert_model(ByPosition(self.net), example_input=tensors)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial.xml")  # renamed when whole: a killed run leaves no half graph
             self.ov.save_model(model, partial, compress_to_fp16=False)
+            del model  # compiled from the file below: one copy of the weights in memory, not two
             partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
             partial.replace(path)
-        config = {**self.config, "INFERENCE_NUM_THREADS": self.threads}
-        return self.ov.Core().compile_model(model, "CPU", config)
+        # compiled from the path with OpenVINO's own cache of compiled models: a later process with
+        # the same graph and settings imports the compiled blob instead of reading the f32 graph
+        # and compiling it again (docs/benchmarks.md, "The fast path")
+        config = {**self.config, "INFERENCE_NUM_THREADS": self.threads, "CACHE_DIR": str(cache_dir() / "compiled")}
+        return self.ov.Core().compile_model(str(path), "CPU", config)
 
 
 class DenoiserOpenVINOForward(OpenVINOForward):

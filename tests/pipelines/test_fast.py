@@ -114,8 +114,9 @@ def test_converted_graphs_are_read_back_from_the_disk_cache(exact, reference, mo
     monkeypatch.setenv("LDMKIT_CACHE", str(tmp_path))
     path = FastPath(compile="openvino", compile_precision="f32")
     first = on_path(exact, path).generate(PROMPT, **RUN)
-    saved = sorted(p.name for p in (tmp_path / "openvino").iterdir())
+    saved = sorted(p.name for p in (tmp_path / "openvino").iterdir() if p.is_file())
     assert len(saved) == 4 and not any("partial" in name for name in saved)  # UNet and decoder: .xml + .bin each
+    assert len(list((tmp_path / "openvino" / "compiled").glob("*.blob"))) == 2  # OpenVINO's compiled models
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again despite the cache")
