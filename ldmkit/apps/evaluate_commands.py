@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..family import FamilyGenerator
 from .guidance_commands import add_steering_arguments, evaluation_settings, scoring_clip
 
 
@@ -22,6 +23,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, load_for_evaluation
 
     pipe = load_for_evaluation(args.model, args.device, autoencoder=args.autoencoder)
+    if isinstance(pipe, FamilyGenerator):  # sampled with their own settings, not a diffusion sampler's
+        dataset = pipe.meta.get("dataset")
+        raise ValueError(f"{args.model} is a {pipe.kind} of the generative family, which ldmkit evaluate does not "
+                         f"score: use python -m benchmarks.family_table --dataset {dataset} --models {args.model}")
     if args.deepcache is not None:
         pipe.use_deepcache(args.deepcache)
     results = []

@@ -145,6 +145,11 @@ def test_the_evaluate_command_reports_the_clip_score(tmp_path, clip, classifier_
     assert main(["evaluate", "--model", "shapes", "--size", "1", "--classifier-scale", "2"]) == 2  # no classifier
 
 
+def test_the_evaluate_command_sends_a_family_model_to_the_family_table(capsys):
+    assert main(["evaluate", "--model", "models/fashion-mnist-gan", "--size", "1"]) == 2
+    assert "use python -m benchmarks.family_table --dataset fashion-mnist" in capsys.readouterr().err
+
+
 def test_the_shipped_clip_names_fresh_renders_and_fashion_classes():
     """clip-small by name: caption retrieval of fresh shapes renders among all 48 captions, and
     zero-shot Fashion-MNIST on a slice of the test set (its card: 100% and 86.8% on all of it)."""
