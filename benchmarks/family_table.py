@@ -71,7 +71,9 @@ SCORES = ("images", "frechet_distance", "fd_inf", "fd_inf_halves", "class_agreem
 
 def default_models(names: tuple[str, ...] = DEFAULT_MODELS) -> list[str]:
     """The shipped models of `names` that are in models/, as names or folders."""
-    return [name if name in BUNDLED else str(MODELS_DIR / name) for name in names if (MODELS_DIR / name).is_dir()]
+    # a folder still being assembled (a cascade with one stage trained) has no config.json yet
+    return [name if name in BUNDLED else str(MODELS_DIR / name) for name in names
+            if (MODELS_DIR / name / "config.json").is_file()]
 
 
 def model_folder(name_or_path: str) -> str:

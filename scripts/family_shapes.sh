@@ -33,19 +33,21 @@ for kind in gan vae; do
     ship "$out/$kind-shapes/model" "models/shapes-$kind"
   fi
 done
-# GLIDE: the 16x16 pixel-space base and its x2 upsampler, one cascade folder with both inside; the
-# Fashion-MNIST cascade's sampling (noise level 50, euler_a upsampler: docs/glide.md)
-if [ ! -d models/shapes-glide ]; then
-  [ -d "$out/glide-shapes/model" ] || $L train --preset shapes-glide --out "$out/glide-shapes"
-  [ -d "$out/glide-x2-shapes/model" ] || $L train --preset shapes-glide-x2 --out "$out/glide-x2-shapes"
-  rm -rf models/shapes-glide.partial && mkdir -p models/shapes-glide.partial
-  cp -r "$out/glide-shapes/model" models/shapes-glide.partial/base
-  cp -r "$out/glide-x2-shapes/model" models/shapes-glide.partial/upsampler
+# GLIDE: the 16x16 pixel-space base and its x2 upsampler, each shipped into models/shapes-glide as soon
+# as it is trained, then the cascade's config.json; the Fashion-MNIST cascade's sampling (noise level
+# 50, euler_a upsampler: docs/glide.md)
+if [ ! -f models/shapes-glide/config.json ]; then
+  if [ ! -d models/shapes-glide/base ]; then
+    [ -d "$out/glide-shapes/model" ] || $L train --preset shapes-glide --out "$out/glide-shapes"
+    mkdir -p models/shapes-glide && ship "$out/glide-shapes/model" models/shapes-glide/base
+  fi
+  if [ ! -d models/shapes-glide/upsampler ]; then
+    [ -d "$out/glide-x2-shapes/model" ] || $L train --preset shapes-glide-x2 --out "$out/glide-x2-shapes"
+    ship "$out/glide-x2-shapes/model" models/shapes-glide/upsampler
+  fi
   .venv/bin/python -c "from ldmkit.family import save_cascade
-save_cascade('models/shapes-glide.partial', 'base', 'upsampler',
-             sampling={'noise_level': 50, 'upsampler_sampler': 'euler_a'},
+save_cascade('models/shapes-glide', 'base', 'upsampler', sampling={'noise_level': 50, 'upsampler_sampler': 'euler_a'},
              extra={'sampling_chosen_by': 'the Fashion-MNIST cascade (docs/glide.md)'})"
-  mv models/shapes-glide.partial models/shapes-glide
 fi
 # unCLIP: the prior (caption embedding -> clip-small image embedding) and the decoder on shapes-kl-f4
 if [ ! -d models/shapes-unclip ]; then
