@@ -64,6 +64,15 @@ def render(colour: str, shape: str, quadrant: str, size: int = 32, gen: torch.Ge
     return torch.where(mask, rgb, torch.zeros(())) * 2 - 1
 
 
+def holdout_combinations(combos) -> tuple[tuple[str, str, str], ...]:
+    """A config's held-out combinations as tuples (JSON gives lists), each one checked to exist."""
+    combos = tuple(tuple(c) for c in combos)
+    bad = [c for c in combos if c not in COMBINATIONS]
+    if bad:
+        raise ValueError(f"unknown shapes combinations in shapes_holdout: {bad}")
+    return combos
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """`length` items over the allowed combinations; item i is (image, caption, (c, s, q) indices)."""
 

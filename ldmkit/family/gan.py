@@ -1,7 +1,7 @@
 """A trained class-conditional GAN, loaded for sampling: one generator pass per image, no steps.
 
 A GAN folder (`ldmkit train-gan`'s run_dir/model) holds config.json {"kind": "gan", "gan":
-GANConfig, "class_names": [...], for shapes "attribute_names": {"colour": [...], ...}, "dataset",
+GANConfig, "class_names": [...], for shapes "attribute_names": [["colour", [...]], ...], "dataset",
 "train", "training", ...} and model.safetensors with the
 generator's EMA weights under "generator." (BatchNorm statistics recomputed for them); a run's
 checkpoint loads too (its "ema_generator.", statistics recomputed as the run does).

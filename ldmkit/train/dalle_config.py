@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.shapes import COMBINATIONS, DEFAULT_HOLDOUT
+from ..data.shapes import DEFAULT_HOLDOUT, holdout_combinations
 from ..nets.dalle import DalleConfig
 
 DALLE_DATASETS = ("fashion-mnist", "shapes")
@@ -41,12 +41,9 @@ class DalleTrainConfig:
     max_nonfinite_steps: int = 20
 
     def __post_init__(self):
-        object.__setattr__(self, "shapes_holdout", tuple(tuple(c) for c in self.shapes_holdout))
+        object.__setattr__(self, "shapes_holdout", holdout_combinations(self.shapes_holdout))
         if self.dataset not in DALLE_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DALLE_DATASETS}")
-        bad = [c for c in self.shapes_holdout if c not in COMBINATIONS]
-        if bad:
-            raise ValueError(f"unknown shapes combinations in shapes_holdout: {bad}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         for name in ("steps", "batch_size", "log_every", "eval_images", "sample_every", "samples_per_prompt",

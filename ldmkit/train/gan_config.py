@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..data.shapes import ATTRIBUTES, COMBINATIONS, DEFAULT_HOLDOUT
+from ..data.shapes import ATTRIBUTES, DEFAULT_HOLDOUT, holdout_combinations
 from ..family.gan_networks import GANConfig
 
 GAN_DATASETS = ("fashion-mnist", "shapes")
@@ -62,12 +62,9 @@ class GANTrainConfig:
 def check_data(config, network, name: str, datasets: tuple[str, ...]) -> None:
     """A GAN's or a VAE's run config (network: its GANConfig or VAEConfig, under `name`): a known
     dataset, a network that fits it, known held-out combinations. Sets shapes_holdout to tuples."""
-    object.__setattr__(config, "shapes_holdout", tuple(tuple(c) for c in config.shapes_holdout))
+    object.__setattr__(config, "shapes_holdout", holdout_combinations(config.shapes_holdout))
     if config.dataset not in datasets:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {datasets}")
-    bad = [c for c in config.shapes_holdout if c not in COMBINATIONS]
-    if bad:
-        raise ValueError(f"unknown shapes combinations in shapes_holdout: {bad}")
     if config.dataset == "shapes":  # the held-out combinations can only be drawn as sums of attributes
         need = {"channels": 3, "num_classes": math.prod(SHAPES_ATTRIBUTES), "attributes": SHAPES_ATTRIBUTES}
     else:

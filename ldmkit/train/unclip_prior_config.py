@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.shapes import COMBINATIONS, DEFAULT_HOLDOUT
+from ..data.shapes import DEFAULT_HOLDOUT, holdout_combinations
 from ..diffusion import ScheduleConfig
 from ..nets.unclip_prior import PriorConfig
 
@@ -50,13 +50,10 @@ class UnclipPriorTrainConfig:
     max_nonfinite_steps: int = 20
 
     def __post_init__(self):
-        object.__setattr__(self, "shapes_holdout", tuple(tuple(c) for c in self.shapes_holdout))
+        object.__setattr__(self, "shapes_holdout", holdout_combinations(self.shapes_holdout))
         object.__setattr__(self, "eval_guidance", tuple(float(g) for g in self.eval_guidance))
         if self.dataset not in PRIOR_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {PRIOR_DATASETS}")
-        bad = [c for c in self.shapes_holdout if c not in COMBINATIONS]
-        if bad:
-            raise ValueError(f"unknown shapes combinations in shapes_holdout: {bad}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema_decay <= 1:
