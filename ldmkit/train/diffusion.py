@@ -302,15 +302,17 @@ def _train_diffusion(config, run_dir: Path, rank: distributed.Rank, device: torc
         sample = done % config.sample_every == 0 or done == end
         if sample:
             ema_weights = distributed.full_state(ema.state_dict())
-        if done % config.checkpoint_every == 0 or done == end:
-            save_state(done)
-        if not rank.is_main:
-            continue  # rank 0 alone logs, samples and writes checkpoints
-        if done % config.log_every == 0 or done == end:
+        # logged before the checkpoint is written: a run killed between the two resumes from the
+        # checkpoint before and drops this line, instead of resuming past a step it never logged
+        if rank.is_main and (done % config.log_every == 0 or done == end):
             speed = (done - start) * config.batch_size / (time.perf_counter() - t0)
             log.write({"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "images_per_s": speed,
                        "skipped_nonfinite": nonfinite.skipped})
             bar.set_postfix(loss=f"{loss.item():.4f}", img_per_s=f"{speed:.0f}")
+        if done % config.checkpoint_every == 0 or done == end:
+            save_state(done)
+        if not rank.is_main:
+            continue  # rank 0 alone logs, samples and writes checkpoints
         if sample:
             pipeline.net.load_state_dict(ema_weights)
             grid_path = run_dir / "samples" / f"step_{done:06d}.png"

@@ -37,6 +37,29 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, config):
                                saved.generate("a photo of a bag", steps=2, output="latent"))
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it in the loop runs."""
+
+
+def test_a_run_killed_right_after_a_checkpoint_lands_keeps_every_step_in_its_log(tmp_path, monkeypatch):
+    import ldmkit.train.diffusion as diffusion
+
+    written = diffusion.save_checkpoint
+
+    def save_then_die(folder, *args, **kwargs):
+        written(folder, *args, **kwargs)
+        if folder.name == "step-00000002":
+            raise _Killed
+
+    monkeypatch.setattr(diffusion, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train_diffusion(TINY, tmp_path, progress=False)
+    monkeypatch.setattr(diffusion, "save_checkpoint", written)
+    train_diffusion(TINY, tmp_path, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
 def test_a_latent_cache_is_shared_by_runs_and_changes_nothing(tmp_path):
     cached = replace(TINY, steps=2, latent_cache=str(tmp_path / "cache"))
     train_diffusion(replace(TINY, steps=2), tmp_path / "plain", progress=False)
