@@ -117,6 +117,8 @@ def test_converted_graphs_are_read_back_from_the_disk_cache(exact, reference, mo
     saved = sorted(p.name for p in (tmp_path / "openvino").iterdir() if p.is_file())
     assert len(saved) == 4 and not any("partial" in name for name in saved)  # UNet and decoder: .xml + .bin each
     assert len(list((tmp_path / "openvino" / "compiled").glob("*.blob"))) == 2  # OpenVINO's compiled models
+    for graph in (tmp_path / "openvino").glob("*.xml"):  # static shapes: the CPU plugin's static kernels
+        assert all(i.get_partial_shape().is_static for i in ov.Core().read_model(graph).inputs), graph.name
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again despite the cache")
