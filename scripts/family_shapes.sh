@@ -57,6 +57,8 @@ if [ ! -d models/shapes-unclip ]; then
   rm -rf models/shapes-unclip.partial && mkdir -p models/shapes-unclip.partial
   cp -r "$out/unclip-prior-shapes/model" models/shapes-unclip.partial/prior
   cp -r "$out/unclip-decoder-shapes/model" models/shapes-unclip.partial/decoder
-  $L make-unclip models/shapes-unclip.partial --prior prior --decoder decoder  # named inside the folder
+  # named inside the folder; the guidance the sweep chose (docs/results/family-unclip-shapes-guidance-sweep.json)
+  $L make-unclip models/shapes-unclip.partial --prior prior --decoder decoder --prior-guidance 4 --prior-steps 25 \
+    --decoder-guidance 3 --steps 20 --sampler dpmpp_2m
   mv models/shapes-unclip.partial models/shapes-unclip
 fi

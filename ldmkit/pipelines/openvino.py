@@ -103,7 +103,7 @@ class OpenVINOForward:
             with torch.no_grad():
                 model = self.ov.convert_model(ByPosition(self.net), example_input=tensors)
             # convert_model leaves every dimension dynamic; a graph of static shapes gets the CPU
-            # plugin's static kernels: 1.5x faster a UNet call at 32x32 latents (docs/benchmarks.md)
+            # plugin's static kernels: 1.8x faster a UNet call at 32x32 latents (docs/benchmarks.md)
             model.reshape({i: self.ov.PartialShape(list(v.shape)) for i, v in enumerate(tensors)})
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial.xml")  # renamed when whole: a killed run leaves no half graph
