@@ -86,7 +86,10 @@ TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
 # MiniLM tokens join each self-attention's keys and values (added_kv) and the last token's state the
 # time embedding (pooled); 20% caption dropout for guidance. The base makes 16x16 images (area-averaged
 # from 32x32) on GLIDE's cosine schedule; the x2 upsampler, text-conditioned, takes them to 32x32 on
-# the linear one (GLIDE's two choices), its low-res input noise-augmented as fashion-mnist-x4's.
+# the linear one (GLIDE's two choices), its low-res input noise-augmented as fashion-mnist-x4's. The
+# upsampler predicts v (Salimans & Ho 2022; Imagen's super-resolution models), not GLIDE's eps: with eps
+# its x0 estimate at t = 999 is the error divided by sqrt(alpha_bar) = 0.006, and the shapes x2 ignored
+# its input on most seeds (docs/glide.md, "The upsampler predicts v").
 # The cross-attention ablation: --set model.net.text_attention=cross (pooled stays).
 # Sized by measured steps of batch 64 with OMP_NUM_THREADS=1 on this machine's 2-core AMD EPYC, shared
 # with two other training jobs (load ~6.8), so CPU seconds (wall time 1.1-1.5x that): base, 16x16, widths
@@ -104,6 +107,7 @@ GLIDE_X2_UNET = UNetConfig(in_channels=2, out_channels=1, base_channels=16, chan
 GLIDE_X2 = LatentDiffusionConfig(
     net=GLIDE_X2_UNET, schedule=ScheduleConfig(kind="linear", beta_start=0.0001, beta_end=0.02), image_size=32,
     task="upscaling", lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0, upscale_factor=2),
+    prediction="v",
 )
 TINY_GLIDE_UNET = UNetConfig(in_channels=1, out_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                              attn_levels=(1,), num_heads=2, context_dim=384, text_attention="added_kv",
