@@ -33,7 +33,9 @@ seen / held-out split is data/shapes.DEFAULT_HOLDOUT's (the attribute reader's o
 three sets' seeds start at 10^12 (and 10^12 + 10^9, + 2 x 10^9), far from the training data's
 (ShapesDataset: seed x 1,000,003 + index). Seeds apart are not images apart: the jitter leaves
 about 6,800 distinct images in the 10,080 renders, so the sets share identical ones (the real row's
-precision and recall near 1 say so). The FD set's features take about a minute on one thread,
+precision and recall near 1 say so). The same renders, encoded and decoded by the latent rows'
+autoencoder (shapes-kl-f4), are scored too (the floor's "first_stage"): the scores of a latent
+model that matched its latents exactly, below which no latent row can go. The FD set's features take about a minute on one thread,
 once a run. The grid has a column for each of 12 combinations, the
 last four DEFAULT_HOLDOUT's (marked "held out": a model with another holdout says so in its row).
 """
@@ -46,12 +48,15 @@ from ldmkit.apps.evaluate import frechet_scores, model_holdout, real_data_floor
 from ldmkit.data import shapes
 from ldmkit.metrics import precision_recall
 from ldmkit.model.clip import CLIP
+from ldmkit.model.folder import load_first_stage
+from ldmkit.train.diffusion_config import DIFFUSION_PRESETS
 
 from .family_table import number, sample_strip
 
 DEFAULT_SHAPES_MODELS = ("shapes", "shapes-dit", "shapes-lcm", "shapes-dalle", "shapes-unclip", "shapes-gan",
                          "shapes-vae", "shapes-glide")
 FEATURE_CLIP = "clip-small"
+FIRST_STAGE = DIFFUSION_PRESETS["shapes"].autoencoder  # what the latent diffusion rows decode with
 FD_PER_COMBINATION = 210  # 10,080 renders: the FD set, as Fashion-MNIST's 10,000 test images
 RENDER_SEED, SEED_BLOCK = 10**12, 10**9  # the FD set, the reference and the real row each have a block
 # eight seen combinations (with the four held out: three of each colour, shape and quadrant), then the held out
@@ -131,10 +136,24 @@ class ShapesScorer:
                 "attribute_accuracy": split_accuracy(images, self.per_prompt, holdout) if conditional else None}
 
     def floor_row(self) -> dict:
-        """The held-out renders scored as a model's, and the reference renders' FD to the FD set."""
+        """The held-out renders scored as a model's, the reference renders' FD to the FD set, and the
+        held-out renders through the latent models' first stage and back."""
         return {"model": "real renders", "kind": "data (held out)", **self.score(self.held_out),
                 "reference_floor": real_data_floor(self.reference_features, self.fd_features),
-                "samples_png": self.strip(self.held_out)}
+                "first_stage": self.first_stage_floor(), "samples_png": self.strip(self.held_out)}
+
+    @torch.no_grad()
+    def first_stage_floor(self) -> dict:
+        """The held-out renders decoded from their own latents by the shapes LDMs' autoencoder,
+        scored as a model's images: what a latent model that matched its latents exactly would
+        score, the floor of every latent row."""
+        autoencoder = load_first_stage(FIRST_STAGE, 3)
+        decoded = torch.cat([autoencoder.from_latent(autoencoder.to_latent(chunk)).clamp(-1, 1)
+                             for chunk in self.held_out.split(256)])
+        scores = self.score(decoded)
+        keep = ("frechet_distance", "fd_inf", "precision", "recall", "attribute_accuracy")
+        return {"autoencoder": FIRST_STAGE, **{k: scores[k] for k in keep},
+                "mse": round(float((decoded - self.held_out).pow(2).mean()), 5)}
 
     def strip(self, images: torch.Tensor) -> str:
         return sample_strip(images, [shapes.COMBINATIONS.index(c) * self.per_prompt for c in GRID_COMBINATIONS])
@@ -146,6 +165,12 @@ class ShapesScorer:
 
     @staticmethod
     def floor_line(results: dict) -> str:
-        floor = results["floor"]["reference_floor"]
-        return (f"{results['settings']['images']} images a row; FD of the reference renders themselves to the FD "
+        floor, first = results["floor"]["reference_floor"], results["floor"].get("first_stage")
+        line = (f"{results['settings']['images']} images a row; FD of the reference renders themselves to the FD "
                 f"set: {floor['frechet_distance']:.4f}")
+        if first:
+            seen = first["attribute_accuracy"]["seen"]["all"]
+            line += (f"; the real renders through {first['autoencoder']} and back (the latent rows' floor): FD "
+                     f"{first['frechet_distance']:.4f}, precision {first['precision']:.3f}, recall "
+                     f"{first['recall']:.3f}, seen all {seen:.1%}")
+        return line

@@ -135,6 +135,10 @@ def test_the_shapes_table_splits_by_the_models_holdout_and_reuses_its_rows(tmp_p
                                                          if c in shapes.DEFAULT_HOLDOUT]
     assert floor["attribute_accuracy"]["seen"]["all"] == floor["attribute_accuracy"]["held_out"]["all"] == 1
     assert floor["reference_floor"]["frechet_distance"] >= 0 and results["settings"]["images"] == 96
+    # the renders through the latent rows' autoencoder: close to them, not equal, and farther from the FD set
+    first = floor["first_stage"]
+    assert first["autoencoder"] == family_shapes.FIRST_STAGE and 0 < first["mse"] < 0.05
+    assert first["frechet_distance"] > floor["frechet_distance"] and 0 <= first["precision"] <= 1
     with Image.open(grid) as image:
         assert image.mode == "RGB" and image.width == 200 + 12 * 32 * 3
 
