@@ -21,7 +21,7 @@ from PIL import Image
 from ..model.folder import model_config, resolve_repo_path
 from ..storage import CheckpointError, atomic_write
 from .base import FamilyGenerator, check_common
-from .unclip import part_folder, read_config
+from .unclip import part_folder, parts_training, read_config
 
 SAMPLING = ("steps", "guidance", "upsampler_steps", "upsampler_guidance", "noise_level", "sampler",
             "upsampler_sampler")
@@ -31,16 +31,17 @@ def save_cascade(directory: str | Path, base: str | Path, upsampler: str | Path,
                  extra: dict | None = None) -> Path:
     """A cascade folder (config.json only) naming a text model and an upscaler that takes its
     images (a GLIDE base and x2: the presets fashion-mnist-glide and -glide-x2), paths kept as
-    given; `sampling`: defaults among SAMPLING. The two are checked to fit first (configs only)."""
+    given; `sampling`: defaults among SAMPLING. The two are checked to fit first (configs only).
+    The stages' training records are summed into "training" unless `extra` gives one."""
     directory = Path(directory)
     unknown = sorted(set(sampling or {}) - set(SAMPLING))
     if unknown:
         raise ValueError(f"unknown sampling settings {unknown}; a cascade folder records {list(SAMPLING)}")
     base_meta = read_config(part_folder(base, directory, "base"), "base")
-    base_config = model_config(base_meta)
-    upsampler_config = model_config(read_config(part_folder(upsampler, directory, "upsampler"), "upsampler"))
-    check_stages(base_config, upsampler_config, str(base), str(upsampler))
-    meta = {"dataset": base_meta.get("dataset"), **(extra or {}), "kind": "cascade", "base": str(base),
+    upsampler_meta = read_config(part_folder(upsampler, directory, "upsampler"), "upsampler")
+    check_stages(model_config(base_meta), model_config(upsampler_meta), str(base), str(upsampler))
+    meta = {"dataset": base_meta.get("dataset"), **parts_training(base=base_meta, upsampler=upsampler_meta),
+            **(extra or {}), "kind": "cascade", "base": str(base),
             "upsampler": str(upsampler), "sampling": {k: v for k, v in (sampling or {}).items() if v is not None}}
     text = json.dumps(meta, indent=2, sort_keys=True)
     atomic_write(directory / "config.json", lambda tmp: tmp.write_text(text))

@@ -73,7 +73,8 @@ def save_unclip(directory: str | Path, prior: str | Path, decoder: str | Path, s
                 extra: dict | None = None) -> Path:
     """An unCLIP folder (config.json only) naming a prior folder (`ldmkit train-unclip-prior`) and a decoder
     folder (`ldmkit train --preset fashion-mnist-unclip-decoder`), their paths kept as given; `sampling`:
-    defaults among SAMPLING. The parts are checked to fit each other first (their configs only)."""
+    defaults among SAMPLING. The parts are checked to fit each other first (their configs only).
+    The parts' training records are summed into "training" unless `extra` gives one."""
     directory = Path(directory)
     unknown = sorted(set(sampling or {}) - set(SAMPLING))
     if unknown:
@@ -88,12 +89,23 @@ def save_unclip(directory: str | Path, prior: str | Path, decoder: str | Path, s
                               f"{decoder_meta.get('type')!r})")
     check_parts(prior_meta["prior"]["embedding_dim"], prior_meta["clip"], model_config(decoder_meta),
                 decoder_folder.name)
-    meta = {"dataset": decoder_meta.get("dataset"), **(extra or {}), "kind": "unclip", "prior": str(prior),
+    meta = {"dataset": decoder_meta.get("dataset"), **parts_training(prior=prior_meta, decoder=decoder_meta),
+            **(extra or {}), "kind": "unclip", "prior": str(prior),
             "decoder": str(decoder),
             "sampling": {k: v for k, v in (sampling or {}).items() if v is not None}}
     text = json.dumps(meta, indent=2, sort_keys=True)
     atomic_write(directory / "config.json", lambda tmp: tmp.write_text(text))
     return directory
+
+
+def parts_training(**metas: dict) -> dict:
+    """{"training": each part's steps and the parts' minutes summed} from the parts' config.json
+    records (what the family table's "train min" reads); {} when a part has no record."""
+    records = {name: meta.get("training") or {} for name, meta in metas.items()}
+    if not all("train_minutes" in record for record in records.values()):
+        return {}
+    return {"training": {"steps": {name: record.get("steps") for name, record in records.items()},
+                         "train_minutes": round(sum(record["train_minutes"] for record in records.values()), 2)}}
 
 
 def read_config(folder: Path, part: str) -> dict:

@@ -2,6 +2,7 @@
 sampled with guidance, an overfit run, and the text-conditioned x2 upsampler chained after it."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -137,6 +138,10 @@ def test_the_x2_upsampler_preset_runs_end_to_end_and_chains_after_the_base(glide
                           sampling={"steps": 2, "upsampler_steps": 2})
     cascade = Pipeline.from_pretrained(folder)
     assert isinstance(cascade, CascadeGenerator) and cascade.settings_used({})["upsampler_steps"] == 2
+    # its training: the two stages' records summed (what the family table reports)
+    records = [json.loads((f / "config.json").read_text())["training"] for f in (glide_run / "model", tmp_path / "model")]
+    assert cascade.meta["training"] == {"steps": {"base": 2, "upsampler": 2},
+                                        "train_minutes": round(sum(r["train_minutes"] for r in records), 2)}
     again = cascade.generate(["a photo of a bag", "a photo of a shirt"], num_images=2, output="tensor")
     assert again.shape == (4, 1, 16, 16)
     assert torch.allclose(again, torch.stack([from_pil(im, 1) for im in images]), atol=2 / 255)
