@@ -35,9 +35,9 @@ three sets' seeds start at 10^12 (and 10^12 + 10^9, + 2 x 10^9), far from the tr
 about 6,800 distinct images in the 10,080 renders, so the sets share identical ones (the real row's
 precision and recall near 1 say so). The same renders, encoded and decoded by the latent rows'
 autoencoder (shapes-kl-f4), are scored too (the floor's "first_stage"): the scores of a latent
-model that matched its latents exactly, below which no latent row can go. The FD set's features take about a minute on one thread,
-once a run. The grid has a column for each of 12 combinations, the
-last four DEFAULT_HOLDOUT's (marked "held out": a model with another holdout says so in its row).
+model that matched its latents exactly, below which no latent row can go. The FD set's features
+take about a minute on one thread, once a run. The grid has a column for each of 12 combinations,
+the last four DEFAULT_HOLDOUT's (marked "held out": a model with another holdout says so in its row).
 """
 
 from __future__ import annotations
