@@ -139,8 +139,8 @@ def test_the_x2_upsampler_preset_runs_end_to_end_and_chains_after_the_base(glide
     cascade = Pipeline.from_pretrained(folder)
     assert isinstance(cascade, CascadeGenerator) and cascade.settings_used({})["upsampler_steps"] == 2
     # its training: the two stages' records summed (what the family table reports)
-    records = [json.loads((folder / "config.json").read_text())["training"]
-               for folder in (glide_run / "model", tmp_path / "model")]
+    records = [json.loads((stage / "config.json").read_text())["training"]
+               for stage in (glide_run / "model", tmp_path / "model")]
     assert cascade.meta["training"] == {"steps": {"base": 2, "upsampler": 2},
                                         "train_minutes": round(sum(r["train_minutes"] for r in records), 2)}
     again = cascade.generate(["a photo of a bag", "a photo of a shirt"], num_images=2, output="tensor")
