@@ -87,7 +87,7 @@ TINY_UNET = replace(UNET_PRESETS["tiny"], context_dim=384)
 # time embedding (pooled); 20% caption dropout for guidance. The base makes 16x16 images (area-averaged
 # from 32x32) on GLIDE's cosine schedule; the x2 upsampler, text-conditioned, takes them to 32x32 on
 # the linear one (GLIDE's two choices), its low-res input noise-augmented as fashion-mnist-x4's. The
-# upsampler predicts v (Salimans & Ho 2022; Imagen's super-resolution models), not GLIDE's eps: with eps
+# upsampler predicts v (Salimans & Ho 2022; Imagen Video's super-resolution stages), not GLIDE's eps: with eps
 # its x0 estimate at t = 999 is the error divided by sqrt(alpha_bar) = 0.006, and the shapes x2 ignored
 # its input on most seeds (docs/glide.md, "The upsampler predicts v").
 # The cross-attention ablation: --set model.net.text_attention=cross (pooled stays).
