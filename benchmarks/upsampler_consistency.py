@@ -40,10 +40,13 @@ RENDER_SEED = 7 * 10**12  # a seed block no training run or other benchmark draw
 
 
 def open_upsampler(path: str) -> Pipeline:
-    """A model folder, or a training checkpoint (a folder with train_state.pt)."""
-    if (Path(path) / "train_state.pt").is_file():
-        return pipeline_from_checkpoint(path)
-    return Pipeline.from_pretrained(path)
+    """A model folder, or a training checkpoint (a folder with train_state.pt), of an upscaler."""
+    checkpoint = (Path(path) / "train_state.pt").is_file()
+    pipe = pipeline_from_checkpoint(path) if checkpoint else Pipeline.from_pretrained(path)
+    if getattr(getattr(pipe, "config", None), "lowres", None) is None:
+        raise SystemExit(f"{path} is not an upscaler (no low-resolution input); for a cascade folder, pass "
+                         "its upsampler: FOLDER/upsampler")
+    return pipe
 
 
 def real_images(dataset: str, count: int) -> tuple[torch.Tensor, list[str]]:

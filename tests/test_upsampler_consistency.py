@@ -42,3 +42,9 @@ def test_a_short_run_scores_every_output_of_every_sampler(tmp_path):
 def test_a_dataset_with_other_channels_is_refused():
     with pytest.raises(SystemExit, match="upsamples 1-channel images, shapes has 3"):
         bench.main(["--upsampler", UPSAMPLER, "--dataset", "shapes", "--images", "1"])
+
+
+def test_a_model_that_is_not_an_upscaler_is_refused():
+    cascade = str(Path(UPSAMPLER).parent)
+    with pytest.raises(SystemExit, match="is not an upscaler.*FOLDER/upsampler"):
+        bench.main(["--upsampler", cascade, "--dataset", "fashion-mnist", "--images", "1"])
