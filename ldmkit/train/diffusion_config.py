@@ -155,6 +155,7 @@ DIFFUSION_PRESETS: dict[str, DiffusionTrainConfig] = {
             net=replace(UNET_PRESETS["compact"], in_channels=5, context_dim=None, num_classes=351),
             conditioning="none", task="upscaling",
             lowres=LowResConfig(channels=1, max_noise_level=350, noise_level=0),
+            prediction="v",  # as the GLIDE upsamplers: eps drifted off its input on some seeds (docs/glide.md)
         ),
         steps=4000, lr=3e-4, min_snr_gamma=5.0, guidance=1.0,
     ),
