@@ -165,12 +165,8 @@ class ShapesScorer:
 
     @staticmethod
     def floor_line(results: dict) -> str:
-        floor, first = results["floor"]["reference_floor"], results["floor"].get("first_stage")
-        line = (f"{results['settings']['images']} images a row; FD of the reference renders themselves to the FD "
-                f"set: {floor['frechet_distance']:.4f}")
-        if first:
-            seen = first["attribute_accuracy"]["seen"]["all"]
-            line += (f"; the real renders through {first['autoencoder']} and back (the latent rows' floor): FD "
-                     f"{first['frechet_distance']:.4f}, precision {first['precision']:.3f}, recall "
-                     f"{first['recall']:.3f}, seen all {seen:.1%}")
-        return line
+        floor, first = results["floor"]["reference_floor"], results["floor"]["first_stage"]
+        return (f"{results['settings']['images']} images a row; FD of the reference renders themselves to the FD "
+                f"set: {floor['frechet_distance']:.4f}; the real renders through {first['autoencoder']} and back "
+                f"(the latent rows' floor): FD {first['frechet_distance']:.4f}, precision {first['precision']:.3f}, "
+                f"recall {first['recall']:.3f}, seen all {first['attribute_accuracy']['seen']['all']:.1%}")

@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from ldmkit.data import fashion_mnist, load_fashion_mnist, shapes
 from ldmkit.pipelines import Pipeline
 from ldmkit.pipelines.core import decode
 from ldmkit.pipelines.upscale import enlarged, upscale_latents
-from ldmkit.train.diffusion import pipeline_from_checkpoint
+from ldmkit.train.diffusion import low_resolution, pipeline_from_checkpoint
 
 from .family_shapes import GRID_COMBINATIONS
 from .results import write_json
@@ -63,15 +62,18 @@ def real_images(dataset: str, count: int) -> tuple[torch.Tensor, list[str]]:
 def errors(outputs: torch.Tensor, originals: torch.Tensor, factor: int) -> tuple[list[float], list[float]]:
     """Per image: MSE of the output area-averaged by `factor` against the original's, and MSE
     against the original."""
-    small = lambda x: F.avg_pool2d(x, factor)
+    small = lambda x: low_resolution(x, [side // factor for side in x.shape[-2:]])
     consistency = (small(outputs) - small(originals)).pow(2).flatten(1).mean(1)
     reconstruction = (outputs - originals).pow(2).flatten(1).mean(1)
     return [round(float(v), 5) for v in consistency], [round(float(v), 5) for v in reconstruction]
 
 
-def summary(values: list[float], threshold: float) -> dict:
-    return {"median": round(statistics.median(values), 5), "max": round(max(values), 5),
-            "consistent": sum(v < threshold for v in values) / len(values)}
+def summary(values: list[float], threshold: float | None = None) -> dict:
+    """Median and max; with a threshold, the share of values under it."""
+    result = {"median": round(statistics.median(values), 5), "max": round(max(values), 5)}
+    if threshold is not None:
+        result["consistent"] = sum(v < threshold for v in values) / len(values)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if originals.shape[1] != pipe.config.lowres.channels:
         raise SystemExit(f"{args.upsampler} upsamples {pipe.config.lowres.channels}-channel images, "
                          f"{args.dataset} has {originals.shape[1]}: pick the matching --dataset")
-    low = F.avg_pool2d(originals, factor)
+    low = low_resolution(originals, [side // factor for side in originals.shape[-2:]])  # as training made them
     rows = low.repeat_interleave(args.seeds, 0)
     truth = originals.repeat_interleave(args.seeds, 0)
     seeds = [s for _ in range(args.images) for s in range(args.seeds)]
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps, "noise_level": args.noise_level, "threshold": args.threshold,
         "threads": args.threads, "cpu": cpu_name(), "prediction": pipe.config.prediction,
         "bilinear": {"consistency": summary(bilinear[0], args.threshold),
-                     "reconstruction": summary(bilinear[1], args.threshold)},
+                     "reconstruction": summary(bilinear[1])},
         "samplers": {},
     }
     print(f"{args.upsampler}: {args.images} images x {args.seeds} seeds, {args.steps} steps, "
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         consistency, reconstruction = errors(outputs, truth, factor)
         result["samplers"][sampler] = {
             "consistency": summary(consistency, args.threshold),
-            "reconstruction": summary(reconstruction, args.threshold),
+            "reconstruction": summary(reconstruction),
             "per_output_consistency": consistency, "seconds": round(time.perf_counter() - start, 1)}
         row = result["samplers"][sampler]
         print(f"  {sampler:9s} consistency median {row['consistency']['median']:.4f} max "

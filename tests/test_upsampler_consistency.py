@@ -25,6 +25,7 @@ def test_the_errors_of_the_original_and_of_any_image_with_its_area_averages():
     consistency, _ = bench.errors(originals + 0.5, originals, 2)
     assert consistency == pytest.approx([0.25] * 3, abs=1e-5)
     assert bench.summary([0.001, 0.5, 0.01], 0.02) == {"median": 0.01, "max": 0.5, "consistent": 2 / 3}
+    assert bench.summary([0.001, 0.5, 0.01]) == {"median": 0.01, "max": 0.5}
 
 
 def test_a_short_run_scores_every_output_of_every_sampler(tmp_path):
